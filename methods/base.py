@@ -9,13 +9,14 @@ never special-case a method by name.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from torch import nn
 
 if TYPE_CHECKING:
     from bench.backbones import Backbone
+    from bench.context import RunContext
 
 
 class ContractError(ValueError):
@@ -38,8 +39,12 @@ class Upsampler(nn.Module, ABC):
         """Build the method for a backbone; methods with weights read ``backbone.dim`` here."""
         return cls()
 
-    def prepare(self, backbone: "Backbone", context: Any) -> None:
-        """Fit dataset-level weights before scoring (trainable methods); nothing to do by default."""
+    def prepare(self, backbone: "Backbone", context: "RunContext") -> None:
+        """Fit dataset-level weights before scoring: trainable methods load or train theirs."""
+        if self.trainable:
+            from bench.train import ensure_trained
+
+            ensure_trained(self, backbone, context)
 
     def features(self, backbone: "Backbone", image: torch.Tensor) -> torch.Tensor:
         """The low-resolution features this method starts from."""

@@ -1,0 +1,20 @@
+"""What a method's ``prepare`` step gets to know about the run it is part of."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from bench.profiles import Profile
+
+
+@dataclass
+class RunContext:
+    profile: Profile
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    cache_dir: Path = Path("results/cache")
+    """Trained weights and per-image fits live here, keyed by what produced them."""
+    data_paths: dict[str, str] = field(default_factory=dict)
+    """Dataset name -> local folder, for the datasets that are not embedded."""
+    progress: bool = True
