@@ -1,0 +1,177 @@
+"""The command line: parse arguments, call the framework, print what happened."""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from bench.context import RunContext
+from bench.plugins import load_all
+from bench.profiles import PROFILES
+from bench.registry import BACKBONES, DATASETS, METHODS, TASKS, RegistryError
+
+RUNS_DIR = Path("results/runs")
+CACHE_DIR = Path("results/cache")
+
+
+class UsageError(ValueError):
+    """Bad command-line input; printed without a traceback."""
+
+
+def csv_list(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def int_list(text: str) -> list[int]:
+    try:
+        return [int(t) for t in csv_list(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def data_paths(pairs: list[str]) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        name, sep, path = pair.partition("=")
+        if not sep or not name or not path:
+            raise UsageError(f"--data {pair!r}: expected NAME=PATH, e.g. --data coco_stuff=/data/cocostuff")
+        DATASETS.get(name)
+        out[name] = path
+    return out
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: no CUDA device is visible to torch on this machine")
+    return torch.device(name)
+
+
+def make_context(args: argparse.Namespace) -> RunContext:
+    """The profile with --data datasets swapped in, the device and the caches."""
+    paths = data_paths(args.data)
+    profile = PROFILES.get(args.profile)
+    overrides = {f"{DATASETS.get(n).kind}_data": n for n in paths if DATASETS.get(n).kind in ("seg", "depth")}
+    profile = profile.with_overrides(**overrides)
+    return RunContext(profile=profile, device=resolve_device(args.device), cache_dir=CACHE_DIR,
+                      data_paths=paths, progress=not args.no_progress)
+
+
+def run_dir(text: str) -> Path:
+    path = Path(text)
+    return path if path.exists() or path.is_absolute() or len(path.parts) > 1 else RUNS_DIR / text
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    print("methods:")
+    for name in METHODS.names():
+        m = METHODS.get(name)
+        print(f"  {name:18s} v{m.version}  trainable={m.trainable}  per_image={m.per_image}")
+    print("tasks:")
+    for name in TASKS.names():
+        t = TASKS.get(name)
+        metrics = ", ".join(f"{k} {'↑' if up else '↓'}" for k, up in t.metrics.items())
+        print(f"  {name:18s} {metrics}  (data: profile's {t.data_kind}_data)")
+    print("backbones:")
+    for name in BACKBONES.names():
+        b = BACKBONES.get(name)
+        print(f"  {name:18s} stride {b.stride:2d}  dim {b.dim:4d}  {b.summary}")
+    print("datasets:")
+    for name in DATASETS.names():
+        d = DATASETS.get(name)
+        print(f"  {name:18s} {d.kind:6s} {'embedded' if d.embedded else 'needs --data ' + name + '=PATH'}  {d.summary}")
+    print("profiles:")
+    for name in PROFILES.names():
+        p = PROFILES.get(name)
+        print(f"  {name:18s} backbone {p.backbone}, {p.image_size[0]}x{p.image_size[1]} px, "
+              f"seg {p.seg_data}, depth {p.depth_data}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from bench.backbones import load_backbone
+    from bench.report import table_text
+    from bench.runner import plan, run_cells
+
+    context = make_context(args)
+    backbone_name = args.backbone or context.profile.backbone
+    BACKBONES.get(backbone_name)
+    methods = csv_list(args.methods) if args.methods else METHODS.names()
+    tasks = csv_list(args.tasks) if args.tasks else TASKS.names()
+    cells = plan(methods, tasks, backbone_name, context)
+    out = Path(args.out) if args.out else RUNS_DIR / f"{context.profile.name}-{backbone_name}"
+    backbone = load_backbone(backbone_name, args.weights, context.device)
+    t0 = time.perf_counter()
+    summary = run_cells(cells, backbone, context, out, args.rerun)
+    print(f"{len(summary.done)} cells scored, {len(summary.skipped)} already done, {len(summary.failed)} failed "
+          f"in {time.perf_counter() - t0:.0f} s; results in {out}")
+    print(table_text(out, "md"))
+    return 1 if summary.failed else 0
+
+
+def cmd_table(args: argparse.Namespace) -> int:
+    from bench.report import table_text
+
+    print(table_text(run_dir(args.run), args.format, args.vs_paper))
+    return 0
+
+
+def add_run_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-m", "--methods", help="comma-separated method names (default: all registered)")
+    p.add_argument("-t", "--tasks", help="comma-separated task names (default: all registered)")
+    p.add_argument("--backbone", help="backbone name (default: the profile's)")
+    p.add_argument("--weights", help="local weights file for the backbone (.safetensors/.pth)")
+    p.add_argument("--profile", default="default", help=f"one of {', '.join(PROFILES.names())}")
+    p.add_argument("--out", help="run folder (default: results/runs/<profile>-<backbone>)")
+    p.add_argument("--rerun", default="missing", choices=("missing", "failed", "all"),
+                   help="which finished cells to score again (default: missing)")
+    p.add_argument("--data", action="append", default=[], metavar="NAME=PATH",
+                   help="a local dataset folder, e.g. coco_stuff=/data/cocostuff; it replaces the profile's "
+                        "dataset of the same kind")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="run_bench.py", description=__doc__)
+    parser.add_argument("--plugin", action="append", default=[], metavar="FILE.py",
+                        help="a Python file that registers an upsampler (repeatable)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    sub = parser.add_subparsers(dest="command")
+    sub.add_parser("list", help="registered methods, tasks, backbones, datasets, profiles").set_defaults(fn=cmd_list)
+    run = sub.add_parser("run", help="score methods on tasks; resumes where a run stopped")
+    add_run_arguments(run)
+    run.set_defaults(fn=cmd_run)
+    table = sub.add_parser("table", help="print a run's results table")
+    table.add_argument("--run", required=True, help="run folder, or a name under results/runs")
+    table.add_argument("--format", default="md", choices=("md", "csv", "latex"))
+    table.add_argument("--vs-paper", action="store_true", help="add the paper's numbers beside ours")
+    table.set_defaults(fn=cmd_table)
+    return parser
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    """Global flags may come before or after the subcommand; no subcommand means the default run."""
+    parser = build_parser()
+    globals_only = argparse.ArgumentParser(add_help=False)
+    globals_only.add_argument("--plugin", action="append", default=[])
+    globals_only.add_argument("--no-progress", action="store_true")
+    known, rest = globals_only.parse_known_args(argv)
+    if not any(a in parser._subparsers._group_actions[0].choices for a in rest):
+        rest = ["run", *rest]
+    args = parser.parse_args(rest)
+    args.plugin, args.no_progress = known.plugin, known.no_progress
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(sys.argv[1:] if argv is None else argv)
+    try:
+        load_all(args.plugin)
+        return args.fn(args)
+    except (RegistryError, UsageError, ImportError, ValueError, FileNotFoundError, RuntimeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2

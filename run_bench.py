@@ -1,0 +1,8 @@
+#!/usr/bin/env python
+"""featup-bench: score feature upsamplers. `python run_bench.py --help` lists the commands."""
+import sys
+
+from bench.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

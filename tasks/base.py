@@ -1,0 +1,42 @@
+"""The task interface: score one upsampler on one backbone, return tidy metric rows."""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    from bench.backbones import Backbone
+    from bench.context import RunContext
+    from bench.profiles import Profile
+    from methods.base import Upsampler
+
+
+@dataclass(frozen=True)
+class MetricRow:
+    metric: str
+    value: float
+    higher_is_better: bool
+
+
+class Task(ABC):
+    name: ClassVar[str]
+    version: ClassVar[str] = "1"
+    metrics: ClassVar[dict[str, bool]]
+    """Metric name -> higher is better."""
+    data_kind: ClassVar[str]
+    """Which profile dataset the task reads: "seg" or "depth"."""
+
+    def dataset(self, profile: "Profile") -> str:
+        return getattr(profile, f"{self.data_kind}_data")
+
+    def recipe(self, profile: "Profile") -> dict[str, Any]:
+        """Everything about how the numbers were made that is not the method itself."""
+        return {"task": self.name, "task_version": self.version, "dataset": self.dataset(profile)}
+
+    @abstractmethod
+    def run(self, upsampler: "Upsampler", backbone: "Backbone", context: "RunContext") -> list[MetricRow]:
+        """Score ``upsampler`` (already prepared) on ``backbone`` features."""
+
+    def rows(self, values: dict[str, float]) -> list[MetricRow]:
+        return [MetricRow(k, float(values[k]), self.metrics[k]) for k in self.metrics]

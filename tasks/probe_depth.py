@@ -1,0 +1,55 @@
+"""Depth by a linear probe on metric ground truth: RMSE (m) and δ<1.25 over valid pixels."""
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+from torchmetrics import MeanMetric, MeanSquaredError
+
+from bench.profiles import Profile
+from bench.registry import TASKS
+from tasks.probe import LinearProbe, ProbeTask
+
+MIN_DEPTH = 1e-3
+
+
+def delta_hits(pred: torch.Tensor, gt: torch.Tensor, threshold: float = 1.25) -> torch.Tensor:
+    """1 where max(pred/gt, gt/pred) < threshold. torchmetrics has no δ metric, hence by hand."""
+    ratio = torch.maximum(pred / gt, gt / pred)
+    return (ratio < threshold).float()
+
+
+@TASKS.register
+class ProbeDepth(ProbeTask):
+    """The probe regresses metric depth with an L2 loss, so no scale/shift alignment is applied."""
+
+    name = "probe_depth"
+    metrics = {"rmse": False, "delta1.25": True}
+    data_kind = "depth"
+
+    def targets(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        return batch["depth"], batch["valid"]
+
+    def outputs(self, data: Dataset) -> int:
+        return 1
+
+    def loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.mse_loss(pred[:, 0], target)
+
+    def recipe(self, profile: Profile) -> dict[str, Any]:
+        return {**super().recipe(profile), "loss": "L2 on metric depth", "alignment": "none",
+                "eval_resize": "bilinear to the label grid", "min_depth_pred": MIN_DEPTH}
+
+    def evaluate(self, probe: LinearProbe, batches: Iterable[tuple[torch.Tensor, dict]]) -> dict[str, float]:
+        rmse = MeanSquaredError(squared=False)
+        delta = MeanMetric()
+        for feats, batch in batches:
+            gt, valid = batch["depth"].cpu(), batch["valid"].cpu()
+            pred = probe.apply_map(feats)
+            pred = F.interpolate(pred, size=gt.shape[-2:], mode="bilinear", align_corners=False)[:, 0].cpu()
+            pred = pred.clamp_min(MIN_DEPTH)
+            rmse.update(pred[valid], gt[valid])
+            delta.update(delta_hits(pred[valid], gt[valid]))
+        return {"rmse": rmse.compute().item(), "delta1.25": delta.compute().item()}

@@ -1,0 +1,44 @@
+"""Semantic segmentation by a linear probe: mIoU and pixel accuracy (torchmetrics)."""
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
+
+from bench.registry import TASKS
+from tasks.probe import LinearProbe, ProbeTask, resize_target
+
+IGNORE = 255
+
+
+@TASKS.register
+class ProbeSeg(ProbeTask):
+    """mIoU averages over classes present in labels or predictions; both reported in percent."""
+
+    name = "probe_seg"
+    metrics = {"miou": True, "acc": True}
+    data_kind = "seg"
+
+    def targets(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        label = batch["label"]
+        return label, label != IGNORE
+
+    def outputs(self, data: Dataset) -> int:
+        return data.num_classes
+
+    def loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(pred, target)
+
+    def evaluate(self, probe: LinearProbe, batches: Iterable[tuple[torch.Tensor, dict]]) -> dict[str, float]:
+        classes = probe.linear.out_features
+        miou = MulticlassJaccardIndex(classes, average="macro", ignore_index=IGNORE)
+        acc = MulticlassAccuracy(classes, average="micro", ignore_index=IGNORE)
+        for feats, batch in batches:
+            label = batch["label"].cpu()
+            pred = resize_target(probe.apply_map(feats).argmax(1), label.shape[-2:]).cpu()
+            miou.update(pred, label)
+            acc.update(pred, label)
+        return {"miou": 100 * miou.compute().item(), "acc": 100 * acc.compute().item()}
