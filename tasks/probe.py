@@ -22,7 +22,6 @@ from tqdm.auto import tqdm
 
 from bench.backbones import Backbone
 from bench.context import RunContext
-from bench.data import load_dataset
 from bench.profiles import Profile
 from methods.base import Upsampler
 from tasks.base import MetricRow, Task
@@ -65,16 +64,22 @@ def sample_pixels(
 
 
 class LinearProbe(nn.Module):
-    """Per-channel standardisation (fitted, frozen) followed by a learned 1x1 linear map."""
+    """Per-channel standardisation (fitted, frozen) followed by a learned 1x1 linear map.
 
-    def __init__(self, x: torch.Tensor, outputs: int) -> None:
+    Regression targets (``y`` given) are standardised too, so Adam's fixed step size
+    reaches metric depths of any scale within the profile's step budget.
+    """
+
+    def __init__(self, x: torch.Tensor, outputs: int, y: torch.Tensor | None = None) -> None:
         super().__init__()
         self.register_buffer("mean", x.mean(0))
         self.register_buffer("std", x.std(0).clamp_min(1e-6))
+        self.register_buffer("y_mean", y.float().mean() if y is not None else torch.tensor(0.0))
+        self.register_buffer("y_std", y.float().std().clamp_min(1e-6) if y is not None else torch.tensor(1.0))
         self.linear = nn.Linear(x.shape[1], outputs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear((x - self.mean) / self.std)
+        return self.linear((x - self.mean) / self.std) * self.y_std + self.y_mean
 
     def apply_map(self, feats: torch.Tensor) -> torch.Tensor:
         """(B,C,h,w) features -> (B,outputs,h,w) predictions."""
@@ -89,11 +94,12 @@ def train_probe(
     steps: int,
     lr: float,
     seed: int,
+    regression: bool,
     progress: bool = False,
 ) -> LinearProbe:
     """Adam on random mini-batches of the sampled pixels (full batch when they are few)."""
     torch.manual_seed(seed)
-    probe = LinearProbe(x, outputs)
+    probe = LinearProbe(x, outputs, y if regression else None)
     opt = torch.optim.Adam(probe.parameters(), lr=lr)
     generator = torch.Generator().manual_seed(seed)
     for _ in tqdm(range(steps), desc="probe", leave=False, disable=not progress):
@@ -118,6 +124,7 @@ def probe_recipe(p: Profile) -> dict[str, Any]:
         "n_val": p.n_val,
         "seed": p.seed,
         "train_targets": "nearest-resized to the feature grid",
+        "standardised": "inputs per channel; regression targets",
     }
 
 
@@ -125,6 +132,7 @@ class ProbeTask(Task):
     """Fit a linear probe on the training split's features, score it on the validation split."""
 
     metrics: ClassVar[dict[str, bool]]
+    regression: ClassVar[bool] = False
 
     @abstractmethod
     def targets(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -142,6 +150,8 @@ class ProbeTask(Task):
         """Metric values over the validation batches of (features, batch)."""
 
     def load_split(self, split: str, context: RunContext) -> Dataset:
+        from bench.data import load_dataset  # imported on use: `list` and plugins need no data stack
+
         p = context.profile
         name = self.dataset(p)
         limit = p.n_train if split == "train" else p.n_val
@@ -162,7 +172,7 @@ class ProbeTask(Task):
             ys.append(y.cpu())
         probe = train_probe(
             torch.cat(xs), torch.cat(ys), self.outputs(train), self.loss, p.probe_steps, p.probe_lr, p.seed,
-            context.progress,
+            self.regression, context.progress,
         ).to(context.device)
         val = self.load_split("val", context)
         return self.rows(self.evaluate(probe, feature_batches(upsampler, backbone, val, context, f"{self.name} val")))

@@ -28,6 +28,7 @@ class ProbeDepth(ProbeTask):
     name = "probe_depth"
     metrics = {"rmse": False, "delta1.25": True}
     data_kind = "depth"
+    regression = True
 
     def targets(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         return batch["depth"], batch["valid"]

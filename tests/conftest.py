@@ -1,0 +1,27 @@
+"""Shared fixtures: everything offline, the real default backbone loaded once."""
+from __future__ import annotations
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from bench.plugins import load_all  # noqa: E402
+
+load_all()
+
+
+@pytest.fixture(scope="session")
+def lite0():
+    from bench.backbones import load_backbone
+
+    return load_backbone("efficientnet_lite0")
+
+
+@pytest.fixture
+def images():
+    """Two non-square images whose sides are not multiples of 32."""
+    return torch.rand(2, 3, 70, 100, generator=torch.Generator().manual_seed(0))

@@ -1,0 +1,53 @@
+"""Every registered method honours the Upsampler contract."""
+import pytest
+import torch
+
+from bench.registry import METHODS
+from methods.base import ContractError, Upsampler
+
+OUT = (75, 101)  # not a multiple of the stride, not square
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_method_contract(name, lite0, images):
+    method = METHODS.get(name).create(lite0).eval()
+    out = method.upsample(lite0, images, OUT)
+    lr = lite0.features(images)
+    assert out.shape[:2] == (2, lite0.dim)
+    expected = lr.shape[-2:] if method.keeps_grid else OUT
+    assert tuple(out.shape[-2:]) == tuple(expected)
+    assert torch.isfinite(out).all()
+    # batch items are independent: the first image alone gives the same features
+    single = method.upsample(lite0, images[:1], OUT)
+    torch.testing.assert_close(single, out[:1], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", [n for n in METHODS.names() if METHODS.get(n).trainable])
+def test_gradients_reach_every_parameter(name, lite0, images):
+    method = METHODS.get(name).create(lite0).train()
+    lr = lite0.features(images)
+    method(lr, images, OUT).square().mean().backward()
+    missing = [n for n, p in method.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.any())]
+    assert not missing, f"{name}: no gradient reaches {missing}"
+
+
+def test_wrong_shape_is_reported_with_the_method_name(lite0, images):
+    class Broken(Upsampler):
+        name = "broken"
+
+        def forward(self, lr_feats, image, output_size):
+            return lr_feats[:, :3]
+
+    with pytest.raises(ContractError, match="'broken' returned shape"):
+        Broken().upsample(lite0, images, OUT)
+
+
+def test_wrong_size_is_reported(lite0, images):
+    class Small(Upsampler):
+        name = "small"
+
+        def forward(self, lr_feats, image, output_size):
+            return lr_feats
+
+    with pytest.raises(ContractError, match="spatial size"):
+        Small().upsample(lite0, images, OUT)

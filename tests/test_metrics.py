@@ -1,0 +1,54 @@
+"""The probe metrics against brute-force numpy formulas."""
+import numpy as np
+import torch
+
+from tasks.probe import LinearProbe
+from tasks.probe_depth import ProbeDepth
+from tasks.probe_seg import IGNORE, ProbeSeg
+
+
+def identity_probe(channels: int) -> LinearProbe:
+    """A probe that passes features straight through (zero mean, unit std, identity weights)."""
+    probe = LinearProbe(torch.zeros(2, channels), channels)
+    probe.std.fill_(1.0)
+    with torch.no_grad():
+        probe.linear.weight.copy_(torch.eye(channels))
+        probe.linear.bias.zero_()
+    return probe
+
+
+def brute_force_seg(pred: np.ndarray, label: np.ndarray, classes: int) -> tuple[float, float]:
+    keep = label != IGNORE
+    p, t = pred[keep], label[keep]
+    ious = []
+    for c in range(classes):
+        union = np.sum((p == c) | (t == c))
+        if union:
+            ious.append(np.sum((p == c) & (t == c)) / union)
+    return 100 * float(np.mean(ious)), 100 * float(np.mean(p == t))
+
+
+def test_seg_metrics_match_brute_force():
+    rng = np.random.default_rng(0)
+    classes = 5
+    label = rng.integers(0, classes - 1, size=(3, 8, 10))  # class 4 never in labels, only predicted
+    label[:, :2] = IGNORE
+    pred = np.where(rng.random(label.shape) < 0.7, label, rng.integers(0, classes, size=label.shape))
+    pred[pred == IGNORE] = 0
+    logits = torch.nn.functional.one_hot(torch.from_numpy(pred), classes).permute(0, 3, 1, 2).float()
+    batches = [(logits[i : i + 2], {"label": torch.from_numpy(label[i : i + 2])}) for i in (0, 2)]
+    got = ProbeSeg().evaluate(identity_probe(classes), batches)
+    miou, acc = brute_force_seg(pred, label, classes)
+    assert abs(got["miou"] - miou) < 1e-3 and abs(got["acc"] - acc) < 1e-3
+
+
+def test_depth_metrics_match_brute_force():
+    rng = np.random.default_rng(1)
+    gt = rng.uniform(0.5, 5, size=(2, 6, 7)).astype(np.float32)
+    pred = (gt * rng.uniform(0.7, 1.4, size=gt.shape)).astype(np.float32)
+    valid = rng.random(gt.shape) > 0.2
+    batch = {"depth": torch.from_numpy(gt), "valid": torch.from_numpy(valid)}
+    got = ProbeDepth().evaluate(identity_probe(1), [(torch.from_numpy(pred)[:, None], batch)])
+    p, t = pred[valid], gt[valid]
+    assert abs(got["rmse"] - np.sqrt(np.mean((p - t) ** 2))) < 1e-5
+    assert abs(got["delta1.25"] - np.mean(np.maximum(p / t, t / p) < 1.25)) < 1e-6
