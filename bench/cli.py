@@ -32,14 +32,15 @@ def int_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
-def data_paths(pairs: list[str]) -> dict[str, str]:
-    out = {}
-    for pair in pairs:
-        name, sep, path = pair.partition("=")
-        if not sep or not name or not path:
-            raise UsageError(f"--data {pair!r}: expected NAME=PATH, e.g. --data coco_stuff=/data/cocostuff")
+def parse_data(entries: list[str]) -> dict[str, str | None]:
+    """--data NAME[=PATH] entries -> {name: path or None}, names checked against the registry."""
+    out: dict[str, str | None] = {}
+    for entry in entries:
+        name, sep, path = entry.partition("=")
+        if not name or (sep and not path):
+            raise UsageError(f"--data {entry!r}: expected NAME or NAME=PATH, e.g. --data coco_stuff=/data/cocostuff")
         DATASETS.get(name)
-        out[name] = path
+        out[name] = path or None
     return out
 
 
@@ -53,12 +54,12 @@ def resolve_device(name: str) -> torch.device:
 
 def make_context(args: argparse.Namespace) -> RunContext:
     """The profile with --data datasets swapped in, the device and the caches."""
-    paths = data_paths(args.data)
+    data = parse_data(args.data)
     profile = PROFILES.get(args.profile)
-    overrides = {f"{DATASETS.get(n).kind}_data": n for n in paths if DATASETS.get(n).kind in ("seg", "depth")}
+    overrides = {f"{DATASETS.get(n).kind}_data": n for n in data if DATASETS.get(n).kind in ("seg", "depth")}
     profile = profile.with_overrides(**overrides)
     return RunContext(profile=profile, device=resolve_device(args.device), cache_dir=CACHE_DIR,
-                      data_paths=paths, progress=not args.no_progress)
+                      data_paths={n: p for n, p in data.items() if p}, progress=not args.no_progress)
 
 
 def run_dir(text: str) -> Path:
@@ -120,18 +121,53 @@ def cmd_table(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_run_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-m", "--methods", help="comma-separated method names (default: all registered)")
-    p.add_argument("-t", "--tasks", help="comma-separated task names (default: all registered)")
+def cmd_train(args: argparse.Namespace) -> int:
+    from bench.backbones import load_backbone
+    from bench.train import train_method
+
+    context = make_context(args)
+    if args.data:
+        context.profile = context.profile.with_overrides(train_data=args.data[-1].partition("=")[0])
+    backbone = load_backbone(args.backbone or context.profile.backbone, args.weights, context.device)
+    method_cls = METHODS.get(args.method)
+    if not method_cls.trainable:
+        raise UsageError(f"method {args.method!r} has no weights to train (trainable=False)")
+    path = train_method(method_cls.create(backbone).to(context.device), backbone, context)
+    print(f"trained {args.method} on {backbone.name}: {path}")
+    return 0
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    """Kernel or whole-method timings: a table on stdout, CSV and PNG kept under the run folder."""
+    from bench.profile import plot_profile
+    from bench.report import render
+
+    device = str(resolve_device(args.device))
+    if args.what == "kernels":
+        from bench.profile import profile_kernels
+
+        df = profile_kernels(args.sizes, args.channels, device, progress=not args.no_progress)
+    else:
+        from bench.profile_methods import profile_methods
+
+        methods = csv_list(args.methods) if args.methods else METHODS.names()
+        for name in methods:
+            METHODS.get(name)
+        df = profile_methods(methods, args.sizes, args.channels[0], device, progress=not args.no_progress)
+    out = Path(args.out) if args.out else RUNS_DIR / f"profile-{args.what}-{device}-{time.strftime('%Y%m%d-%H%M%S')}"
+    out.mkdir(parents=True, exist_ok=True)
+    df.to_csv(out / "profile.csv", index=False)
+    plot_profile(df, out / "profile.png")
+    print(render(df.set_index(df.columns[0]), args.format))
+    print(f"saved {out / 'profile.csv'} and {out / 'profile.png'}", file=sys.stderr)
+    return 0 if df["status"].isin(["ok", "oom", "skipped"]).all() else 1
+
+
+def add_common_arguments(p: argparse.ArgumentParser, data_help: str) -> None:
     p.add_argument("--backbone", help="backbone name (default: the profile's)")
     p.add_argument("--weights", help="local weights file for the backbone (.safetensors/.pth)")
     p.add_argument("--profile", default="default", help=f"one of {', '.join(PROFILES.names())}")
-    p.add_argument("--out", help="run folder (default: results/runs/<profile>-<backbone>)")
-    p.add_argument("--rerun", default="missing", choices=("missing", "failed", "all"),
-                   help="which finished cells to score again (default: missing)")
-    p.add_argument("--data", action="append", default=[], metavar="NAME=PATH",
-                   help="a local dataset folder, e.g. coco_stuff=/data/cocostuff; it replaces the profile's "
-                        "dataset of the same kind")
+    p.add_argument("--data", action="append", default=[], metavar="NAME[=PATH]", help=data_help)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
 
 
@@ -143,13 +179,33 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command")
     sub.add_parser("list", help="registered methods, tasks, backbones, datasets, profiles").set_defaults(fn=cmd_list)
     run = sub.add_parser("run", help="score methods on tasks; resumes where a run stopped")
-    add_run_arguments(run)
+    run.add_argument("-m", "--methods", help="comma-separated method names (default: all registered)")
+    run.add_argument("-t", "--tasks", help="comma-separated task names (default: all registered)")
+    run.add_argument("--out", help="run folder (default: results/runs/<profile>-<backbone>)")
+    run.add_argument("--rerun", default="missing", choices=("missing", "failed", "all"),
+                     help="which finished cells to score again (default: missing)")
+    add_common_arguments(run, "a dataset (with its local folder where it is not embedded), e.g. "
+                              "coco_stuff=/data/cocostuff; it replaces the profile's dataset of its kind")
     run.set_defaults(fn=cmd_run)
     table = sub.add_parser("table", help="print a run's results table")
     table.add_argument("--run", required=True, help="run folder, or a name under results/runs")
     table.add_argument("--format", default="md", choices=("md", "csv", "latex"))
     table.add_argument("--vs-paper", action="store_true", help="add the paper's numbers beside ours")
     table.set_defaults(fn=cmd_table)
+    train = sub.add_parser("train", help="fit a trainable method's weights (run does this when they are missing)")
+    train.add_argument("method")
+    add_common_arguments(train, "images to train on, e.g. photos or coco_stuff=/data/cocostuff "
+                                "(default: the profile's train_data)")
+    train.set_defaults(fn=cmd_train)
+    prof = sub.add_parser("profile", help="time and memory of kernels or whole upsamplers")
+    prof.add_argument("what", choices=("kernels", "methods"))
+    prof.add_argument("-m", "--methods", help="methods to profile (profile methods; default: all)")
+    prof.add_argument("--sizes", type=int_list, default=[56, 112, 224, 448], help="output sizes, e.g. 112,224")
+    prof.add_argument("--channels", type=int_list, default=[384], help="channel counts, e.g. 64,384")
+    prof.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    prof.add_argument("--format", default="md", choices=("md", "csv", "latex"))
+    prof.add_argument("--out", help="folder for profile.csv and profile.png")
+    prof.set_defaults(fn=cmd_profile)
     return parser
 
 
