@@ -1,0 +1,190 @@
+"""FeatUp's multi-view consistency objective (REFERENCE §4), shared by every trainable upsampler.
+
+An upsampler is good if its HR features, jittered like the image and pooled back
+to the backbone's grid, reproduce the backbone's features of the jittered image.
+Pieces: the channel standardisation all trainable methods see, replayable image
+jitter, two learned downsamplers, the Gaussian NLL with learned uncertainty after a
+random projection, and a TV prior.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+if TYPE_CHECKING:
+    from methods.base import Upsampler
+
+PROJ_DIM = 30
+
+
+def standardise(feats: torch.Tensor) -> torch.Tensor:
+    """LayerNorm over channels without affine, per pixel: what FeatUp's upsamplers see and predict."""
+    return F.layer_norm(feats.permute(0, 2, 3, 1), feats.shape[1:2]).permute(0, 3, 1, 2)
+
+
+@dataclass(frozen=True)
+class Jitter:
+    """One random view: reflect pad, optional bilinear zoom, crop back to size, optional h-flip.
+
+    The parameters are fixed once sampled, so the same view is replayed on the
+    image and on any feature map of the image's size.
+    """
+
+    size: tuple[int, int]
+    pad: int
+    zoom: float
+    top: int
+    left: int
+    flip: bool
+
+    @classmethod
+    def sample(
+        cls, size: tuple[int, int], generator: torch.Generator, pad: int = 20, max_zoom: float = 2.0,
+        p_zoom: float = 0.5, p_flip: float = 0.5,
+    ) -> "Jitter":
+        def uniform() -> float:
+            return torch.rand((), generator=generator).item()
+
+        h, w = size
+        zoom = 1.0 + (max_zoom - 1.0) * uniform() if uniform() < p_zoom else 1.0
+        zh, zw = int((h + 2 * pad) * zoom), int((w + 2 * pad) * zoom)
+        top = int(torch.randint(zh - h + 1, (), generator=generator))
+        left = int(torch.randint(zw - w + 1, (), generator=generator))
+        return cls(tuple(size), pad, zoom, top, left, uniform() < p_flip)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = self.size
+        if tuple(x.shape[-2:]) != (h, w):
+            raise ValueError(f"this view was sampled for {h}x{w} maps; got {tuple(x.shape[-2:])}")
+        x = F.pad(x, [self.pad] * 4, mode="reflect")
+        if self.zoom > 1.0:
+            zoomed = (int((h + 2 * self.pad) * self.zoom), int((w + 2 * self.pad) * self.zoom))
+            x = F.interpolate(x, size=zoomed, mode="bilinear", align_corners=False)
+        x = x[..., self.top:self.top + h, self.left:self.left + w]
+        return x.flip(-1) if self.flip else x
+
+
+def _patch_stride(hr: int, lr: int, k: int) -> int:
+    if hr < k:
+        raise ValueError(f"HR map of {hr} pixels is smaller than the downsampler kernel ({k})")
+    return max(1, (hr - k) // max(lr - 1, 1))
+
+
+class SimpleDownsampler(nn.Module):
+    """A learned k x k blur |w|/sum|w| (init: box), as a valid strided conv onto the LR grid."""
+
+    channelwise = True
+    """Acts on each channel alone, so it commutes with a channel projection."""
+
+    def __init__(self, kernel_size: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(kernel_size, kernel_size))
+
+    def forward(self, hr: torch.Tensor, lr_size: tuple[int, int]) -> torch.Tensor:
+        (b, c, h, w), k = hr.shape, self.weight.shape[0]
+        stride = (_patch_stride(h, lr_size[0], k), _patch_stride(w, lr_size[1], k))
+        kernel = self.weight.abs() / self.weight.abs().sum()
+        out = F.conv2d(hr.reshape(b * c, 1, h, w), kernel[None, None], stride=stride)
+        return out[..., :lr_size[0], :lr_size[1]].reshape(b, c, *lr_size)
+
+
+def gaussian_blur(x: torch.Tensor, size: int = 5, sigma: float = 1.0) -> torch.Tensor:
+    u = torch.arange(size, dtype=x.dtype, device=x.device) - (size - 1) / 2
+    g = torch.exp(-u**2 / (2 * sigma**2))
+    kernel = (g[:, None] * g[None, :] / g.sum() ** 2).expand(x.shape[1], 1, size, size)
+    return F.conv2d(F.pad(x, [size // 2] * 4, mode="reflect"), kernel, groups=x.shape[1])
+
+
+class AttentionDownsampler(nn.Module):
+    """Softmax-weighted pooling of blurred HR patches, weights from a learned per-pixel logit."""
+
+    channelwise = False
+
+    def __init__(self, dim: int, kernel_size: int) -> None:
+        super().__init__()
+        self.logit = nn.Linear(dim, 1)
+        self.dropout = nn.Dropout(0.2)
+        self.scale = nn.Parameter(torch.ones(kernel_size * kernel_size))
+        self.bias = nn.Parameter(torch.zeros(kernel_size * kernel_size))
+
+    def forward(self, hr: torch.Tensor, lr_size: tuple[int, int]) -> torch.Tensor:
+        (b, c, h, w), k = hr.shape, math.isqrt(self.scale.numel())
+        stride = (_patch_stride(h, lr_size[0], k), _patch_stride(w, lr_size[1], k))
+        blurred = gaussian_blur(hr)
+        logits = self.logit(self.dropout(blurred.permute(0, 2, 3, 1))).permute(0, 3, 1, 2)
+        logits = F.unfold(logits, k, stride=stride).view(b, k * k, -1)
+        patches = F.unfold(blurred, k, stride=stride).view(b, c, k * k, -1)
+        if self.training:  # whole-patch logit dropout: the patch falls back to the learned bias
+            logits = logits * (torch.rand(b, 1, logits.shape[-1], device=hr.device) > 0.2).to(hr.dtype)
+        attention = torch.softmax(logits * self.scale[:, None] + self.bias[:, None], dim=1)
+        grid = ((h - k) // stride[0] + 1, (w - k) // stride[1] + 1)
+        out = torch.einsum("bcpl,bpl->bcl", patches, attention).view(b, c, *grid)
+        return out[..., :lr_size[0], :lr_size[1]]
+
+
+def make_downsampler(kind: str, dim: int, kernel_size: int) -> nn.Module:
+    if kind == "simple":
+        return SimpleDownsampler(kernel_size)
+    if kind == "attention":
+        return AttentionDownsampler(dim, kernel_size)
+    raise ValueError(f"unknown downsampler {kind!r}; choose 'simple' or 'attention'")
+
+
+def random_projection(batch: int, dim: int, generator: torch.Generator, out_dim: int = PROJ_DIM) -> torch.Tensor:
+    """(batch, out_dim, dim) Gaussian matrices with unit-norm rows: a fresh view of the channels."""
+    proj = torch.randn(batch, out_dim, dim, generator=generator)
+    return proj / proj.norm(dim=2, keepdim=True)
+
+
+def project(feats: torch.Tensor, proj: torch.Tensor) -> torch.Tensor:
+    return torch.einsum("bchw,bdc->bdhw", feats, proj.to(feats))
+
+
+def total_variation(x: torch.Tensor) -> torch.Tensor:
+    """Mean absolute difference between neighbouring pixels (a smoothness prior)."""
+    return (x[..., 1:, :] - x[..., :-1, :]).abs().mean() + (x[..., :, 1:] - x[..., :, :-1]).abs().mean()
+
+
+class MultiViewLoss(nn.Module):
+    """Downsampler + uncertainty net: the loss of one jittered view, with the trainable parts.
+
+    sigma = max(exp(Conv1x1(LR) + 0.1), 1e-4), loss = mse / (2 sigma^2) + log sigma,
+    after projecting both sides to 30 dims. When the downsampler acts per channel the
+    projection is applied before jitter and pooling (the same numbers, 10x fewer
+    channels), and earlier still, before the stack, for upsamplers offering
+    ``forward_projected``.
+    """
+
+    def __init__(self, dim: int, kernel_size: int, downsampler: str = "simple", tv_weight: float = 0.0) -> None:
+        super().__init__()
+        self.downsampler = make_downsampler(downsampler, dim, kernel_size)
+        self.scale_net = nn.Conv2d(dim, 1, 1)
+        with torch.no_grad():
+            self.scale_net.weight.mul_(0.1)
+        self.tv_weight = tv_weight
+
+    def forward(
+        self, upsampler: "Upsampler", lr: torch.Tensor, image: torch.Tensor, jitter: Jitter,
+        view_lr: torch.Tensor, proj: torch.Tensor,
+    ) -> torch.Tensor:
+        size, lr_size = tuple(image.shape[-2:]), tuple(view_lr.shape[-2:])
+        if self.downsampler.channelwise:
+            if hasattr(upsampler, "forward_projected"):
+                hr = upsampler.forward_projected(lr, image, size, proj)
+            else:
+                hr = project(upsampler(lr, image, size), proj)
+            pred = self.downsampler(jitter(hr), lr_size)
+        else:
+            hr = upsampler(lr, image, size)
+            pred = project(self.downsampler(jitter(hr), lr_size), proj)
+        log_sigma = (self.scale_net(view_lr) + 0.1).clamp_min(math.log(1e-4))
+        mse = (pred - project(view_lr, proj)).square().mean(1, keepdim=True)
+        loss = (mse / (2 * torch.exp(2 * log_sigma)) + log_sigma).mean()
+        if self.tv_weight:
+            loss = loss + self.tv_weight * total_variation(hr)
+        return loss
