@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, ClassVar
 import torch
 from torch import nn
 
+from bench.multiview import standardise
+
 if TYPE_CHECKING:
     from bench.backbones import Backbone
     from bench.context import RunContext
@@ -47,8 +49,14 @@ class Upsampler(nn.Module, ABC):
             ensure_trained(self, backbone, context)
 
     def features(self, backbone: "Backbone", image: torch.Tensor) -> torch.Tensor:
-        """The low-resolution features this method starts from."""
-        return backbone.features(image)
+        """The low-resolution features this method starts from.
+
+        Trainable methods get them channel-standardised (LayerNorm over channels, no
+        affine), as FeatUp trains and runs its upsamplers; the trainer reads them here
+        too, so training and inference see the same features.
+        """
+        feats = backbone.features(image)
+        return standardise(feats) if self.trainable else feats
 
     @abstractmethod
     def forward(
