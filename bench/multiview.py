@@ -151,13 +151,14 @@ def total_variation(x: torch.Tensor) -> torch.Tensor:
 
 
 class MultiViewLoss(nn.Module):
-    """Downsampler + uncertainty net: the loss of one jittered view, with the trainable parts.
+    """Downsampler + uncertainty net: the loss of a batch's jittered views, with the trainable parts.
 
-    sigma = max(exp(Conv1x1(LR) + 0.1), 1e-4), loss = mse / (2 sigma^2) + log sigma,
-    after projecting both sides to 30 dims. When the downsampler acts per channel the
-    projection is applied before jitter and pooling (the same numbers, 10x fewer
-    channels), and earlier still, before the stack, for upsamplers offering
-    ``forward_projected``.
+    sigma = max(exp(Conv1x1(LR) + 0.1), 1e-4), loss = mse / (2 sigma^2) + log sigma
+    after projecting both sides to 30 dims, averaged over views. The upsampler runs
+    once per batch and every view reuses its output: FeatUp reruns it per view,
+    which only redraws its dropout masks. When the downsampler acts per channel the
+    projection comes before jitter and pooling (the same numbers on 30 channels),
+    and before the upsampler itself for those offering ``forward_projected``.
     """
 
     def __init__(self, dim: int, kernel_size: int, downsampler: str = "simple", tv_weight: float = 0.0) -> None:
@@ -169,22 +170,29 @@ class MultiViewLoss(nn.Module):
         self.tv_weight = tv_weight
 
     def forward(
-        self, upsampler: "Upsampler", lr: torch.Tensor, image: torch.Tensor, jitter: Jitter,
-        view_lr: torch.Tensor, proj: torch.Tensor,
+        self, upsampler: "Upsampler", lr: torch.Tensor, image: torch.Tensor, jitters: list[Jitter],
+        view_lrs: list[torch.Tensor], projs: list[torch.Tensor],
     ) -> torch.Tensor:
-        size, lr_size = tuple(image.shape[-2:]), tuple(view_lr.shape[-2:])
-        if self.downsampler.channelwise:
-            if hasattr(upsampler, "forward_projected"):
-                hr = upsampler.forward_projected(lr, image, size, proj)
-            else:
-                hr = project(upsampler(lr, image, size), proj)
-            pred = self.downsampler(jitter(hr), lr_size)
+        size, lr_size = tuple(image.shape[-2:]), tuple(view_lrs[0].shape[-2:])
+        early = self.downsampler.channelwise
+        if early and hasattr(upsampler, "forward_projected"):
+            hr = upsampler.forward_projected(lr, image, size, torch.cat(projs, dim=1))
         else:
             hr = upsampler(lr, image, size)
-            pred = project(self.downsampler(jitter(hr), lr_size), proj)
-        log_sigma = (self.scale_net(view_lr) + 0.1).clamp_min(math.log(1e-4))
-        mse = (pred - project(view_lr, proj)).square().mean(1, keepdim=True)
-        loss = (mse / (2 * torch.exp(2 * log_sigma)) + log_sigma).mean()
+            hr = project(hr, torch.cat(projs, dim=1)) if early else hr
+        total = 0.0
+        for v, (jitter, view_lr, proj) in enumerate(zip(jitters, view_lrs, projs)):
+            if early:
+                pred = self.downsampler(jitter(hr[:, v * proj.shape[1]:(v + 1) * proj.shape[1]]), lr_size)
+            else:
+                pred = project(self.downsampler(jitter(hr), lr_size), proj)
+            total = total + self.nll(pred, project(view_lr, proj), view_lr)
+        loss = total / len(jitters)
         if self.tv_weight:
             loss = loss + self.tv_weight * total_variation(hr)
         return loss
+
+    def nll(self, pred: torch.Tensor, target: torch.Tensor, view_lr: torch.Tensor) -> torch.Tensor:
+        log_sigma = (self.scale_net(view_lr) + 0.1).clamp_min(math.log(1e-4))
+        mse = (pred - target).square().mean(1, keepdim=True)
+        return (mse / (2 * torch.exp(2 * log_sigma)) + log_sigma).mean()
