@@ -1,0 +1,111 @@
+"""What the trained baselines share: learned x2 stages, then one resize to the exact size.
+
+resize_conv, CARAFE and SAPA all upsample by a stack of x2 stages, each with its own
+weights (FeatUp: four stages for stride-16 backbones), so the stage count is fixed
+when the method is built and every stage always runs; a final bilinear resize then
+reaches any requested size, square or not, multiple of the stride or not. CARAFE
+and SAPA also share the reassembly: each HR pixel is a weighted sum over the k x k
+LR window around its LR parent.
+"""
+from __future__ import annotations
+
+import math
+from abc import abstractmethod
+from typing import TYPE_CHECKING, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from methods.base import Upsampler
+
+if TYPE_CHECKING:
+    from bench.backbones import Backbone
+
+
+def num_stages(stride: int) -> int:
+    """x2 stages that bring a stride-``stride`` grid to image resolution or just past it (14, 16 -> 4; 32 -> 5)."""
+    if stride < 1:
+        raise ValueError(f"backbone stride must be a positive integer, got {stride}")
+    return math.ceil(math.log2(stride))
+
+
+def resize_to(x: torch.Tensor, output_size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear resize of the last stage's output to exactly ``output_size``."""
+    if tuple(x.shape[-2:]) == tuple(output_size):
+        return x
+    return F.interpolate(x, size=output_size, mode="bilinear", align_corners=False)
+
+
+def window(x: torch.Tensor, k: int) -> Iterator[torch.Tensor]:
+    """The k*k shifted copies of ``x`` (row-major taps), zero outside the image.
+
+    Tap t = (dy, dx) at LR pixel (i, j) holds x[i + dy - k//2, j + dx - k//2] or 0 when
+    that falls outside: the edge rule of mmcv's CARAFE and SAPA's kernels, where
+    out-of-image neighbours are skipped (contribute nothing, weights not renormalised).
+    Slices of one padded tensor, so no k*k-fold copy is ever made.
+    """
+    if k % 2 != 1:
+        raise ValueError(f"window size must be odd, got {k}")
+    h, w = x.shape[-2:]
+    padded = F.pad(x, (k // 2,) * 4)
+    for dy in range(k):
+        for dx in range(k):
+            yield padded[..., dy:dy + h, dx:dx + w]
+
+
+def to_children(x: torch.Tensor) -> torch.Tensor:
+    """View (B,C,h,w) LR values as (B,C,h,1,w,1) to broadcast over each pixel's 2x2 HR children."""
+    b, c, h, w = x.shape
+    return x.reshape(b, c, h, 1, w, 1)
+
+
+def reassemble(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """HR pixel (y, x) = sum over taps t of weights[t, y, x] * window tap t of ``values`` at (y//2, x//2).
+
+    values (B,C,h,w); weights (B,k*k,2h,2w). Accumulates tap by tap so memory stays at
+    one (B,C,2h,2w) map instead of the k*k-fold unfold.
+    """
+    b, c, h, w = values.shape
+    taps = weights.shape[1]
+    k = math.isqrt(taps)
+    if k * k != taps or weights.shape[0] != b or tuple(weights.shape[-2:]) != (2 * h, 2 * w):
+        raise ValueError(f"weights of shape {tuple(weights.shape)} do not fit values of shape {tuple(values.shape)}: "
+                         f"expected ({b}, k*k, {2 * h}, {2 * w})")
+    wt = weights.reshape(b, taps, h, 2, w, 2)
+    out = values.new_zeros(b, c, h, 2, w, 2)
+    for t, shifted in enumerate(window(values, k)):
+        out.addcmul_(wt[:, t:t + 1], to_children(shifted))
+    return out.reshape(b, c, 2 * h, 2 * w)
+
+
+class StagedUpsampler(Upsampler):
+    """A trainable stack of x2 stages; subclasses only say what one stage is (``make_stage``)."""
+
+    trainable = True
+    version = "1"
+
+    def __init__(self, dim: int, stages: int) -> None:
+        super().__init__()
+        self.dim = dim
+        self.stages = nn.ModuleList(self.make_stage(dim, last=i == stages - 1) for i in range(stages))
+
+    @abstractmethod
+    def make_stage(self, dim: int, last: bool) -> nn.Module:
+        """One x2 stage: ``stage(feats (B,C,h,w), image (B,3,H,W)) -> (B,C,2h,2w)``."""
+
+    @classmethod
+    def create(cls, backbone: "Backbone") -> "StagedUpsampler":
+        return cls(backbone.dim, num_stages(backbone.stride))
+
+    def forward(self, lr_feats: torch.Tensor, image: torch.Tensor, output_size: tuple[int, int]) -> torch.Tensor:
+        if lr_feats.dim() != 4 or lr_feats.shape[1] != self.dim:
+            raise ValueError(f"{self.name!r} was built for {self.dim}-channel features (B,{self.dim},h,w), "
+                             f"got shape {tuple(lr_feats.shape)}")
+        if image.dim() != 4 or image.shape[1] != 3 or image.shape[0] != lr_feats.shape[0]:
+            raise ValueError(f"{self.name!r} needs an image batch (B,3,H,W) matching the features' batch "
+                             f"{lr_feats.shape[0]}, got shape {tuple(image.shape)}")
+        x = lr_feats
+        for stage in self.stages:
+            x = stage(x, image)
+        return resize_to(x, output_size)
