@@ -27,7 +27,6 @@ class CarafeStage(nn.Module):
 
     def __init__(self, dim: int, up_kernel: int = UP_KERNEL, encoder_kernel: int = ENCODER_KERNEL) -> None:
         super().__init__()
-        self.up_kernel = up_kernel
         self.compress = nn.Conv2d(dim, COMPRESSED, kernel_size=1)
         self.encoder = nn.Conv2d(COMPRESSED, (2 * up_kernel) ** 2, encoder_kernel, padding=encoder_kernel // 2)
         nn.init.xavier_uniform_(self.compress.weight)
