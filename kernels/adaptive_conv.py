@@ -1,0 +1,86 @@
+"""The public JBU adaptive convolution: input checks, one autograd Function, backend choice.
+
+``adaptive_conv(V, K, impl)`` computes Y[b,c,y,x] = sum_ij K[b,y,x,i,j] V[b,c,y+i,x+j] with
+V (B,C,H+2r,W+2r) already padded and K (B,H,W,2r+1,2r+1). Non-contiguous inputs are made
+contiguous (one copy) rather than refused: the kernels need flat row-major memory, and a
+caller's permuted view is a legitimate input.
+"""
+from __future__ import annotations
+
+from types import ModuleType, SimpleNamespace
+
+import torch
+
+from kernels import numba_cpu, reference
+
+IMPLS = ("reference", "torch", "numba")
+
+_TORCH = SimpleNamespace(forward=reference.tap_forward, grad_v=reference.tap_grad_v, grad_k=reference.tap_grad_k)
+
+
+def _numba_backend(device: torch.device) -> ModuleType:
+    if device.type == "cuda":
+        from kernels import numba_cuda
+
+        return numba_cuda
+    if device.type == "cpu":
+        return numba_cpu
+    raise ValueError(f"impl 'numba' runs on cpu or cuda tensors, got device {device}")
+
+
+class AdaptiveConv(torch.autograd.Function):
+    """Forward and both gradients from a backend with forward(V,K), grad_v(dY,K), grad_k(dY,V)."""
+
+    @staticmethod
+    def forward(ctx, V: torch.Tensor, K: torch.Tensor, backend) -> torch.Tensor:
+        ctx.backend = backend
+        ctx.save_for_backward(V, K)
+        return backend.forward(V, K)
+
+    @staticmethod
+    def backward(ctx, dY: torch.Tensor):
+        V, K = ctx.saved_tensors
+        dY = dY.contiguous()
+        dV = ctx.backend.grad_v(dY, K) if ctx.needs_input_grad[0] else None
+        dK = ctx.backend.grad_k(dY, V) if ctx.needs_input_grad[1] else None
+        return dV, dK, None
+
+
+def check_inputs(V: torch.Tensor, K: torch.Tensor) -> None:
+    """Raise TypeError/ValueError naming what is wrong with (V, K) and what was expected."""
+    for name, t in (("V", V), ("K", K)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dtype not in (torch.float32, torch.float64):
+            raise TypeError(f"{name} must be float32 or float64, got {t.dtype}")
+    if V.dtype != K.dtype:
+        raise TypeError(f"V and K must have the same dtype, got V {V.dtype} and K {K.dtype}")
+    if V.device != K.device:
+        raise ValueError(f"V and K must be on the same device, got V on {V.device} and K on {K.device}")
+    if V.dim() != 4:
+        raise ValueError(f"V must be 4-D (B, C, H+2r, W+2r), got shape {tuple(V.shape)}")
+    if K.dim() != 5:
+        raise ValueError(f"K must be 5-D (B, H, W, 2r+1, 2r+1), got shape {tuple(K.shape)}")
+    B, H, W, T, T2 = K.shape
+    if T != T2 or T % 2 == 0:
+        raise ValueError(f"K's last two dims must be equal and odd (2r+1, 2r+1), got {T}x{T2}")
+    expected = (B, V.shape[1], H + T - 1, W + T - 1)
+    if tuple(V.shape) != expected:
+        raise ValueError(f"V must have shape (B, C, H+2r, W+2r) = {expected} for K of shape "
+                         f"{tuple(K.shape)} (radius {T // 2}), got {tuple(V.shape)}")
+
+
+def adaptive_conv(V: torch.Tensor, K: torch.Tensor, impl: str = "auto") -> torch.Tensor:
+    """Y (B,C,H,W); impl: "auto" (the Numba kernel of the tensors' device), or one of IMPLS.
+
+    "reference" is the unfold oracle (memory C*(2r+1)^2*H*W), "torch" the tap-loop baseline,
+    "numba" the Numba kernel for the tensors' device (CPU or CUDA).
+    """
+    if impl not in ("auto", *IMPLS):
+        raise ValueError(f"unknown impl {impl!r}; expected 'auto' or one of {', '.join(IMPLS)}")
+    check_inputs(V, K)
+    V, K = V.contiguous(), K.contiguous()
+    if impl == "reference":
+        return reference.unfold_reference(V, K)
+    backend = _TORCH if impl == "torch" else _numba_backend(V.device)
+    return AdaptiveConv.apply(V, K, backend)
