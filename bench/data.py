@@ -1,0 +1,74 @@
+"""Datasets by name: what is registered, and ``load_dataset`` to open one split.
+
+Importing this module only registers the specs (cheap, for ``list``); a dataset's own module
+(scikit-image, PIL) is imported when it is loaded. Items are dicts of tensors:
+seg ``{"image", "label"}`` (int64, 255 = ignore), depth ``{"image", "depth", "valid"}`` (metres,
+bool), images ``{"image"}``; every image is float32 (3,H,W) in [0,1].
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+
+from torch.utils.data import Dataset
+
+from bench.data_common import SPLITS, DatasetError
+from bench.registry import DATASETS
+
+__all__ = ["DatasetError", "DatasetSpec", "load_dataset"]
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str
+    kind: str
+    """"seg", "depth" or "images"."""
+    summary: str
+    embedded: bool
+    """True: generated or shipped with the installed packages, so it needs no path."""
+
+
+_SPECS_AND_LOADERS = (
+    (DatasetSpec("scenes", "seg", "generated scenes of real photo textures in thin, sharp shapes; "
+                 "exact labels, 8 classes", True), "bench.data_scenes:Scenes"),
+    (DatasetSpec("middlebury", "depth", "Middlebury 2014 motorcycle (skimage) with ground-truth depth; "
+                 "train crops from the left 60%, val from the right 40%", True), "bench.data_embedded:Middlebury"),
+    (DatasetSpec("photos", "images", "scikit-image's photographs and random crops of them, "
+                 "for training upsamplers", True), "bench.data_embedded:Photos"),
+    (DatasetSpec("coco_stuff", "seg", "COCO-Stuff 164k stuffthingmaps, 27 coarse classes; "
+                 "FeatUp's curated lists used where present", False), "bench.data_folders:CocoStuff"),
+    (DatasetSpec("nyuv2", "depth", "NYUv2-style depth folders: {train,val}/rgb + {train,val}/depth "
+                 "(16-bit PNG, mm, 0 = invalid); any folder in this format works", False),
+     "bench.data_folders:DepthFolder"),
+)
+_LOADERS = {spec.name: loader for spec, loader in _SPECS_AND_LOADERS}
+for _spec, _ in _SPECS_AND_LOADERS:
+    DATASETS.register(_spec)
+
+
+def load_dataset(name: str, split: str, image_size: tuple[int, int], limit: int | None = None,
+                 path: str | None = None, seed: int = 0) -> Dataset:
+    """Open one split of a registered dataset, items resized and centre-cropped to ``image_size`` (H, W).
+
+    ``limit`` caps the number of items (the first ones, always the same); ``seed`` fixes every
+    random choice of the generated datasets. Folder datasets need ``path``; embedded ones refuse it.
+    """
+    spec: DatasetSpec = DATASETS.get(name)
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    size = tuple(int(s) for s in image_size)
+    if len(size) != 2 or min(size) < 1:
+        raise ValueError(f"image_size must be (H, W) with positive sides, got {image_size!r}")
+    if limit is not None and limit < 0:
+        raise ValueError(f"limit must be None or >= 0, got {limit}")
+    module, cls = _LOADERS[name].split(":")
+    loader = getattr(importlib.import_module(module), cls)
+    if spec.embedded:
+        if path is not None:
+            raise DatasetError(f"dataset {name!r} is embedded and takes no path (got {path!r}); "
+                               f"use --data {name}")
+        return loader(split, size, limit, seed)
+    if path is None:
+        raise DatasetError(f"dataset {name!r} needs its local folder: pass --data {name}=PATH, "
+                           f"PATH laid out as\n{loader.layout}")
+    return loader(path, split, size, limit)

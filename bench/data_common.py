@@ -1,0 +1,119 @@
+"""What every dataset shares: RGB conversion, resize + centre crop, per-item seeding, the base class.
+
+One geometry serves images and their targets, so a label or depth map always lands on the pixel
+of the image it belongs to: images are resized antialiased, targets with nearest neighbour (a
+label is never interpolated, an invalid depth pixel never blends into a valid one).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+IGNORE_INDEX = 255
+SPLITS = ("train", "val")
+
+
+class DatasetError(ValueError):
+    """A dataset folder that is missing or laid out wrongly, or a dataset used without its folder."""
+
+
+def as_rgb(array: np.ndarray) -> np.ndarray:
+    """(H,W), (H,W,1), (H,W,3) or (H,W,4) uint8, bool or float in [0,1] -> (H,W,3) uint8.
+
+    Grayscale is repeated over the three channels and an alpha channel is dropped.
+    """
+    if array.ndim == 2:
+        array = array[..., None]
+    if array.ndim != 3 or array.shape[-1] not in (1, 3, 4):
+        raise DatasetError(f"expected an image of shape (H,W), (H,W,3) or (H,W,4), got {array.shape}")
+    if array.dtype != np.uint8:
+        array = np.round(np.clip(array.astype(np.float32), 0, 1) * 255).astype(np.uint8)
+    return np.repeat(array, 3, axis=-1) if array.shape[-1] == 1 else array[..., :3]
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    """An image file as (H,W,3) uint8; grayscale, palette, CMYK and RGBA files are converted to RGB."""
+    with Image.open(path) as img:
+        return np.asarray(img.convert("RGB"))
+
+
+def image_tensor(rgb: np.ndarray) -> torch.Tensor:
+    """(H,W,3) uint8 -> float32 (3,H,W) in [0,1]."""
+    return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).float().div_(255.0)
+
+
+def _fit(in_hw: tuple[int, int], out_hw: tuple[int, int]) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Size the input is resized to (short side fits, aspect kept) and the top-left of the centre crop."""
+    (h, w), (oh, ow) = in_hw, out_hw
+    scale = max(oh / h, ow / w)
+    rh, rw = max(oh, round(h * scale)), max(ow, round(w * scale))
+    return (rh, rw), ((rh - oh) // 2, (rw - ow) // 2)
+
+
+def resize_image(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(h,w,3) uint8 -> (H,W,3): resize so the short side fits (antialiased bilinear), then centre crop.
+
+    PIL rather than torch: single-threaded and fast per image, so data loading never fights the
+    model for cores.
+    """
+    (rh, rw), (top, left) = _fit(rgb.shape[:2], size)
+    resized = Image.fromarray(np.ascontiguousarray(rgb)).resize((rw, rh), Image.BILINEAR)
+    return np.asarray(resized)[top:top + size[0], left:left + size[1]]
+
+
+def resize_nearest(target: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(h,w) of any dtype -> (H,W) with the geometry of ``resize_image``, nearest neighbour (pixel centres)."""
+    h, w = target.shape[:2]
+    (rh, rw), (top, left) = _fit((h, w), size)
+    rows = np.minimum(((np.arange(top, top + size[0]) + 0.5) * h / rh).astype(np.int64), h - 1)
+    cols = np.minimum(((np.arange(left, left + size[1]) + 0.5) * w / rw).astype(np.int64), w - 1)
+    return target[rows[:, None], cols[None, :]]
+
+
+def item_rng(seed: int, split: str, index: int) -> np.random.Generator:
+    """The random stream of one item: reproducible, and different between splits and items."""
+    return np.random.default_rng([seed, SPLITS.index(split), index])
+
+
+def random_box(rng: np.random.Generator, region: tuple[int, int, int, int], aspect: float,
+               min_scale: float) -> tuple[int, int, int, int]:
+    """A random (top, left, height, width) box of the given aspect (w/h) inside region (top, left, h, w).
+
+    Its size is a random fraction in [min_scale, 1] of the largest such box that fits.
+    """
+    top, left, h, w = region
+    max_h = min(h, w / aspect)
+    bh = max(1, int(max_h * rng.uniform(min_scale, 1.0)))
+    bw = max(1, min(w, round(bh * aspect)))
+    return top + int(rng.integers(0, h - bh + 1)), left + int(rng.integers(0, w - bw + 1)), bh, bw
+
+
+class ItemDataset(Dataset):
+    """A dataset of ``length`` items built on demand by ``self.item(index)``, with the common attributes."""
+
+    kind: str
+    ignore_index = IGNORE_INDEX
+
+    def __init__(self, name: str, split: str, image_size: tuple[int, int], length: int, seed: int) -> None:
+        self.name, self.split, self.image_size, self.length, self.seed = name, split, image_size, length, seed
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        if not 0 <= index < self.length:
+            raise IndexError(f"{self.name} {self.split} has {self.length} items, asked for item {index}")
+        return self.item(index)
+
+    def rng(self, index: int) -> np.random.Generator:
+        return item_rng(self.seed, self.split, index)
+
+    def item(self, index: int) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r}, {self.split!r}, {self.length} items at {self.image_size})"

@@ -1,0 +1,160 @@
+"""``scenes``: generated segmentation scenes with exact labels, every pixel a real photo texture.
+
+Each class is one texture source from scikit-image's photographs (grayscale ones tinted to a
+distinct colour), so a linear probe on backbone features can tell classes apart. Shapes have thin
+parts a few pixels wide (bars, rings, star spikes, crescent horns) and hard edges, so boundary
+accuracy depends on the feature resolution: at 224² a stride-32 backbone sees 7×7 cells while a
+bar is 2–5 px wide. Every instance takes a fresh random crop, scale and flip of its texture, so a
+class is a texture rather than a fixed patch. Scenes are drawn at the requested size directly,
+seeded by (seed, split, index).
+"""
+from __future__ import annotations
+
+import functools
+from typing import Callable
+
+import numpy as np
+import skimage.data
+import skimage.draw
+import torch
+
+from bench.data_common import ItemDataset, as_rgb, image_tensor, random_box, resize_image
+
+DEFAULT_LENGTH = 256
+THIN_PX = (2.0, 5.0)
+"""Width of thin parts in pixels at 224² (scaled with the image's short side, never below 1.5 px)."""
+
+# class name -> (skimage.data function, (row slice, column slice) of the texture, tint for grayscale)
+TEXTURES: dict[str, tuple[str, tuple[slice, slice], tuple[float, float, float] | None]] = {
+    "gravel": ("gravel", np.s_[:, :], (0.70, 0.78, 0.95)),
+    "brick": ("brick", np.s_[:, :], (1.00, 0.55, 0.40)),
+    "grass": ("grass", np.s_[:, :], (0.45, 0.95, 0.35)),
+    "wood": ("coffee", np.s_[:, 430:], None),
+    "fur": ("chelsea", np.s_[100:, :140], None),
+    "suit": ("astronaut", np.s_[330:, 10:200], None),
+    "stars": ("hubble_deep_field", np.s_[:, :], None),
+    "tissue": ("immunohistochemistry", np.s_[:, :], None),
+}
+CLASS_NAMES = tuple(TEXTURES)
+"""Class 0 (gravel) is the background every scene starts from."""
+
+
+@functools.lru_cache(maxsize=None)
+def texture(name: str) -> np.ndarray:
+    """The (h,w,3) uint8 texture of class ``name``, loaded once."""
+    source, region, tint = TEXTURES[name]
+    array = getattr(skimage.data, source)()[region]
+    if tint is not None:
+        array = array[..., None] * np.asarray(tint, dtype=np.float32) / 255.0
+    return as_rgb(array)
+
+
+def texture_layer(name: str, size: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+    """A random crop (40–100% of the largest that fits), flipped at random, of a texture at ``size``."""
+    source = texture(name)
+    top, left, h, w = random_box(rng, (0, 0, *source.shape[:2]), size[1] / size[0], 0.4)
+    layer = resize_image(source[top:top + h, left:left + w], size)
+    flip_rows, flip_cols = rng.random(2) < 0.5
+    return layer[::-1 if flip_rows else 1, ::-1 if flip_cols else 1]
+
+
+class Canvas:
+    """Pixel-centre coordinates of an image, and the rotated frame each shape is drawn in."""
+
+    def __init__(self, size: tuple[int, int]) -> None:
+        self.size = size
+        self.unit = min(size)
+        self.yy, self.xx = np.mgrid[0:size[0], 0:size[1]].astype(np.float32)
+
+    def frame(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """(u, v) coordinates around a random centre, rotated by a random angle."""
+        cy, cx = rng.uniform(0.1, 0.9) * self.size[0], rng.uniform(0.1, 0.9) * self.size[1]
+        a = rng.uniform(0, np.pi)
+        dy, dx = self.yy - cy, self.xx - cx
+        return dx * np.cos(a) + dy * np.sin(a), -dx * np.sin(a) + dy * np.cos(a)
+
+    def thin(self, rng: np.random.Generator) -> float:
+        return max(1.5, rng.uniform(*THIN_PX) * self.unit / 224)
+
+    def polygon(self, radii: np.ndarray, angles: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        cy, cx = rng.uniform(0.15, 0.85) * self.size[0], rng.uniform(0.15, 0.85) * self.size[1]
+        angles = angles + rng.uniform(0, 2 * np.pi)
+        return skimage.draw.polygon2mask(self.size, np.stack([cy + radii * np.sin(angles),
+                                                              cx + radii * np.cos(angles)], 1))
+
+
+def bar(c: Canvas, rng: np.random.Generator) -> np.ndarray:
+    """A thin straight bar, 2–5 px wide at 224²."""
+    u, v = c.frame(rng)
+    return (np.abs(u) <= rng.uniform(0.15, 0.45) * c.unit) & (np.abs(v) <= c.thin(rng) / 2)
+
+
+def ring(c: Canvas, rng: np.random.Generator) -> np.ndarray:
+    """A circular ring whose band is 2–5 px wide at 224²."""
+    u, v = c.frame(rng)
+    r, outer = np.hypot(u, v), rng.uniform(0.08, 0.3) * c.unit
+    return (r <= outer) & (r >= outer - c.thin(rng))
+
+
+def ellipse(c: Canvas, rng: np.random.Generator) -> np.ndarray:
+    """A large rotated ellipse: region area the backbone can classify."""
+    u, v = c.frame(rng)
+    a, b = rng.uniform(0.12, 0.45, 2) * c.unit
+    return (u / a) ** 2 + (v / b) ** 2 <= 1
+
+
+def crescent(c: Canvas, rng: np.random.Generator) -> np.ndarray:
+    """A disk minus a shifted disk of the same radius: two horns that taper to a point."""
+    u, v = c.frame(rng)
+    r = rng.uniform(0.1, 0.3) * c.unit
+    return (np.hypot(u, v) <= r) & (np.hypot(u - rng.uniform(0.2, 0.6) * r, v) > r)
+
+
+def star(c: Canvas, rng: np.random.Generator) -> np.ndarray:
+    """A star with 5–8 narrow spikes."""
+    n = int(rng.integers(5, 9))
+    outer = rng.uniform(0.12, 0.35) * c.unit
+    radii = np.tile([outer, outer * rng.uniform(0.15, 0.35)], n)
+    return c.polygon(radii, np.arange(2 * n) * np.pi / n, rng)
+
+
+def polygon(c: Canvas, rng: np.random.Generator) -> np.ndarray:
+    """A random polygon of 3–7 vertices: straight edges and sharp corners."""
+    n = int(rng.integers(3, 8))
+    return c.polygon(rng.uniform(0.5, 1.0, n) * rng.uniform(0.15, 0.45) * c.unit,
+                     np.sort(rng.uniform(0, 2 * np.pi, n)), rng)
+
+
+THIN_SHAPES: tuple[Callable, ...] = (bar, ring, star, crescent)
+SHAPES: tuple[Callable, ...] = (*THIN_SHAPES, ellipse, polygon)
+
+
+def draw_scene(size: tuple[int, int], rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """One scene at ``size``: (3,H,W) image and its exact (H,W) int64 labels.
+
+    4–7 shapes, the first always one with thin parts; later shapes cover earlier ones.
+    """
+    canvas = Canvas(size)
+    image = texture_layer(CLASS_NAMES[0], size, rng).copy()
+    label = np.zeros(size, dtype=np.int64)
+    for i in range(int(rng.integers(4, 8))):
+        choices = THIN_SHAPES if i == 0 else SHAPES
+        mask = choices[rng.integers(len(choices))](canvas, rng)
+        cls = int(rng.integers(1, len(CLASS_NAMES)))
+        image[mask] = texture_layer(CLASS_NAMES[cls], size, rng)[mask]
+        label[mask] = cls
+    return image_tensor(image), torch.from_numpy(label)
+
+
+class Scenes(ItemDataset):
+    kind = "seg"
+    class_names = CLASS_NAMES
+    num_classes = len(CLASS_NAMES)
+
+    def __init__(self, split: str, image_size: tuple[int, int], limit: int | None, seed: int) -> None:
+        super().__init__("scenes", split, image_size, DEFAULT_LENGTH if limit is None else limit, seed)
+
+    def item(self, index: int) -> dict[str, torch.Tensor]:
+        image, label = draw_scene(self.image_size, self.rng(index))
+        return {"image": image, "label": label}
+
