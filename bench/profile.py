@@ -1,0 +1,205 @@
+"""Time and peak memory of a call, copy bandwidth, and the adaptive-conv kernel profile."""
+from __future__ import annotations
+
+import ctypes
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from bench.memory import peak_memory
+
+KERNEL_IMPLS = ["reference", "torch", "numba", "numba_cuda"]
+COLUMNS = ["impl", "pass", "size", "channels", "device", "ms", "peak_mb", "gbps", "gflops", "bw_fraction",
+           "status", "message"]
+MARGIN = 0.8  # use at most this share of the free memory, the rest is for the OS and fragmentation
+
+
+@dataclass
+class Measurement:
+    ms: float  # median wall time of one call
+    peak_mb: float  # peak memory during a call above what was in use before it (max over repeats)
+
+
+def _trim_heap() -> None:
+    """Hand memory that glibc keeps from freed chunks back to the OS (malloc_trim(0)).
+
+    CPU peak memory is read as growth of the process's resident set (bench.memory). glibc keeps
+    freed chunks below its dynamic mmap threshold (up to 32 MiB) resident in its heap, so a call
+    reusing them would not grow the resident set and its peak would read too low. Trimming just
+    before the call makes everything the call touches count, while the allocator behaves as in
+    normal use during the call (so timings stay fair to code that reuses small temporaries).
+    """
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass  # not glibc: peaks may read low, as documented in bench.memory
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure(fn: Callable[[], object], device: torch.device | str, repeats: int = 5, warmup: int = 1) -> Measurement:
+    """Median time of ``fn()`` over ``repeats`` calls after ``warmup`` calls, and its peak extra memory.
+
+    The result of each call is alive until its peak is read, so it counts (an output is memory
+    the call needs); it is dropped before the next call.
+    """
+    device = torch.device(device)
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times, peaks = [], []
+    for _ in range(repeats):
+        if device.type == "cpu":
+            _trim_heap()
+        with peak_memory(device) as peak:
+            start = time.perf_counter()
+            result = fn()
+            _sync(device)
+            times.append(time.perf_counter() - start)
+        del result
+        peaks.append(peak.mb)
+    return Measurement(ms=1e3 * statistics.median(times), peak_mb=max(peaks))
+
+
+def measure_copy_bandwidth(device: torch.device | str, mb: int = 256, repeats: int = 5) -> float:
+    """GB/s of a large tensor copy, counting bytes read plus bytes written."""
+    src = torch.ones(mb * 2**18, device=device)
+    dst = torch.empty_like(src)
+    ms = measure(lambda: dst.copy_(src), device, repeats=repeats).ms
+    return 2 * src.numel() * src.element_size() / (ms * 1e-3) / 1e9
+
+
+def available_bytes(device: torch.device | str) -> int:
+    """Free memory now: CUDA free bytes, or MemAvailable on Linux for the CPU."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("MemAvailable not in /proc/meminfo")
+
+
+def kernel_cost(impl: str, pass_: str, size: int, channels: int, radius: int, itemsize: int = 4) -> dict:
+    """Minimum bytes moved, FLOPs, and predicted extra memory of one kernel pass (one image)."""
+    taps, hw = (2 * radius + 1) ** 2, size * size
+    v = channels * (size + 2 * radius) ** 2 * itemsize
+    k, y = taps * hw * itemsize, channels * hw * itemsize
+    cols = channels * taps * hw * itemsize
+    workspace = {"reference": 2 * cols, "torch": k + 16 * hw * itemsize}.get(impl, 0)  # torch: K copy, chunk temp
+    if pass_ == "forward":
+        moved, flops, extra = v + k + y, 2 * channels * taps * hw, y + workspace
+    else:  # reads dY, V, K; writes dV, dK; the reference also holds the saved unfold
+        moved, flops, extra = y + 2 * (v + k), 4 * channels * taps * hw, v + k + workspace + (cols if impl == "reference" else 0)
+    return {"bytes": moved, "flops": flops, "extra": extra}
+
+
+def _skip_reason(impl: str, device: torch.device) -> str:
+    if impl == "numba_cuda" and device.type != "cuda":
+        return "numba_cuda needs a CUDA device (profile with --device cuda)"
+    if impl == "numba" and device.type != "cpu":
+        return "numba is the CPU kernel here; on CUDA the Numba kernel is reported as numba_cuda"
+    return ""
+
+
+def _kernel_call(impl: str, pass_: str, V: torch.Tensor, K: torch.Tensor, dY: torch.Tensor) -> Callable[[], object]:
+    from kernels.adaptive_conv import adaptive_conv
+
+    name = "numba" if impl == "numba_cuda" else impl
+    if pass_ == "forward":
+        def run() -> torch.Tensor:
+            with torch.no_grad():
+                return adaptive_conv(V, K, name)
+        return run
+    Vg, Kg = V.requires_grad_(True), K.requires_grad_(True)
+    Y = adaptive_conv(Vg, Kg, name)
+    return lambda: torch.autograd.grad(Y, (Vg, Kg), dY, retain_graph=True)
+
+
+def profile_one(impl: str, pass_: str, size: int, channels: int, device: torch.device, radius: int,
+                repeats: int, copy_gbps: float, budget: int) -> dict:
+    """One row of the kernel profile; failures are recorded in the row."""
+    cost = kernel_cost(impl, pass_, size, channels, radius)
+    row = {"impl": impl, "pass": pass_, "size": size, "channels": channels, "device": str(device),
+           "ms": float("nan"), "peak_mb": float("nan"), "gbps": float("nan"), "gflops": float("nan"),
+           "bw_fraction": float("nan"), "status": "ok", "message": ""}
+    if reason := _skip_reason(impl, device):
+        return {**row, "status": "skipped", "message": reason}
+    if cost["extra"] > budget:
+        return {**row, "status": "oom", "message": f"predicted {cost['extra'] / 2**20:.0f} MB > budget "
+                                                   f"{budget / 2**20:.0f} MB; not run"}
+    try:
+        gen = torch.Generator().manual_seed(0)
+        T = 2 * radius + 1
+        V = torch.randn(1, channels, size + 2 * radius, size + 2 * radius, generator=gen).to(device)
+        K = torch.rand(1, size, size, T, T, generator=gen).to(device)
+        dY = torch.randn(1, channels, size, size, generator=gen).to(device)
+        result = measure(_kernel_call(impl, pass_, V, K, dY), device, repeats=repeats)
+        gbps = cost["bytes"] / (result.ms * 1e-3) / 1e9
+        row.update(ms=result.ms, peak_mb=result.peak_mb, gbps=gbps, gflops=cost["flops"] / (result.ms * 1e6),
+                   bw_fraction=gbps / copy_gbps)
+    except (torch.OutOfMemoryError, MemoryError) as exc:
+        row.update(status="oom", message=f"{type(exc).__name__}: {exc}"[:300])
+    except Exception as exc:  # one failing row must not lose the others
+        row.update(status="error", message=f"{type(exc).__name__}: {exc}"[:300])
+    finally:
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return row
+
+
+def profile_kernels(sizes: list[int], channels: list[int], device: str = "cpu", impls: list[str] | None = None,
+                    repeats: int = 5, radius: int = 3, progress: bool = True,
+                    memory_budget: int | None = None) -> pd.DataFrame:
+    """Forward and backward (dV and dK for a given dY) of each implementation, one float32 image.
+
+    ``memory_budget`` (bytes) caps what a row may need; by default MARGIN of the free memory.
+    Rows predicted not to fit are ``oom`` without running; gbps counts the minimum bytes moved
+    (inputs read and outputs written once), bw_fraction divides it by the measured copy bandwidth.
+    """
+    device = torch.device(device)
+    impls = impls or KERNEL_IMPLS
+    unknown = sorted(set(impls) - set(KERNEL_IMPLS))
+    if unknown:
+        raise ValueError(f"unknown kernel impl(s) {unknown}; expected some of {KERNEL_IMPLS}")
+    copy_gbps = measure_copy_bandwidth(device)
+    jobs = [(i, p, s, c) for s in sizes for c in channels for i in impls for p in ("forward", "backward")]
+    rows = []
+    for impl, pass_, size, ch in tqdm(jobs, desc="profile kernels", disable=not progress):
+        budget = memory_budget if memory_budget is not None else int(MARGIN * available_bytes(device))
+        rows.append(profile_one(impl, pass_, size, ch, device, radius, repeats, copy_gbps, budget))
+    df = pd.DataFrame(rows, columns=COLUMNS)
+    df.attrs["copy_gbps"] = copy_gbps
+    return df
+
+
+def plot_profile(df: pd.DataFrame, path: str | Path) -> None:
+    """PNG of ms and peak MB against size (log y), one line per implementation/method and pass."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = [k for k in ("impl", "method", "pass", "channels") if k in df.columns]
+    ok = df[df["status"] == "ok"]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, col, label in zip(axes, ("ms", "peak_mb"), ("time per call (ms)", "peak extra memory (MB)")):
+        for name, group in ok.groupby(keys):
+            group = group.sort_values("size")
+            ax.plot(group["size"], group[col].clip(lower=1e-3), marker="o", label=" ".join(map(str, name)))
+        ax.set(xlabel="output size (pixels per side)", ylabel=label, yscale="log")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
