@@ -1,0 +1,136 @@
+"""Datasets read from the user's folders: ``coco_stuff`` and ``nyuv2`` (any depth folder in its format).
+
+Plain torch Datasets over sorted file lists rather than Hugging Face ``datasets``: pairing each
+image with its annotation by file stem stays explicit, nothing is cached or written next to the
+user's data, and nothing touches the hub. Images that are not 3-channel (grayscale, palette,
+CMYK, RGBA) are converted to RGB on reading.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from bench.coco_stuff_labels import COARSE_CLASSES, fine_to_coarse_table
+from bench.data_common import DatasetError, ItemDataset, image_tensor, read_rgb, resize_image, resize_nearest
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
+def folder_tree(root: Path, depth: int = 2, limit: int = 8) -> str:
+    """What is actually under ``root``: folders to ``depth`` levels, a few files each, for error messages."""
+    lines: list[str] = []
+
+    def walk(folder: Path, level: int) -> None:
+        entries = sorted(folder.iterdir())
+        for entry in entries[:limit]:
+            lines.append(f"{'    ' * level}{entry.name}{'/' if entry.is_dir() else ''}")
+            if entry.is_dir() and level + 1 < depth:
+                walk(entry, level + 1)
+        if len(entries) > limit:
+            lines.append(f"{'    ' * level}... ({len(entries) - limit} more)")
+
+    walk(root, 0)
+    return "\n".join(lines) or "(empty)"
+
+
+def check_layout(root: Path, folders: list[str], name: str, layout: str) -> None:
+    """Raise a DatasetError that shows the expected and the found tree unless every folder exists."""
+    if not root.is_dir():
+        raise DatasetError(f"{name} folder {str(root)!r} does not exist; expected\n{layout}")
+    missing = [f for f in folders if not (root / f).is_dir()]
+    if missing:
+        raise DatasetError(f"{name} folder {str(root)!r} lacks {', '.join(missing)}; expected\n{layout}\n"
+                           f"found\n{folder_tree(root)}")
+
+
+def paired_files(images: Path, targets: Path, target_suffix: str, name: str,
+                 stems: list[str] | None = None) -> list[tuple[Path, Path]]:
+    """(image, target) pairs matched by stem, sorted; every image (or listed stem) must have both."""
+    found = {p.stem: p for p in sorted(images.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
+    stems = sorted(found) if stems is None else stems
+    pairs = [(found.get(s), targets / f"{s}{target_suffix}") for s in stems]
+    lacking = [str(images / s) if img is None else str(t) for s, (img, t) in zip(stems, pairs)
+               if img is None or not t.is_file()]
+    if lacking:
+        raise DatasetError(f"{name}: {len(lacking)} missing file(s), e.g. {', '.join(lacking[:3])}")
+    if not pairs:
+        raise DatasetError(f"{name}: no images ({', '.join(IMAGE_SUFFIXES)}) in {images}")
+    return pairs
+
+
+def read_target(path: Path, shape: tuple[int, int]) -> np.ndarray:
+    """A single-channel annotation PNG as an array; it must be the size of its image."""
+    with Image.open(path) as img:
+        array = np.asarray(img)
+    if array.ndim != 2:
+        raise DatasetError(f"{path}: expected a single-channel PNG, got an array of shape {array.shape}")
+    if array.shape != shape:
+        raise DatasetError(f"{path}: annotation is {array.shape[1]}x{array.shape[0]} (WxH) but its image "
+                           f"is {shape[1]}x{shape[0]}")
+    return array
+
+
+class FolderDataset(ItemDataset):
+    """Items from sorted (image, target) file pairs; ``limit`` keeps the first ones."""
+
+    def __init__(self, name: str, split: str, image_size: tuple[int, int], limit: int | None,
+                 pairs: list[tuple[Path, Path]]) -> None:
+        self.pairs = pairs[:limit]
+        super().__init__(name, split, image_size, len(self.pairs), 0)
+
+    def read(self, index: int) -> tuple[torch.Tensor, np.ndarray]:
+        image_path, target_path = self.pairs[index]
+        rgb = read_rgb(image_path)
+        return image_tensor(resize_image(rgb, self.image_size)), read_target(target_path, rgb.shape[:2])
+
+
+class CocoStuff(FolderDataset):
+    """COCO-Stuff 164k with its 182 fine labels mapped to the 27 coarse classes (255 stays ignore)."""
+
+    kind = "seg"
+    class_names = COARSE_CLASSES
+    num_classes = len(COARSE_CLASSES)
+    layout = ("PATH/\n    images/{train2017,val2017}/*.jpg\n"
+              "    annotations/{train2017,val2017}/*.png   (stuffthingmaps: fine ids 0-181, 255 unlabeled)\n"
+              "    curated/{train2017,val2017}/Coco164kFull_Stuff_Coarse_7.txt   (optional: image ids to use)")
+    CURATED = "Coco164kFull_Stuff_Coarse_7.txt"
+
+    def __init__(self, path: str, split: str, image_size: tuple[int, int], limit: int | None) -> None:
+        root, folder = Path(path), f"{split}2017"
+        check_layout(root, [f"images/{folder}", f"annotations/{folder}"], "coco_stuff", self.layout)
+        curated = root / "curated" / folder / self.CURATED
+        stems = curated.read_text().split() if curated.is_file() else None
+        pairs = paired_files(root / "images" / folder, root / "annotations" / folder, ".png", "coco_stuff", stems)
+        super().__init__("coco_stuff", split, image_size, limit, pairs)
+        self.table = fine_to_coarse_table()
+
+    def item(self, index: int) -> dict[str, torch.Tensor]:
+        image, fine = self.read(index)
+        coarse = self.table[resize_nearest(fine, self.image_size)]
+        return {"image": image, "label": torch.from_numpy(coarse.astype(np.int64))}
+
+
+class DepthFolder(FolderDataset):
+    """RGB images with 16-bit PNG depth in millimetres (0 = no measurement), NYUv2-style."""
+
+    kind = "depth"
+    layout = ("PATH/\n    {train,val}/rgb/*.png|jpg\n"
+              "    {train,val}/depth/*.png   (same stems; 16-bit, millimetres, 0 = invalid)")
+
+    def __init__(self, path: str, split: str, image_size: tuple[int, int], limit: int | None) -> None:
+        root = Path(path)
+        check_layout(root, [f"{split}/rgb", f"{split}/depth"], "nyuv2", self.layout)
+        pairs = paired_files(root / split / "rgb", root / split / "depth", ".png", "nyuv2")
+        super().__init__("nyuv2", split, image_size, limit, pairs)
+
+    def item(self, index: int) -> dict[str, torch.Tensor]:
+        image, millimetres = self.read(index)
+        if millimetres.dtype not in (np.uint16, np.int32):
+            raise DatasetError(f"{self.pairs[index][1]}: expected a 16-bit depth PNG in millimetres, "
+                               f"got {millimetres.dtype}")
+        mm = resize_nearest(millimetres, self.image_size).astype(np.float32)
+        return {"image": image, "depth": torch.from_numpy(mm / 1000.0), "valid": torch.from_numpy(mm > 0)}
+
