@@ -46,8 +46,12 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure(fn: Callable[[], object], device: torch.device | str, repeats: int = 5, warmup: int = 1) -> Measurement:
+def measure(fn: Callable[[], object], device: torch.device | str, repeats: int = 5, warmup: int = 1,
+            max_s: float = 30.0) -> Measurement:
     """Median time of ``fn()`` over ``repeats`` calls after ``warmup`` calls, and its peak extra memory.
+
+    Repeats stop early (after at least one) once they have taken ``max_s`` seconds, so a
+    naive implementation taking tens of seconds a call does not hold a profile up for minutes.
 
     The result of each call is alive until its peak is read, so it counts (an output is memory
     the call needs); it is dropped before the next call.
@@ -67,6 +71,8 @@ def measure(fn: Callable[[], object], device: torch.device | str, repeats: int =
             times.append(time.perf_counter() - start)
         del result
         peaks.append(peak.mb)
+        if sum(times) > max_s:
+            break
     return Measurement(ms=1e3 * statistics.median(times), peak_mb=max(peaks))
 
 

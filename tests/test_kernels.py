@@ -1,0 +1,144 @@
+"""Adaptive-conv kernels against the unfold oracle, gradcheck on every path, input errors, profile rows."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bench.profile import profile_kernels
+from kernels.adaptive_conv import IMPLS, adaptive_conv
+from kernels.reference import unfold_reference
+
+SHAPES = [  # (B, C, H, W, radius): non-square, B > 1, C = 1, radius 0, 1 and 3
+    (2, 3, 9, 13, 1),
+    (1, 1, 11, 6, 3),
+    (3, 5, 5, 8, 3),
+    (2, 2, 4, 3, 0),
+]
+
+
+def inputs(B: int, C: int, H: int, W: int, r: int, dtype=torch.float32, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    T = 2 * r + 1
+    V = torch.randn(B, C, H + 2 * r, W + 2 * r, generator=g, dtype=dtype)
+    K = torch.randn(B, H, W, T, T, generator=g, dtype=dtype)
+    dY = torch.randn(B, C, H, W, generator=g, dtype=dtype)
+    return V, K, dY
+
+
+def brute_force(V: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
+    """The definition, one tap at a time, in float64: an oracle independent of unfold."""
+    H, W, T = K.shape[1:4]
+    Y = torch.zeros(V.shape[0], V.shape[1], H, W, dtype=torch.float64)
+    for i in range(T):
+        for j in range(T):
+            Y += K[:, None, :, :, i, j].double() * V[:, :, i:i + H, j:j + W].double()
+    return Y
+
+
+def test_kernel_unfold_reference_matches_the_definition():
+    V, K, _ = inputs(2, 3, 7, 5, 2)
+    torch.testing.assert_close(unfold_reference(V, K).double(), brute_force(V, K), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "B{}C{}H{}W{}r{}".format(*s))
+def test_kernel_forward_and_grads_match_unfold(impl, shape):
+    V, K, dY = inputs(*shape)
+    Vr, Kr = V.clone().requires_grad_(), K.clone().requires_grad_()
+    unfold_reference(Vr, Kr).backward(dY)
+    Vi, Ki = V.clone().requires_grad_(), K.clone().requires_grad_()
+    Y = adaptive_conv(Vi, Ki, impl)
+    Y.backward(dY)
+    torch.testing.assert_close(Y, unfold_reference(V, K), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(Vi.grad, Vr.grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(Ki.grad, Kr.grad, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("shape", [(2, 2, 3, 4, 1), (1, 2, 4, 3, 3)], ids=["r1", "r3"])
+def test_kernel_gradcheck_float64(impl, shape):
+    V, K, _ = inputs(*shape, dtype=torch.float64)
+    V.requires_grad_()
+    K.requires_grad_()
+    # fast mode checks random projections u^T J v: a tap with a wrong or missing gradient changes them
+    assert torch.autograd.gradcheck(lambda v, k: adaptive_conv(v, k, impl), (V, K), fast_mode=True)
+
+
+@pytest.mark.parametrize("impl", ["torch", "numba"])
+def test_kernel_every_tap_gets_a_gradient(impl):
+    """The public FeatUp CUDA kernel fed only taps 0,1,4,9,...: each tap's grad must match alone."""
+    V, K, dY = inputs(1, 2, 5, 6, 3)
+    K.requires_grad_()
+    adaptive_conv(V, K, impl).backward(dY)
+    expected = torch.einsum("bchw,bcijhw->bhwij", dY,
+                            V.unfold(2, 5, 1).unfold(3, 6, 1))
+    torch.testing.assert_close(K.grad, expected, rtol=1e-5, atol=1e-5)
+    assert (K.grad.abs().sum(dim=(0, 1, 2)) > 0).all()
+
+
+def test_kernel_non_contiguous_inputs_are_accepted():
+    V, K, _ = inputs(2, 3, 6, 7, 1)
+    Vt = V.transpose(2, 3).contiguous().transpose(2, 3)
+    assert not Vt.is_contiguous()
+    torch.testing.assert_close(adaptive_conv(Vt, K, "numba"), unfold_reference(V, K), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("V, K, error, match", [
+    (torch.zeros(1, 2, 8, 8), torch.zeros(1, 6, 6, 3), ValueError, "K must be 5-D"),
+    (torch.zeros(2, 8, 8), torch.zeros(1, 6, 6, 3, 3), ValueError, "V must be 4-D"),
+    (torch.zeros(1, 2, 8, 8), torch.zeros(1, 6, 6, 3, 5), ValueError, "equal and odd"),
+    (torch.zeros(1, 2, 8, 8), torch.zeros(1, 6, 6, 2, 2), ValueError, "equal and odd"),
+    (torch.zeros(1, 2, 9, 8), torch.zeros(1, 6, 6, 3, 3), ValueError, r"V must have shape .*\(1, 2, 8, 8\)"),
+    (torch.zeros(2, 2, 8, 8), torch.zeros(1, 6, 6, 3, 3), ValueError, "V must have shape"),
+    (torch.zeros(1, 2, 8, 8), torch.zeros(1, 6, 6, 3, 3, dtype=torch.float64), TypeError, "same dtype"),
+    (torch.zeros(1, 2, 8, 8, dtype=torch.int32), torch.zeros(1, 6, 6, 3, 3), TypeError, "float32 or float64"),
+    (torch.zeros(1, 2, 8, 8).numpy(), torch.zeros(1, 6, 6, 3, 3), TypeError, "must be a torch.Tensor"),
+])
+def test_kernel_bad_inputs_raise_clear_errors(V, K, error, match):
+    with pytest.raises(error, match=match):
+        adaptive_conv(V, K)
+
+
+def test_kernel_unknown_impl_is_named():
+    V, K, _ = inputs(1, 1, 4, 4, 1)
+    with pytest.raises(ValueError, match="unknown impl 'cuda'.*reference"):
+        adaptive_conv(V, K, "cuda")
+
+
+def test_kernel_device_mismatch_is_an_error():
+    V, K, _ = inputs(1, 1, 4, 4, 1)
+    with pytest.raises(ValueError, match="same device"):
+        adaptive_conv(V, K.to("meta"))
+
+
+def test_kernel_profile_columns_and_skipped_cuda_row():
+    df = profile_kernels([8], [4], "cpu", repeats=1, radius=1, progress=False)
+    for col in ["impl", "pass", "size", "channels", "ms", "peak_mb", "gbps", "gflops", "bw_fraction", "status",
+                "message"]:
+        assert col in df.columns
+    assert set(df["pass"]) == {"forward", "backward"}
+    ok = df[df["impl"].isin(["reference", "torch", "numba"])]
+    assert (ok["status"] == "ok").all(), ok["message"].tolist()
+    assert (ok["ms"] > 0).all() and (ok["bw_fraction"] > 0).all()
+    assert (df[df["impl"] == "numba_cuda"]["status"] == "skipped").all()
+
+
+def test_kernel_profile_reports_oom_without_running_when_memory_is_tiny():
+    df = profile_kernels([16], [8], "cpu", impls=["reference", "numba"], repeats=1, progress=False,
+                         memory_budget=1024)
+    assert (df["status"] == "oom").all()
+    assert df["message"].str.contains("predicted").all()
+    assert df["ms"].isna().all()
+
+
+def test_kernel_profile_records_a_failure_and_keeps_other_rows(monkeypatch):
+    import kernels.reference as reference
+
+    def broken(*args):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(reference, "unfold_reference", broken)
+    df = profile_kernels([8], [2], "cpu", impls=["reference", "numba"], repeats=1, radius=1, progress=False)
+    ref = df[df["impl"] == "reference"]
+    assert (ref["status"] == "error").all() and ref["message"].str.contains("boom").all()
+    assert (df[df["impl"] == "numba"]["status"] == "ok").all()
