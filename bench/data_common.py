@@ -42,8 +42,10 @@ def read_rgb(path: Path) -> np.ndarray:
 
 
 def image_tensor(rgb: np.ndarray) -> torch.Tensor:
-    """(H,W,3) uint8 -> float32 (3,H,W) in [0,1]."""
-    return torch.from_numpy(np.array(rgb, dtype=np.float32)).permute(2, 0, 1).div_(255.0).contiguous()
+    """(H,W,3) uint8 -> float32 (3,H,W) in [0,1], converted in numpy (no thread pool per item)."""
+    chw = np.ascontiguousarray(rgb.transpose(2, 0, 1), dtype=np.float32)
+    chw /= 255.0
+    return torch.from_numpy(chw)
 
 
 def _fit(in_hw: tuple[int, int], out_hw: tuple[int, int]) -> tuple[tuple[int, int], tuple[int, int]]:
