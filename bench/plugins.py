@@ -57,7 +57,8 @@ def load_entry_points() -> None:
 
 
 def load_all(plugin_files: list[str] = ()) -> None:
-    """Everything a command may need: built-in methods and tasks, entry points, plugin files."""
+    """Everything a command may need: datasets, built-in methods and tasks, entry points, plugin files."""
+    importlib.import_module("bench.data")
     import_package_modules("methods")
     import_package_modules("tasks")
     load_entry_points()
