@@ -53,7 +53,7 @@ PROFILES.register(Profile(
     name="default", backbone="efficientnet_lite0", image_size=(224, 224), n_train=48, n_val=24,
     seg_data="scenes", depth_data="middlebury", train_data="photos",
     probe_steps=300, probe_lr=5e-3, probe_pixels=2048, batch_size=4,
-    train_steps=100, train_batch=2, train_views=3,
+    train_steps=250, train_batch=2, train_views=3,
 ))
 PROFILES.register(Profile(
     name="paper", backbone="vit", image_size=(224, 224), n_train=None, n_val=None,
