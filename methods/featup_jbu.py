@@ -36,6 +36,8 @@ class RangeLogits(torch.autograd.Function):
     This is the adaptive conv's filter gradient with dY = P and V = P_pad, so the
     adaptive-conv kernels compute it and its backward without ever holding a
     (2r+1)^2-fold copy of the guidance (an unfold would be 1.3 GB at 224^2, batch 4).
+    Only the public ``adaptive_conv`` is used, so every impl works; reaching its
+    filter and value gradients costs one extra forward pass on the 32 guidance channels.
     """
 
     @staticmethod
