@@ -14,7 +14,6 @@ project channels to 30 dims before the stack (``forward_projected``).
 """
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.nn.functional as F
@@ -24,43 +23,12 @@ from bench.backbones import Backbone
 from bench.multiview import project
 from bench.registry import METHODS
 from kernels.adaptive_conv import adaptive_conv
+from kernels.window_dot import window_dot
 from methods.base import Upsampler
+from methods.stages import num_stages
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-class RangeLogits(torch.autograd.Function):
-    """L[b,y,x,i,j] = <P_pad[b,:,y+i,x+j], P[b,:,y,x]>: the range kernel's logits over the window.
-
-    This is the adaptive conv's filter gradient with dY = P and V = P_pad, so the
-    adaptive-conv kernels compute it and its backward without ever holding a
-    (2r+1)^2-fold copy of the guidance (an unfold would be 1.3 GB at 224^2, batch 4).
-    Only the public ``adaptive_conv`` is used, so every impl works; reaching its
-    filter and value gradients costs one extra forward pass on the 32 guidance channels.
-    """
-
-    @staticmethod
-    def forward(ctx, padded: torch.Tensor, p: torch.Tensor, impl: str) -> torch.Tensor:
-        ctx.save_for_backward(padded, p)
-        ctx.impl = impl
-        d = padded.shape[-1] - p.shape[-1] + 1
-        return _filter_grad(padded, p, (p.shape[0], *p.shape[-2:], d, d), impl)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
-        padded, p = ctx.saved_tensors
-        grad = grad.contiguous()
-        with torch.enable_grad():
-            values = padded.detach().requires_grad_()
-            d_padded, = torch.autograd.grad(adaptive_conv(values, grad, impl=ctx.impl), values, p)
-        return d_padded, adaptive_conv(padded, grad, impl=ctx.impl), None
-
-
-def _filter_grad(values: torch.Tensor, dy: torch.Tensor, shape: tuple[int, ...], impl: str) -> torch.Tensor:
-    with torch.enable_grad():
-        kernel = values.new_zeros(shape, requires_grad=True)
-        return torch.autograd.grad(adaptive_conv(values.detach(), kernel, impl=impl), kernel, dy)[0]
 
 
 def pad(x: torch.Tensor, radius: int) -> torch.Tensor:
@@ -70,8 +38,7 @@ def pad(x: torch.Tensor, radius: int) -> torch.Tensor:
 
 def range_logits(p: torch.Tensor, radius: int, impl: str) -> torch.Tensor:
     """(B,D,H,W) guidance -> (B,H,W,(2r+1)^2) logits, reflect padding at the borders."""
-    logits = RangeLogits.apply(pad(p, radius), p.contiguous(), impl)
-    return logits.flatten(-2)
+    return window_dot(pad(p, radius), p, impl).flatten(-2)
 
 
 class JBUStage(nn.Module):
@@ -111,11 +78,6 @@ class JBUStage(nn.Module):
         return adaptive_conv(values, self.kernel(guidance, impl), impl=impl)
 
 
-def stages_for(stride: int) -> int:
-    """x2 stages needed to cover the backbone's stride."""
-    return max(1, math.ceil(math.log2(stride)))
-
-
 @METHODS.register
 class FeatUpJBU(Upsampler):
     """Stack of JBU stages, bilinear resize to the requested size, learned 1x1 refinement.
@@ -139,7 +101,7 @@ class FeatUpJBU(Upsampler):
 
     @classmethod
     def create(cls, backbone: Backbone) -> "FeatUpJBU":
-        return cls(backbone.dim, stages_for(backbone.stride))
+        return cls(backbone.dim, num_stages(backbone.stride))
 
     def forward(self, lr_feats: torch.Tensor, image: torch.Tensor, output_size: tuple[int, int]) -> torch.Tensor:
         return self.forward_projected(lr_feats, image, output_size, None)

@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from bench.registry import METHODS
-from methods.stages import StagedUpsampler, reassemble, to_children, window
+from kernels.window_dot import window_dot
+from methods.stages import PARITIES, StagedUpsampler, interleave, parity, reassemble, zero_pad
 
 EMBED = 64
 UP_KERNEL = 5
@@ -42,10 +43,10 @@ class SapaStage(nn.Module):
         """Reassembly weights (B, k^2, 2h, 2w), a softmax over the k^2 LR taps of each HR pixel."""
         b, _, h, w = x.shape
         guide = F.adaptive_avg_pool2d(image, (2 * h, 2 * w))
-        q = _project(guide, self.norm_q, self.q).reshape(b, EMBED, h, 2, w, 2)
-        k = _project(x, self.norm_k, self.k)
-        logits = torch.stack([(q * to_children(kt)).sum(1) for kt in window(k, self.up_kernel)], dim=1)
-        return logits.reshape(b, -1, 2 * h, 2 * w).softmax(dim=1)
+        q = _project(guide, self.norm_q, self.q)
+        keys = zero_pad(_project(x, self.norm_k, self.k), self.up_kernel)
+        logits = [window_dot(keys, parity(q, py, px)).flatten(-2).permute(0, 3, 1, 2) for py, px in PARITIES]
+        return interleave(logits).softmax(dim=1)
 
     def forward(self, x: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
         return reassemble(x, self.kernels(x, image))

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import math
 from abc import abstractmethod
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kernels.adaptive_conv import adaptive_conv
 from methods.base import Upsampler
 
 if TYPE_CHECKING:
@@ -37,34 +38,35 @@ def resize_to(x: torch.Tensor, output_size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(x, size=output_size, mode="bilinear", align_corners=False)
 
 
-def window(x: torch.Tensor, k: int) -> Iterator[torch.Tensor]:
-    """The k*k shifted copies of ``x`` (row-major taps), zero outside the image.
+PARITIES = ((0, 0), (0, 1), (1, 0), (1, 1))
 
-    Tap t = (dy, dx) at LR pixel (i, j) holds x[i + dy - k//2, j + dx - k//2] or 0 when
-    that falls outside: the edge rule of mmcv's CARAFE and SAPA's kernels, where
-    out-of-image neighbours are skipped (contribute nothing, weights not renormalised).
-    Slices of one padded tensor, so no k*k-fold copy is ever made.
-    """
+
+def parity(x: torch.Tensor, py: int, px: int) -> torch.Tensor:
+    """The HR pixels (2y+py, 2x+px) of a (B,N,2h,2w) map: the children at one position of every LR parent."""
+    return x[..., py::2, px::2]
+
+
+def interleave(parts: list[torch.Tensor]) -> torch.Tensor:
+    """Inverse of ``parity`` over PARITIES: four (B,N,h,w) maps -> one (B,N,2h,2w) map."""
+    b, n, h, w = parts[0].shape
+    return torch.stack(parts, -1).reshape(b, n, h, w, 2, 2).permute(0, 1, 2, 4, 3, 5).reshape(b, n, 2 * h, 2 * w)
+
+
+def zero_pad(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Zero padding for a k x k window: out-of-image neighbours contribute nothing, the edge
+    rule of mmcv's CARAFE and SAPA's kernels (weights are not renormalised)."""
     if k % 2 != 1:
         raise ValueError(f"window size must be odd, got {k}")
-    h, w = x.shape[-2:]
-    padded = F.pad(x, (k // 2,) * 4)
-    for dy in range(k):
-        for dx in range(k):
-            yield padded[..., dy:dy + h, dx:dx + w]
-
-
-def to_children(x: torch.Tensor) -> torch.Tensor:
-    """View (B,C,h,w) LR values as (B,C,h,1,w,1) to broadcast over each pixel's 2x2 HR children."""
-    b, c, h, w = x.shape
-    return x.reshape(b, c, h, 1, w, 1)
+    return F.pad(x, (k // 2,) * 4)
 
 
 def reassemble(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """HR pixel (y, x) = sum over taps t of weights[t, y, x] * window tap t of ``values`` at (y//2, x//2).
+    """HR pixel (y, x) = sum over taps t of weights[t, y, x] * the k x k LR window of ``values`` at (y//2, x//2).
 
-    values (B,C,h,w); weights (B,k*k,2h,2w). Accumulates tap by tap so memory stays at
-    one (B,C,2h,2w) map instead of the k*k-fold unfold.
+    values (B,C,h,w); weights (B,k*k,2h,2w), taps row-major. The HR children at one
+    parity all look at the window around their own LR parent, so each parity is an
+    adaptive convolution on the LR grid: the Numba kernels do the work and hold no
+    k*k-fold copy of the values, forward or backward.
     """
     b, c, h, w = values.shape
     taps = weights.shape[1]
@@ -72,11 +74,12 @@ def reassemble(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     if k * k != taps or weights.shape[0] != b or tuple(weights.shape[-2:]) != (2 * h, 2 * w):
         raise ValueError(f"weights of shape {tuple(weights.shape)} do not fit values of shape {tuple(values.shape)}: "
                          f"expected ({b}, k*k, {2 * h}, {2 * w})")
-    wt = weights.reshape(b, taps, h, 2, w, 2)
-    out = values.new_zeros(b, c, h, 2, w, 2)
-    for t, shifted in enumerate(window(values, k)):
-        out.addcmul_(wt[:, t:t + 1], to_children(shifted))
-    return out.reshape(b, c, 2 * h, 2 * w)
+    padded = zero_pad(values, k)
+    parts = [
+        adaptive_conv(padded, parity(weights, py, px).permute(0, 2, 3, 1).reshape(b, h, w, k, k).contiguous())
+        for py, px in PARITIES
+    ]
+    return interleave(parts)
 
 
 class StagedUpsampler(Upsampler):

@@ -6,7 +6,9 @@ import torch
 import torch.nn.functional as F
 
 from bench.multiview import project, random_projection
-from methods.featup_jbu import FeatUpJBU, RangeLogits, range_logits, stages_for
+from kernels.window_dot import WindowDot
+from methods.featup_jbu import FeatUpJBU, range_logits
+from methods.stages import num_stages
 
 
 def seeded(*shape):
@@ -15,7 +17,7 @@ def seeded(*shape):
 
 @pytest.mark.parametrize("stride, stages", [(14, 4), (16, 4), (32, 5), (8, 3)])
 def test_stage_count_covers_the_stride(stride, stages):
-    assert stages_for(stride) == stages and 2**stages >= stride
+    assert num_stages(stride) == stages and 2**stages >= stride
 
 
 @pytest.mark.parametrize("stride", [14, 16, 32])
@@ -23,7 +25,7 @@ def test_stage_count_covers_the_stride(stride, stages):
                                                   ((32, 40), (32, 40))])
 def test_output_shape_for_any_stride_aspect_and_size(stride, image_size, out_size):
     grid = tuple(math.ceil(s / stride) for s in image_size)
-    method = FeatUpJBU(dim=6, n_stages=stages_for(stride)).eval()
+    method = FeatUpJBU(dim=6, n_stages=num_stages(stride)).eval()
     out = method(seeded(2, 6, *grid), seeded(2, 3, *image_size), out_size)
     assert out.shape == (2, 6, *out_size) and torch.isfinite(out).all()
 
@@ -83,7 +85,7 @@ def test_range_logits_match_an_unfold_and_pass_gradcheck():
     torch.testing.assert_close(range_logits(p, 2, "torch"), expected)
     torch.testing.assert_close(range_logits(p.float(), 2, "auto"), expected.float(), rtol=1e-5, atol=1e-5)
     inputs = (padded.clone().requires_grad_(), p.clone().requires_grad_())
-    assert torch.autograd.gradcheck(lambda a, b: RangeLogits.apply(a, b, "torch"), inputs)
+    assert torch.autograd.gradcheck(lambda a, b: WindowDot.apply(a, b, "torch"), inputs)
 
 
 def test_kernel_impls_agree():
