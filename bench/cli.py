@@ -152,7 +152,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
         methods = csv_list(args.methods) if args.methods else METHODS.names()
         for name in methods:
-            METHODS.get(name)
+            METHODS.get(name.partition(":")[0])  # "featup_jbu:reference" picks a kernel impl
         df = profile_methods(methods, args.sizes, args.channels[0], device, progress=not args.no_progress)
     out = Path(args.out) if args.out else RUNS_DIR / f"profile-{args.what}-{device}-{time.strftime('%Y%m%d-%H%M%S')}"
     out.mkdir(parents=True, exist_ok=True)
