@@ -6,6 +6,7 @@ label is never interpolated, an invalid depth pixel never blends into a valid on
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from pathlib import Path
 
 import numpy as np
@@ -94,7 +95,7 @@ def random_box(rng: np.random.Generator, region: tuple[int, int, int, int], aspe
     return top + int(rng.integers(0, h - bh + 1)), left + int(rng.integers(0, w - bw + 1)), bh, bw
 
 
-class ItemDataset(Dataset):
+class ItemDataset(Dataset, ABC):
     """A dataset of ``length`` items built on demand by ``self.item(index)``, with the common attributes."""
 
     kind: str
@@ -114,8 +115,9 @@ class ItemDataset(Dataset):
     def rng(self, index: int) -> np.random.Generator:
         return item_rng(self.seed, self.split, index)
 
+    @abstractmethod
     def item(self, index: int) -> dict[str, torch.Tensor]:
-        raise NotImplementedError
+        """The item at a checked index."""
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r}, {self.split!r}, {self.length} items at {self.image_size})"
