@@ -51,7 +51,7 @@ def should_run(status: str | None, rerun: str) -> bool:
 
 def score_cell(cell: Cell, backbone: Backbone, context: RunContext) -> list[dict[str, Any]]:
     torch.manual_seed(cell.seed)
-    method = METHODS.get(cell.method).create(backbone).to(context.device).eval()
+    method = METHODS.get(cell.method).create(backbone).to(context.device)
     method.prepare(backbone, context)
     method.eval()
     rows = TASKS.get(cell.task)().run(method, backbone, context)

@@ -5,7 +5,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pandas as pd
 
@@ -17,17 +17,21 @@ ROW_COLUMNS = [
 ]
 
 
-def atomic_write_json(path: Path, payload: Any) -> None:
-    """Write to a temp file in the same folder, then rename: readers never see half a file."""
+def atomic_write(path: Path, write: Callable[[str], None]) -> None:
+    """Let ``write`` fill a temp file in the same folder, then rename: readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=1, sort_keys=True, default=str)
+        write(tmp)
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
         raise
+
+
+def atomic_write_json(path: Path, payload: Any) -> None:
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(payload, indent=1, sort_keys=True, default=str)))
 
 
 class ResultStore:

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -31,7 +29,7 @@ from bench.context import RunContext
 from bench.data import load_dataset
 from bench.multiview import PROJ_DIM, Jitter, MultiViewLoss, random_projection
 from bench.provenance import git_commit
-from bench.store import atomic_write_json
+from bench.store import atomic_write, atomic_write_json
 from methods.base import Upsampler
 
 LR = 1e-3
@@ -169,15 +167,7 @@ def _resume(folder: Path, recipe: dict, upsampler: Upsampler, objective: MultiVi
 
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def _delete_hint(folder: Path) -> str:
