@@ -12,6 +12,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from bench.failures import describe_failure
 from bench.memory import peak_memory
 
 KERNEL_IMPLS = ["reference", "torch", "numba", "numba_cuda"]
@@ -154,10 +155,9 @@ def profile_one(impl: str, pass_: str, size: int, channels: int, device: torch.d
         gbps = cost["bytes"] / (result.ms * 1e-3) / 1e9
         row.update(ms=result.ms, peak_mb=result.peak_mb, gbps=gbps, gflops=cost["flops"] / (result.ms * 1e6),
                    bw_fraction=gbps / copy_gbps)
-    except (torch.OutOfMemoryError, MemoryError) as exc:
-        row.update(status="oom", message=f"{type(exc).__name__}: {exc}"[:300])
     except Exception as exc:  # one failing row must not lose the others
-        row.update(status="error", message=f"{type(exc).__name__}: {exc}"[:300])
+        status, message = describe_failure(exc)
+        row.update(status=status, message=message[:300])
     finally:
         if device.type == "cuda":
             torch.cuda.empty_cache()

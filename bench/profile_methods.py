@@ -17,6 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from bench.profile import measure
+from bench.failures import describe_failure
 from bench.registry import METHODS
 
 STRIDE = 16
@@ -58,10 +59,9 @@ def profile_one(spec: str, size: int, channels: int, device: str, repeats: int) 
 
         result = measure(run, device, repeats=repeats, warmup=1)
         row.update(ms=result.ms, peak_mb=result.peak_mb)
-    except (torch.OutOfMemoryError, MemoryError) as exc:
-        row.update(status="oom", message=f"{type(exc).__name__}: {exc}"[:300])
     except Exception as exc:  # one method's failure must not lose the other rows
-        row.update(status="error", message=f"{type(exc).__name__}: {exc}"[:300])
+        status, message = describe_failure(exc)
+        row.update(status=status, message=message[:300])
     finally:
         if device.startswith("cuda"):
             torch.cuda.empty_cache()

@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 from bench.backbones import Backbone
 from bench.cells import Cell
 from bench.context import RunContext
+from bench.failures import describe_failure
 from bench.memory import peak_memory
 from bench.provenance import provenance
 from bench.registry import METHODS, TASKS
@@ -75,10 +76,10 @@ def run_cells(
         with peak_memory(context.device) as peak:
             try:
                 metrics = score_cell(cell, backbone, context)
-            except (torch.OutOfMemoryError, MemoryError) as exc:
-                status, message = "oom", f"{type(exc).__name__}: {exc}"
             except Exception as exc:  # a broken cell is recorded, the run goes on
-                status, message = "error", f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=-3)}"
+                status, message = describe_failure(exc)
+                if status == "error":
+                    message += f"\n{traceback.format_exc(limit=-3)}"
         record = {
             "cell": vars(cell), "status": status, "message": message, "metrics": metrics, "recipe": recipe,
             "config_hash": cell.config_hash(recipe),
