@@ -8,8 +8,9 @@ from bench.profile import profile_kernels
 from kernels.adaptive_conv import IMPLS, adaptive_conv
 from kernels.reference import unfold_reference
 
-SHAPES = [  # (B, C, H, W, radius): non-square, B > 1, C = 1, radius 0, 1 and 3
+SHAPES = [  # (B, C, H, W, radius): non-square, B > 1, C = 1, radius 0 to 3, several row blocks
     (2, 3, 9, 13, 1),
+    (2, 6, 37, 21, 2),  # 37 rows: two full 16-row blocks and a partial one; 6 = 4 + 2 channels
     (1, 1, 11, 6, 3),
     (3, 5, 5, 8, 3),
     (2, 2, 4, 3, 0),
