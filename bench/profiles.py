@@ -33,10 +33,19 @@ class Profile:
     train_batch: int
     train_views: int
     seed: int = 0
+    depth_n_train: int | None = None
+    depth_n_val: int | None = None
+    """Depth split sizes where they differ from n_train / n_val (None: the same)."""
 
     def recipe(self) -> dict[str, Any]:
         """The profile as a plain dict, stored with every result."""
         return asdict(self)
+
+    def split_size(self, kind: str, split: str) -> int | None:
+        """Images a task on ``kind`` data ("seg", "depth") takes from ``split`` ("train", "val")."""
+        override = {"train": self.depth_n_train, "val": self.depth_n_val}[split] if kind == "depth" else None
+        default = self.n_train if split == "train" else self.n_val
+        return default if override is None else override
 
     def with_overrides(self, **changes: Any) -> "Profile":
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
@@ -54,6 +63,9 @@ PROFILES.register(Profile(
     seg_data="scenes", depth_data="middlebury", train_data="photos",
     probe_steps=300, probe_lr=5e-3, probe_pixels=2048, batch_size=4,
     train_steps=250, train_batch=2, train_views=3,
+    # Crops of one Middlebury scene are strongly correlated: at 48/24 the featup_jbu - bilinear RMSE
+    # difference varied by 0.034 m (sd) over seeds, more than the difference itself; 96/96 steadies it.
+    depth_n_train=96, depth_n_val=96,
 ))
 PROFILES.register(Profile(
     name="paper", backbone="vit", image_size=(224, 224), n_train=None, n_val=None,

@@ -24,10 +24,21 @@ class ResizeConvStage(nn.Module):
         self.relu = relu
 
     def forward(self, x: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
-        big = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
-        guide = F.interpolate(image, size=big.shape[-2:], mode="bilinear", align_corners=False)
-        correction = self.conv(torch.cat([big, guide], dim=1))
-        return big + (F.relu(correction) if self.relu else correction)
+        # conv([up(x), guide]) = up(W_x x) + W_g guide + b: a 1x1 conv and a bilinear resize commute
+        # (both linear, interpolation weights sum to 1), so the C x C product runs on the 4x smaller
+        # input grid; without a ReLU, up(x) + up(W_x x) is one resize, up(x + W_x x). Same weights
+        # and output as the concatenated form, a quarter of its FLOPs and one HR resize less.
+        weight = self.conv.weight
+        low = F.conv2d(x, weight[:, :-3])
+        guide = F.interpolate(image, size=(2 * x.shape[-2], 2 * x.shape[-1]), mode="bilinear", align_corners=False)
+        image_part = F.conv2d(guide, weight[:, -3:], self.conv.bias)
+        if self.relu:
+            return up2(x) + F.relu(up2(low) + image_part)
+        return up2(x + low) + image_part
+
+
+def up2(x: torch.Tensor) -> torch.Tensor:
+    return F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
 
 
 @METHODS.register

@@ -111,7 +111,7 @@ def train_probe(
     return probe.eval()
 
 
-def probe_recipe(p: Profile) -> dict[str, Any]:
+def probe_recipe(p: Profile, kind: str) -> dict[str, Any]:
     return {
         "probe": "linear 1x1, inputs standardised per channel",
         "optimizer": "Adam",
@@ -120,8 +120,8 @@ def probe_recipe(p: Profile) -> dict[str, Any]:
         "batch_pixels": PROBE_BATCH_PIXELS,
         "pixels_per_image": p.probe_pixels,
         "image_size": list(p.image_size),
-        "n_train": p.n_train,
-        "n_val": p.n_val,
+        "n_train": p.split_size(kind, "train"),
+        "n_val": p.split_size(kind, "val"),
         "seed": p.seed,
         "train_targets": "nearest-resized to the feature grid",
         "standardised": "inputs per channel; regression targets",
@@ -154,11 +154,11 @@ class ProbeTask(Task):
 
         p = context.profile
         name = self.dataset(p)
-        limit = p.n_train if split == "train" else p.n_val
+        limit = p.split_size(self.data_kind, split)
         return load_dataset(name, split, p.image_size, limit=limit, path=context.data_paths.get(name), seed=p.seed)
 
     def recipe(self, profile: Profile) -> dict[str, Any]:
-        return {**super().recipe(profile), **probe_recipe(profile)}
+        return {**super().recipe(profile), **probe_recipe(profile, self.data_kind)}
 
     def run(self, upsampler: Upsampler, backbone: Backbone, context: RunContext) -> list[MetricRow]:
         p = context.profile

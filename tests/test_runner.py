@@ -110,3 +110,14 @@ def test_changing_the_recipe_changes_the_cell_file(context):
 def test_unknown_method_fails_before_any_work(context):
     with pytest.raises(KeyError, match="Did you mean 'bilinear'"):
         cells(context, ("bilinaer",))
+
+
+def test_depth_split_sizes_override_the_profile_sizes_and_are_recorded():
+    p = PROFILES.get("default")
+    assert (p.split_size("seg", "train"), p.split_size("seg", "val")) == (p.n_train, p.n_val)
+    assert (p.split_size("depth", "train"), p.split_size("depth", "val")) == (p.depth_n_train, p.depth_n_val)
+    assert p.depth_n_val != p.n_val
+    depth, seg = TASKS.get("probe_depth")().recipe(p), TASKS.get("probe_seg")().recipe(p)
+    assert (depth["n_train"], depth["n_val"], seg["n_val"]) == (p.depth_n_train, p.depth_n_val, p.n_val)
+    smoke = PROFILES.get("smoke")
+    assert smoke.split_size("depth", "val") == smoke.n_val  # no override: the shared size

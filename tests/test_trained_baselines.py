@@ -167,3 +167,15 @@ def test_resize_conv_with_zero_convs_is_repeated_bilinear():
         torch.testing.assert_close(method(lr, torch.rand(2, 3, 40, 70), OUT), expected)
         method.stages[-1].conv.bias.fill_(-1.0)  # the last stage has no ReLU: a plain shift
         torch.testing.assert_close(method(lr, torch.rand(2, 3, 40, 70), OUT), expected - 1.0)
+
+
+def test_resize_conv_stage_equals_conv_over_concatenation():
+    """The low-res conv shortcut gives the definition: conv([bilinear x2 of x, resized image])."""
+    stage = build("resize_conv").stages[-1]
+    torch.nn.init.normal_(stage.conv.weight)
+    torch.nn.init.normal_(stage.conv.bias)
+    x, image = rand(2, DIM, 5, 7), torch.rand(2, 3, 33, 41)
+    big = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+    guide = F.interpolate(image, size=(10, 14), mode="bilinear", align_corners=False)
+    with torch.no_grad():
+        torch.testing.assert_close(stage(x, image), big + stage.conv(torch.cat([big, guide], dim=1)))
