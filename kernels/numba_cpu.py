@@ -45,6 +45,14 @@ def _channel(C: int, c0: int, q: int) -> int:
     return min(c0 + q, C - 1)
 
 
+@njit(cache=True, inline="always")
+def _row_block(task: int, rows: int) -> tuple[int, int, int]:
+    """(image, first row, row count) of parallel task ``task`` over images of ``rows`` rows."""
+    nblk = (rows + ROWS - 1) // ROWS
+    b, y0 = task // nblk, (task % nblk) * ROWS
+    return b, y0, min(ROWS, rows - y0)
+
+
 @njit(fastmath=FASTMATH, cache=True, inline="always")
 def _window_sums(acc, kt, v0, v1, v2, v3, T, Wp):
     """acc[q, p] += sum_ij kt[i*T + j, p] * v_q[i*Wp + j + p] for four value runs v_q.
@@ -74,10 +82,8 @@ def _build(T: int) -> SimpleNamespace:
     def forward(V, K, Y):
         B, C, Hp, Wp = V.shape
         H, W, taps = K.shape[1], K.shape[2], K.shape[3]
-        nblk = (H + ROWS - 1) // ROWS
-        for task in prange(B * nblk):
-            b, y0 = task // nblk, (task % nblk) * ROWS
-            n = min(ROWS, H - y0)
+        for task in prange(B * ((H + ROWS - 1) // ROWS)):
+            b, y0, n = _row_block(task, H)
             kt = np.zeros((taps, n * Wp), V.dtype)
             for yy in range(n):
                 for x in range(W):
@@ -108,10 +114,8 @@ def _build(T: int) -> SimpleNamespace:
         Hp, Wp = dV.shape[2], dV.shape[3]
         taps = K.shape[3]
         d = T - 1
-        nblk = (Hp + ROWS - 1) // ROWS
-        for task in prange(B * nblk):
-            b, y0 = task // nblk, (task % nblk) * ROWS
-            n = min(ROWS, Hp - y0)
+        for task in prange(B * ((Hp + ROWS - 1) // ROWS)):
+            b, y0, n = _row_block(task, Hp)
             kt = np.zeros((taps, n * Wp), dY.dtype)
             for yy in range(n):
                 for i in range(T):
@@ -139,10 +143,8 @@ def _build(T: int) -> SimpleNamespace:
         """dK[y, x, i, j] = sum_c dY[c, y, x] V[c, y+i, x+j]: each task owns ROWS rows of dK."""
         B, C, Hp, Wp = V.shape
         H, W, taps = dK.shape[1], dK.shape[2], dK.shape[3]
-        nblk = (H + ROWS - 1) // ROWS
-        for task in prange(B * nblk):
-            b, y0 = task // nblk, (task % nblk) * ROWS
-            n = min(ROWS, H - y0)
+        for task in prange(B * ((H + ROWS - 1) // ROWS)):
+            b, y0, n = _row_block(task, H)
             run = (n - 1) * Wp + W
             acc = np.zeros((taps, run), V.dtype)
             g = np.zeros((CB, run), V.dtype)
