@@ -66,10 +66,24 @@ class ResultStore:
             )
         return [json.loads(p.read_text()) for p in sorted(self.cells_dir.glob("*.json"))]
 
-    def rows(self) -> pd.DataFrame:
-        """One row per (cell, metric); failed cells give one row with no metric."""
-        out = []
+    def current_records(self) -> list[dict[str, Any]]:
+        """The newest record of each cell (by start time), dropping those an older recipe produced.
+
+        A changed recipe (profile sizes, method version, ...) writes a new file next to the old
+        one, so the run folder keeps both; a table must show the number the newest recipe gave,
+        never a mix of the two.
+        """
+        newest: dict[tuple, dict[str, Any]] = {}
         for rec in self.records():
+            key = tuple(sorted(rec["cell"].items()))
+            if key not in newest or rec["provenance"].get("started", "") >= newest[key]["provenance"].get("started", ""):
+                newest[key] = rec
+        return list(newest.values())
+
+    def rows(self) -> pd.DataFrame:
+        """One row per (cell, metric) of the current records; failed cells give one row with no metric."""
+        out = []
+        for rec in self.current_records():
             base = {**rec["cell"], "status": rec["status"], "message": rec.get("message", ""),
                     "config_hash": rec["config_hash"], **{k: rec["provenance"].get(k) for k in
                     ("method_version", "task_version", "wall_s", "peak_mb", "git_commit")}}

@@ -8,14 +8,15 @@ from bench.report import table_text
 from bench.store import ResultStore
 
 
-def write_cell(store, method, task, metrics, status="ok", message=""):
+def write_cell(store, method, task, metrics, status="ok", message="", recipe=None, started="2026-01-01T00:00:00"):
     cell = Cell(method, task, "efficientnet_lite0", "scenes", "smoke", 0)
-    recipe = {"method_version": "1", "task_version": "1"}
+    recipe = recipe or {"method_version": "1", "task_version": "1"}
     store.write(cell, recipe, {
         "cell": vars(cell), "status": status, "message": message, "recipe": recipe,
         "config_hash": cell.config_hash(recipe),
         "metrics": [{"metric": k, "value": v, "higher_is_better": True} for k, v in metrics.items()],
-        "provenance": {"method_version": "1", "task_version": "1", "wall_s": 1.0, "peak_mb": 2.0, "git_commit": "x"},
+        "provenance": {"method_version": "1", "task_version": "1", "wall_s": 1.0, "peak_mb": 2.0, "git_commit": "x",
+                       "started": started},
     })
 
 
@@ -58,3 +59,13 @@ def test_latex(run):
 def test_missing_run_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match="no results under"):
         table_text(tmp_path / "nothing", "md")
+
+
+def test_a_cell_rerun_under_a_new_recipe_replaces_the_old_number(run):
+    store = ResultStore(run)
+    write_cell(store, "bilinear", "probe_depth", {"rmse": 0.9, "delta1.25": 0.1},
+               recipe={"method_version": "1", "task_version": "1", "n_val": 96}, started="2026-02-01T00:00:00")
+    assert len(list(store.cells_dir.glob("bilinear--probe_depth--*.json"))) == 2
+    t = pd.read_csv(io.StringIO(table_text(run, "csv"))).set_index("method")
+    assert t.loc["bilinear", "probe_depth.rmse"] == 0.9  # the newer recipe's number, not the mean 0.7
+    assert t.loc["bilinear", "probe_seg.miou"] == 40.0
