@@ -33,11 +33,12 @@ class ResizeConvStage(nn.Module):
         guide = F.interpolate(image, size=(2 * x.shape[-2], 2 * x.shape[-1]), mode="bilinear", align_corners=False)
         image_part = F.conv2d(guide, weight[:, -3:], self.conv.bias)
         if self.relu:
-            return up2(x) + F.relu(up2(low) + image_part)
-        return up2(x + low) + image_part
+            return _up2(x) + F.relu(_up2(low) + image_part)
+        return _up2(x + low) + image_part
 
 
-def up2(x: torch.Tensor) -> torch.Tensor:
+def _up2(x: torch.Tensor) -> torch.Tensor:
+    """Bilinear x2, the resize every stage uses."""
     return F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
 
 
