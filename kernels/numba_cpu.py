@@ -75,7 +75,8 @@ def _window_sums(acc, kt, v0, v1, v2, v3, T, Wp):
             a0[p], a1[p], a2[p], a3[p] = s0, s1, s2, s3
 
 
-def _build(T: int) -> SimpleNamespace:
+@lru_cache(maxsize=None)
+def _kernels(T: int) -> SimpleNamespace:
     """The three kernels for a T x T window; T is a compile-time constant inside them."""
 
     @njit(parallel=True, fastmath=FASTMATH, cache=True)
@@ -172,11 +173,6 @@ def _build(T: int) -> SimpleNamespace:
                         dK[b, y0 + yy, x, t] = acc[t, yy * Wp + x]
 
     return SimpleNamespace(forward=forward, grad_v=grad_v, grad_k=grad_k)
-
-
-@lru_cache(maxsize=None)
-def _kernels(T: int) -> SimpleNamespace:
-    return _build(T)
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
