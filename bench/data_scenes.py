@@ -49,10 +49,15 @@ def texture(name: str) -> np.ndarray:
     return as_rgb(array)
 
 
-def texture_layer(name: str, size: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
-    """A random crop (40–100% of the largest that fits), flipped at random, of a texture at ``size``."""
+def texture_layer(name: str, size: tuple[int, int], rng: np.random.Generator,
+                  scale: tuple[float, float] = (0.4, 1.0)) -> np.ndarray:
+    """A random crop, flipped at random, of a texture at ``size``.
+
+    The crop is a random fraction in ``scale`` (40–100% by default) of the largest that fits: the
+    smaller the crop, the coarser the texture looks.
+    """
     source = texture(name)
-    top, left, h, w = random_box(rng, (0, 0, *source.shape[:2]), size[1] / size[0], 0.4)
+    top, left, h, w = random_box(rng, (0, 0, *source.shape[:2]), size[1] / size[0], *scale)
     layer = resize_image(source[top:top + h, left:left + w], size)
     flip_rows, flip_cols = rng.random(2) < 0.5
     return layer[::-1 if flip_rows else 1, ::-1 if flip_cols else 1]
@@ -69,31 +74,55 @@ class Canvas:
     def frame(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """(u, v) coordinates around a random centre, rotated by a random angle."""
         cy, cx = rng.uniform(0.1, 0.9) * self.size[0], rng.uniform(0.1, 0.9) * self.size[1]
-        a = rng.uniform(0, np.pi)
+        return self.frame_at(cy, cx, rng.uniform(0, np.pi))
+
+    def frame_at(self, cy: float, cx: float, angle: float) -> tuple[np.ndarray, np.ndarray]:
+        """(u, v) coordinates around (cy, cx), u along the direction ``angle`` (0: along x, π/2: down y)."""
         dy, dx = self.yy - cy, self.xx - cx
-        return dx * np.cos(a) + dy * np.sin(a), -dx * np.sin(a) + dy * np.cos(a)
+        return dx * np.cos(angle) + dy * np.sin(angle), -dx * np.sin(angle) + dy * np.cos(angle)
 
     def thin(self, rng: np.random.Generator) -> float:
         return max(1.5, rng.uniform(*THIN_PX) * self.unit / 224)
 
     def polygon(self, radii: np.ndarray, angles: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         cy, cx = rng.uniform(0.15, 0.85) * self.size[0], rng.uniform(0.15, 0.85) * self.size[1]
-        angles = angles + rng.uniform(0, 2 * np.pi)
+        return self.polygon_at(cy, cx, radii, angles + rng.uniform(0, 2 * np.pi))
+
+    def polygon_at(self, cy: float, cx: float, radii: np.ndarray, angles: np.ndarray) -> np.ndarray:
+        """The polygon of vertices at ``radii`` and ``angles`` (radians) around (cy, cx)."""
         return skimage.draw.polygon2mask(self.size, np.stack([cy + radii * np.sin(angles),
                                                               cx + radii * np.cos(angles)], 1))
+
+
+def bar_mask(u: np.ndarray, v: np.ndarray, half_length: float, half_width: float) -> np.ndarray:
+    return (np.abs(u) <= half_length) & (np.abs(v) <= half_width)
+
+
+def ring_mask(u: np.ndarray, v: np.ndarray, outer: float, band: float) -> np.ndarray:
+    r = np.hypot(u, v)
+    return (r <= outer) & (r >= outer - band)
+
+
+def crescent_mask(u: np.ndarray, v: np.ndarray, r: float, shift: float) -> np.ndarray:
+    """A disk of radius r minus the same disk shifted by ``shift`` along u."""
+    return (np.hypot(u, v) <= r) & (np.hypot(u - shift, v) > r)
+
+
+def star_outline(n: int, outer: float, inner: float) -> tuple[np.ndarray, np.ndarray]:
+    """(radii, angles) of a star's 2n vertices: n spikes of radius ``outer``, notches at ``inner``."""
+    return np.tile([outer, inner], n), np.arange(2 * n) * np.pi / n
 
 
 def bar(c: Canvas, rng: np.random.Generator) -> np.ndarray:
     """A thin straight bar, 2–5 px wide at 224²."""
     u, v = c.frame(rng)
-    return (np.abs(u) <= rng.uniform(0.15, 0.45) * c.unit) & (np.abs(v) <= c.thin(rng) / 2)
+    return bar_mask(u, v, rng.uniform(0.15, 0.45) * c.unit, c.thin(rng) / 2)
 
 
 def ring(c: Canvas, rng: np.random.Generator) -> np.ndarray:
     """A circular ring whose band is 2–5 px wide at 224²."""
     u, v = c.frame(rng)
-    r, outer = np.hypot(u, v), rng.uniform(0.08, 0.3) * c.unit
-    return (r <= outer) & (r >= outer - c.thin(rng))
+    return ring_mask(u, v, rng.uniform(0.08, 0.3) * c.unit, c.thin(rng))
 
 
 def ellipse(c: Canvas, rng: np.random.Generator) -> np.ndarray:
@@ -107,15 +136,14 @@ def crescent(c: Canvas, rng: np.random.Generator) -> np.ndarray:
     """A disk minus a shifted disk of the same radius: two horns that taper to a point."""
     u, v = c.frame(rng)
     r = rng.uniform(0.1, 0.3) * c.unit
-    return (np.hypot(u, v) <= r) & (np.hypot(u - rng.uniform(0.2, 0.6) * r, v) > r)
+    return crescent_mask(u, v, r, rng.uniform(0.2, 0.6) * r)
 
 
 def star(c: Canvas, rng: np.random.Generator) -> np.ndarray:
     """A star with 5–8 narrow spikes."""
     n = int(rng.integers(5, 9))
     outer = rng.uniform(0.12, 0.35) * c.unit
-    radii = np.tile([outer, outer * rng.uniform(0.15, 0.35)], n)
-    return c.polygon(radii, np.arange(2 * n) * np.pi / n, rng)
+    return c.polygon(*star_outline(n, outer, outer * rng.uniform(0.15, 0.35)), rng)
 
 
 def polygon(c: Canvas, rng: np.random.Generator) -> np.ndarray:

@@ -29,12 +29,13 @@ STEGO = [int(v) for v in """
 
 def test_registered_names_and_kinds():
     kinds = {n: DATASETS.get(n).kind for n in DATASETS.names()}
-    assert kinds == {"scenes": "seg", "middlebury": "depth", "photos": "images", "coco_stuff": "seg", "nyuv2": "depth"}
-    assert [n for n in DATASETS.names() if DATASETS.get(n).embedded] == ["middlebury", "photos", "scenes"]
+    assert kinds == {"scenes": "seg", "middlebury": "depth", "depth_scenes": "depth", "photos": "images",
+                     "coco_stuff": "seg", "nyuv2": "depth"}
+    assert [n for n in DATASETS.names() if DATASETS.get(n).embedded] == ["depth_scenes", "middlebury", "photos", "scenes"]
 
 
 @pytest.mark.parametrize("size", SIZES)
-@pytest.mark.parametrize("name", ["scenes", "middlebury", "photos", "coco_stuff", "nyuv2"])
+@pytest.mark.parametrize("name", ["scenes", "middlebury", "depth_scenes", "photos", "coco_stuff", "nyuv2"])
 def test_items_have_the_contract_shapes_dtypes_and_ranges(name, size):
     data = load_dataset(name, "train", size, limit=2, path=PATHS.get(name))
     assert len(data) == 2 and data.kind == DATASETS.get(name).kind and data.name == name
