@@ -5,10 +5,12 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 
 from bench.context import RunContext
+from bench.data_identity import slug
 from bench.plugins import load_all
 from bench.profiles import PROFILES
 from bench.registry import BACKBONES, DATASETS, METHODS, TASKS, RegistryError
@@ -25,11 +27,19 @@ def csv_list(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
-def int_list(text: str) -> list[int]:
-    try:
-        return [int(t) for t in csv_list(text)]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+def int_list(minimum: int, what: str, example: str) -> Callable[[str], list[int]]:
+    """An argparse type: comma-separated integers, each at least ``minimum``."""
+
+    def parse_ints(text: str) -> list[int]:
+        try:
+            values = [int(t) for t in csv_list(text)]
+        except ValueError:
+            values = []
+        if not values or min(values) < minimum:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {what}, e.g. {example}; got {text!r}")
+        return values
+
+    return parse_ints
 
 
 def parse_data(entries: list[str]) -> dict[str, str | None]:
@@ -93,25 +103,42 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def default_run_dir(profile_name: str, backbone_name: str, cells: list) -> Path:
+    """results/runs/<profile>-<backbone>, plus the label of every dataset that is not the profile's own.
+
+    Folder datasets always count as not the profile's own (their label names the folder), so
+    runs on two folders never share a default run folder.
+    """
+    profile = PROFILES.get(profile_name)
+    defaults = {profile.seg_data, profile.depth_data}
+    labels = sorted({r["data"]["label"] for _, r in cells if "path" in r["data"] or r["data"]["name"] not in defaults})
+    return RUNS_DIR / "-".join([profile_name, backbone_name, *map(slug, labels)])
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from bench.backbones import load_backbone
     from bench.report import table_text
     from bench.runner import plan, run_cells
+    from bench.store import ResultStore
 
     context = make_context(args)
     backbone_name = args.backbone or context.profile.backbone
     BACKBONES.get(backbone_name)
     methods = csv_list(args.methods) if args.methods else METHODS.names()
     tasks = csv_list(args.tasks) if args.tasks else TASKS.names()
-    cells = plan(methods, tasks, backbone_name, context)
-    out = Path(args.out) if args.out else RUNS_DIR / f"{context.profile.name}-{backbone_name}"
+    cells = plan(methods, tasks, backbone_name, context, args.seeds)
+    out = Path(args.out) if args.out else default_run_dir(args.profile, backbone_name, cells)
+    ResultStore(out)  # refuses an --out that names a file before the backbone loads
     backbone = load_backbone(backbone_name, args.weights, context.device)
     t0 = time.perf_counter()
     summary = run_cells(cells, backbone, context, out, args.rerun)
     print(f"{len(summary.done)} cells scored, {len(summary.skipped)} already done, {len(summary.failed)} failed "
           f"in {time.perf_counter() - t0:.0f} s; results in {out}")
+    if summary.kept_failed:
+        print(f"kept {len(summary.kept_failed)} failed cell(s) from an earlier run; "
+              f"`--rerun failed` retries them")
     print(table_text(out, "md"))
-    return 1 if summary.failed else 0
+    return 1 if (ResultStore(out).rows()["status"] != "ok").any() else 0
 
 
 def cmd_table(args: argparse.Namespace) -> int:
@@ -182,6 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("-m", "--methods", help="comma-separated method names (default: all registered)")
     run.add_argument("-t", "--tasks", help="comma-separated task names (default: all registered)")
     run.add_argument("--out", help="run folder (default: results/runs/<profile>-<backbone>)")
+    run.add_argument("--seeds", type=int_list(0, "non-negative integers", "0,1,2"),
+                     help="score every cell once per seed (probe init, sampled pixels, training, crops); "
+                          "tables show mean and sd over seeds (default: the profile's seed)")
     run.add_argument("--rerun", default="missing", choices=("missing", "failed", "all"),
                      help="which finished cells to score again (default: missing)")
     add_common_arguments(run, "a dataset (with its local folder where it is not embedded), e.g. "
@@ -200,8 +230,10 @@ def build_parser() -> argparse.ArgumentParser:
     prof = sub.add_parser("profile", help="time and memory of kernels or whole upsamplers")
     prof.add_argument("what", choices=("kernels", "methods"))
     prof.add_argument("-m", "--methods", help="methods to profile (profile methods; default: all)")
-    prof.add_argument("--sizes", type=int_list, default=[56, 112, 224, 448], help="output sizes, e.g. 112,224")
-    prof.add_argument("--channels", type=int_list, default=[384], help="channel counts, e.g. 64,384")
+    prof.add_argument("--sizes", type=int_list(1, "positive integers", "112,224"), default=[56, 112, 224, 448],
+                      help="output sizes, e.g. 112,224")
+    prof.add_argument("--channels", type=int_list(1, "positive integers", "64,384"), default=[384],
+                      help="channel counts, e.g. 64,384")
     prof.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     prof.add_argument("--format", default="md", choices=("md", "csv", "latex"))
     prof.add_argument("--out", help="folder for profile.csv and profile.png")

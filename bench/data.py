@@ -15,7 +15,7 @@ from torch.utils.data import Dataset
 from bench.data_common import SPLITS, DatasetError
 from bench.registry import DATASETS
 
-__all__ = ["DatasetError", "DatasetSpec", "load_dataset"]
+__all__ = ["DatasetError", "DatasetSpec", "dataset_layout", "load_dataset"]
 
 
 @dataclass(frozen=True)
@@ -26,6 +26,8 @@ class DatasetSpec:
     summary: str
     embedded: bool
     """True: generated or shipped with the installed packages, so it needs no path."""
+    version: str = "1"
+    """Embedded datasets only: bump when the items would change; it is part of every cell's hash."""
 
 
 _SPECS_AND_LOADERS = (
@@ -33,6 +35,9 @@ _SPECS_AND_LOADERS = (
                  "exact labels, 8 classes", True), "bench.data_scenes:Scenes"),
     (DatasetSpec("middlebury", "depth", "Middlebury 2014 motorcycle (skimage) with ground-truth depth; "
                  "train crops from the left 60%, val from the right 40%", True), "bench.data_embedded:Middlebury"),
+    (DatasetSpec("depth_scenes", "depth", "generated scenes of real photo textures on a ground plane, objects "
+                 "(thin poles, hoops, stars, boards) at 1–10 m; exact depth, its edges the objects' edges", True),
+     "bench.data_depth_scenes:DepthScenes"),
     (DatasetSpec("photos", "images", "scikit-image's photographs and random crops of them, "
                  "for training upsamplers", True), "bench.data_embedded:Photos"),
     (DatasetSpec("coco_stuff", "seg", "COCO-Stuff 164k stuffthingmaps, 27 coarse classes; "
@@ -44,6 +49,16 @@ _SPECS_AND_LOADERS = (
 _LOADERS = {spec.name: loader for spec, loader in _SPECS_AND_LOADERS}
 for _spec, _ in _SPECS_AND_LOADERS:
     DATASETS.register(_spec)
+
+
+def _loader(name: str) -> type:
+    module, cls = _LOADERS[name].split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def dataset_layout(name: str) -> str:
+    """The folder layout a folder dataset expects, for error messages."""
+    return _loader(name).layout
 
 
 def load_dataset(name: str, split: str, image_size: tuple[int, int], limit: int | None = None,
@@ -61,8 +76,7 @@ def load_dataset(name: str, split: str, image_size: tuple[int, int], limit: int 
         raise ValueError(f"image_size must be (H, W) with positive sides, got {image_size!r}")
     if limit is not None and limit < 0:
         raise ValueError(f"limit must be None or >= 0, got {limit}")
-    module, cls = _LOADERS[name].split(":")
-    loader = getattr(importlib.import_module(module), cls)
+    loader = _loader(name)
     if spec.embedded:
         if path is not None:
             raise DatasetError(f"dataset {name!r} is embedded and takes no path (got {path!r}); "

@@ -36,10 +36,22 @@ def as_rgb(array: np.ndarray) -> np.ndarray:
     return np.repeat(array, 3, axis=-1) if array.shape[-1] == 1 else array[..., :3]
 
 
+def read_image_file(path: Path, mode: str | None = None) -> np.ndarray:
+    """An image file as an array (converted to ``mode`` if given); a damaged file is named in the error.
+
+    PIL's own messages ("image file is truncated") do not say which of thousands of files it was.
+    """
+    try:
+        with Image.open(path) as img:
+            return np.asarray(img.convert(mode) if mode else img)
+    except OSError as exc:  # truncated, corrupt or not an image at all (UnidentifiedImageError)
+        raise DatasetError(f"{path}: cannot read this image file ({exc}); expected a complete PNG or JPEG: "
+                           f"replace or remove it") from None
+
+
 def read_rgb(path: Path) -> np.ndarray:
     """An image file as (H,W,3) uint8; grayscale, palette, CMYK and RGBA files are converted to RGB."""
-    with Image.open(path) as img:
-        return np.asarray(img.convert("RGB"))
+    return read_image_file(path, "RGB")
 
 
 def image_tensor(rgb: np.ndarray) -> torch.Tensor:
@@ -83,14 +95,15 @@ def item_rng(seed: int, split: str, index: int) -> np.random.Generator:
 
 
 def random_box(rng: np.random.Generator, region: tuple[int, int, int, int], aspect: float,
-               min_scale: float) -> tuple[int, int, int, int]:
+               min_scale: float, max_scale: float = 1.0) -> tuple[int, int, int, int]:
     """A random (top, left, height, width) box of the given aspect (w/h) inside region (top, left, h, w).
 
-    Its size is a random fraction in [min_scale, 1] of the largest such box that fits.
+    Its size is a random fraction in [min_scale, max_scale] of the largest such box that fits
+    (min_scale == max_scale fixes it).
     """
     top, left, h, w = region
     max_h = min(h, w / aspect)
-    bh = max(1, int(max_h * rng.uniform(min_scale, 1.0)))
+    bh = max(1, int(max_h * rng.uniform(min_scale, max_scale)))
     bw = max(1, min(w, round(bh * aspect)))
     return top + int(rng.integers(0, h - bh + 1)), left + int(rng.integers(0, w - bw + 1)), bh, bw
 

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from bench.coco_stuff_labels import COARSE_CLASSES, fine_to_coarse_table
-from bench.data_common import DatasetError, ItemDataset, image_tensor, read_rgb, resize_image, resize_nearest
+from bench.data_common import (DatasetError, ItemDataset, image_tensor, read_image_file, read_rgb, resize_image,
+                               resize_nearest)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
@@ -63,8 +63,7 @@ def paired_files(images: Path, targets: Path, target_suffix: str, name: str,
 
 def read_target(path: Path, shape: tuple[int, int]) -> np.ndarray:
     """A single-channel annotation PNG as an array; it must be the size of its image."""
-    with Image.open(path) as img:
-        array = np.asarray(img)
+    array = read_image_file(path)
     if array.ndim != 2:
         raise DatasetError(f"{path}: expected a single-channel PNG, got an array of shape {array.shape}")
     if array.shape != shape:

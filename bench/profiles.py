@@ -36,6 +36,8 @@ class Profile:
     depth_n_train: int | None = None
     depth_n_val: int | None = None
     """Depth split sizes where they differ from n_train / n_val (None: the same)."""
+    extra_data: tuple[str, ...] = ()
+    """Datasets each task of their kind is scored on as well, in table columns of their own."""
 
     def recipe(self) -> dict[str, Any]:
         """The profile as a plain dict, stored with every result."""

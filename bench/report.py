@@ -24,10 +24,28 @@ PAPER_NOTE = (
 FORMATS = ("md", "csv", "latex")
 
 
+def qualified_data(rows: pd.DataFrame) -> set[tuple[str, str]]:
+    """(task, dataset label) pairs whose columns must name their data: a task scored on several datasets.
+
+    The profile's own dataset keeps the plain ``task.metric`` column when it is the only one; the
+    others (a profile's extra datasets, or two folders of one dataset in one run) are ``task@label.metric``.
+    """
+    out = set()
+    for task, group in rows.groupby("task"):
+        labels = set(group["dataset"])
+        if len(labels) < 2:
+            continue
+        primary = set(group.loc[group["primary_data"].astype(bool), "dataset"])
+        out |= {(task, label) for label in labels if len(primary) != 1 or label not in primary}
+    return out
+
+
 def wide_table(rows: pd.DataFrame) -> pd.DataFrame:
     """One row per method (per backbone/profile if the run mixes them), one column per task.metric."""
     ok = rows[rows["status"] == "ok"].copy()
-    ok["column"] = ok["task"] + "." + ok["metric"]
+    qualified = qualified_data(ok)
+    ok["column"] = [f"{t}@{d}.{m}" if (t, d) in qualified else f"{t}.{m}"
+                    for t, d, m in zip(ok["task"], ok["dataset"], ok["metric"])]
     index = ["method"] + [k for k in ("backbone", "profile") if rows[k].nunique() > 1]
     table = ok.pivot_table(index=index, columns="column", values="value", aggfunc="mean")
     methods = rows["method"].drop_duplicates().tolist()

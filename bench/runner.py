@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -14,10 +14,11 @@ from tqdm.auto import tqdm
 from bench.backbones import Backbone
 from bench.cells import Cell
 from bench.context import RunContext
+from bench.data_identity import dataset_identity
 from bench.failures import describe_failure
 from bench.memory import peak_memory
 from bench.provenance import provenance
-from bench.registry import METHODS, TASKS
+from bench.registry import DATASETS, METHODS, TASKS
 from bench.store import ResultStore
 
 RERUN_POLICIES = ("missing", "failed", "all")
@@ -28,19 +29,46 @@ class RunSummary:
     done: list[Cell] = field(default_factory=list)
     skipped: list[Cell] = field(default_factory=list)
     failed: list[tuple[Cell, str]] = field(default_factory=list)
+    kept_failed: list[Cell] = field(default_factory=list)
+    """Failures of an earlier run that this run did not retry (``--rerun failed`` does)."""
 
 
-def plan(methods: list[str], tasks: list[str], backbone: str, context: RunContext) -> list[tuple[Cell, dict]]:
-    """The cells to score with their recipes; unknown names fail here, before any work."""
+def data_identities(names: list[str], context: RunContext) -> dict[str, dict]:
+    """Dataset name -> identity (bench.data_identity) for each name, every folder fingerprinted once."""
+    return {n: dataset_identity(n, context.data_paths.get(n)) for n in dict.fromkeys(names)}
+
+
+def plan(
+    methods: list[str], tasks: list[str], backbone: str, context: RunContext, seeds: list[int] | None = None
+) -> list[tuple[Cell, dict]]:
+    """The cells to score with their recipes; unknown names and missing data folders fail here, before any work.
+
+    A task is scored on the profile's dataset of its kind and on each of the profile's
+    ``extra_data`` of that kind, once per seed (default: the profile's). A cell's dataset is its
+    data's identity label, and its recipe holds the whole identity (a folder's path and
+    fingerprint; for trained methods the training data's too), so results of other data are
+    never taken for this data's.
+    """
     p = context.profile
+    task_objs = [TASKS.get(name)() for name in tasks]
+    method_classes = [METHODS.get(name) for name in methods]
+    datasets = {t.name: [t.dataset(p), *[d for d in p.extra_data if DATASETS.get(d).kind == t.data_kind]]
+                for t in task_objs}
+    trains = any(m.trainable for m in method_classes)
+    data = data_identities([d for names in datasets.values() for d in names] + ([p.train_data] if trains else []),
+                           context)
     cells = []
-    for task_name in tasks:
-        task = TASKS.get(task_name)()
-        for method_name in methods:
-            method_cls = METHODS.get(method_name)
-            cell = Cell(method_name, task_name, backbone, task.dataset(p), p.name, p.seed)
-            recipe = {**task.recipe(p), "method_version": method_cls.version, "profile": p.recipe()}
-            cells.append((cell, recipe))
+    for seed in seeds or [p.seed]:
+        for task in task_objs:
+            for rank, name in enumerate(datasets[task.name]):
+                cell_profile = p.with_overrides(**{f"{task.data_kind}_data": name}, seed=seed)
+                for method_name, method_cls in zip(methods, method_classes):
+                    cell = Cell(method_name, task.name, backbone, data[name]["label"], p.name, seed)
+                    recipe = {**task.recipe(cell_profile), "data": data[name], "primary_data": rank == 0,
+                              "method_version": method_cls.version, "profile": cell_profile.recipe()}
+                    if method_cls.trainable:
+                        recipe["train_data"] = data[p.train_data]
+                    cells.append((cell, recipe))
     return cells
 
 
@@ -50,7 +78,15 @@ def should_run(status: str | None, rerun: str) -> bool:
     return rerun == "all" or status is None or (rerun == "failed" and status != "ok")
 
 
-def score_cell(cell: Cell, backbone: Backbone, context: RunContext) -> list[dict[str, Any]]:
+def cell_context(cell: Cell, recipe: dict[str, Any], context: RunContext) -> RunContext:
+    """The run's context with the profile this cell was planned with (its dataset and seed)."""
+    kind = DATASETS.get(recipe["data"]["name"]).kind
+    return replace(context, profile=context.profile.with_overrides(**{f"{kind}_data": recipe["data"]["name"]},
+                                                                   seed=cell.seed))
+
+
+def score_cell(cell: Cell, recipe: dict[str, Any], backbone: Backbone, context: RunContext) -> list[dict[str, Any]]:
+    context = cell_context(cell, recipe, context)
     torch.manual_seed(cell.seed)
     method = METHODS.get(cell.method).create(backbone).to(context.device)
     method.prepare(backbone, context)
@@ -63,10 +99,25 @@ def run_cells(
     cells: list[tuple[Cell, dict]], backbone: Backbone, context: RunContext, out_dir: Path, rerun: str = "missing"
 ) -> RunSummary:
     store = ResultStore(out_dir)
+    with store.lock():
+        identities = [r[k] for _, r in cells for k in ("data", "train_data") if k in r]
+        store.record_data(identities)
+        return _run_locked(cells, backbone, context, store, rerun)
+
+
+def _run_locked(
+    cells: list[tuple[Cell, dict]], backbone: Backbone, context: RunContext, store: ResultStore, rerun: str
+) -> RunSummary:
     summary = RunSummary()
     todo = []
     for cell, recipe in cells:
-        (todo if should_run(store.status(cell, recipe), rerun) else summary.skipped).append((cell, recipe))
+        status = store.status(cell, recipe)
+        if should_run(status, rerun):
+            todo.append((cell, recipe))
+        else:
+            summary.skipped.append(cell)
+            if status != "ok":
+                summary.kept_failed.append(cell)
     bar = tqdm(todo, desc="cells", disable=not context.progress)
     for cell, recipe in bar:
         bar.set_postfix_str(f"{cell.method} / {cell.task}")
@@ -75,7 +126,7 @@ def run_cells(
         status, message, metrics = "ok", "", []
         with peak_memory(context.device) as peak:
             try:
-                metrics = score_cell(cell, backbone, context)
+                metrics = score_cell(cell, recipe, backbone, context)
             except Exception as exc:  # a broken cell is recorded, the run goes on
                 status, message = describe_failure(exc)
                 if status == "error":

@@ -1,11 +1,14 @@
 """Results on disk: one JSON file per finished cell, written atomically, read back as tidy rows."""
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import tempfile
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import pandas as pd
 
@@ -13,7 +16,7 @@ from bench.cells import Cell
 
 ROW_COLUMNS = [
     "method", "task", "backbone", "dataset", "profile", "seed", "metric", "value", "higher_is_better",
-    "status", "message", "method_version", "task_version", "config_hash", "wall_s", "peak_mb", "git_commit",
+    "primary_data", "status", "message", "method_version", "task_version", "config_hash", "wall_s", "peak_mb", "git_commit",
 ]
 
 
@@ -34,12 +37,56 @@ def atomic_write_json(path: Path, payload: Any) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(payload, indent=1, sort_keys=True, default=str)))
 
 
+class RunFolderError(ValueError):
+    """A run folder that cannot be used: it names a file, cannot be created, or another run holds it."""
+
+
 class ResultStore:
-    """The cells/ folder of one run."""
+    """The cells/ folder of one run, its lock and its record of the data it was made with."""
 
     def __init__(self, run_dir: str | Path) -> None:
         self.run_dir = Path(run_dir)
+        if self.run_dir.exists() and not self.run_dir.is_dir():
+            raise RunFolderError(f"run folder {str(self.run_dir)!r} is a file; expected a folder "
+                                 f"(a new one, or one an earlier run wrote)")
         self.cells_dir = self.run_dir / "cells"
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the run folder for one run: a second run on it stops at once instead of scoring the same cells.
+
+        An advisory ``flock`` on ``.lock``: the kernel releases it when the holder exits, even
+        when killed, so a crashed run never leaves the folder locked.
+        """
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            handle = open(self.run_dir / ".lock", "a+")
+        except OSError as exc:
+            raise RunFolderError(f"cannot use run folder {str(self.run_dir)!r}: {exc.strerror}") from None
+        with handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                holder = handle.read().strip() or "another process"
+                raise RunFolderError(f"run folder {str(self.run_dir)!r} is in use by another run ({holder}); "
+                                     f"wait for it to finish, or pass another --out") from None
+            handle.truncate(0)
+            handle.write(f"pid {os.getpid()} since {datetime.now(timezone.utc).isoformat(timespec='seconds')}")
+            handle.flush()
+            try:
+                yield
+            finally:
+                handle.truncate(0)
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def record_data(self, identities: list[dict[str, Any]]) -> None:
+        """Add the data identities a run used to ``run.json``, so the folder says what it was made from."""
+        manifest_path = self.run_dir / "run.json"
+        manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {"data": {}}
+        for identity in identities:
+            manifest["data"][identity["label"]] = identity
+        atomic_write_json(manifest_path, manifest)
 
     def path(self, cell: Cell, recipe: dict[str, Any]) -> Path:
         return self.cells_dir / cell.filename(recipe)
@@ -84,7 +131,8 @@ class ResultStore:
         """One row per (cell, metric) of the current records; failed cells give one row with no metric."""
         out = []
         for rec in self.current_records():
-            base = {**rec["cell"], "status": rec["status"], "message": rec.get("message", ""),
+            base = {**rec["cell"], "primary_data": rec["recipe"].get("primary_data", True),
+                    "status": rec["status"], "message": rec.get("message", ""),
                     "config_hash": rec["config_hash"], **{k: rec["provenance"].get(k) for k in
                     ("method_version", "task_version", "wall_s", "peak_mb", "git_commit")}}
             metrics = rec.get("metrics") or [{"metric": None, "value": None, "higher_is_better": None}]

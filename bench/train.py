@@ -5,7 +5,7 @@ parameters, the downsampler's and the uncertainty net's; ``train_views`` jittere
 views per batch (see MultiViewLoss), one step per batch; gradient norm clipped
 to 1e-4 for the first 10 steps. Weights live in
 
-    <cache_dir>/weights/<method>-v<version>-<backbone>-<train_data>-<profile>/
+    <cache_dir>/weights/<method>-v<version>-<backbone>-<train data label>-<profile>-seed<seed>/
         weights.pt        the upsampler's state dict
         provenance.json   what made them; written last, so it marks a finished run
         resume.pt         periodic training state while a run is in progress
@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from bench.backbones import Backbone
 from bench.context import RunContext
 from bench.data import load_dataset
+from bench.data_identity import dataset_identity, slug
 from bench.multiview import PROJ_DIM, Jitter, MultiViewLoss, random_projection
 from bench.provenance import git_commit
 from bench.store import atomic_write, atomic_write_json
@@ -45,9 +46,17 @@ class CheckpointError(RuntimeError):
     """A cached checkpoint that cannot be used; the message says which file and what to delete."""
 
 
+def train_data_identity(context: RunContext) -> dict[str, Any]:
+    name = context.profile.train_data
+    return dataset_identity(name, context.data_paths.get(name))
+
+
 def checkpoint_dir(upsampler: Upsampler, backbone: Backbone, context: RunContext) -> Path:
+    """One folder per (method, version, backbone, training data, profile, seed): the label tells folders apart."""
     p = context.profile
-    return Path(context.cache_dir) / "weights" / f"{upsampler.name}-v{upsampler.version}-{backbone.name}-{p.train_data}-{p.name}"
+    data = slug(train_data_identity(context)["label"])
+    return (Path(context.cache_dir) / "weights"
+            / f"{upsampler.name}-v{upsampler.version}-{backbone.name}-{data}-{p.name}-seed{p.seed}")
 
 
 def training_recipe(upsampler: Upsampler, backbone: Backbone, context: RunContext) -> dict[str, Any]:
@@ -55,7 +64,7 @@ def training_recipe(upsampler: Upsampler, backbone: Backbone, context: RunContex
     p = context.profile
     return {
         "method": upsampler.name, "version": upsampler.version, "backbone": backbone.name, "dim": backbone.dim,
-        "stride": backbone.stride, "dataset": p.train_data, "profile": p.name, "image_size": list(p.image_size),
+        "stride": backbone.stride, "dataset": p.train_data, "data": train_data_identity(context), "profile": p.name, "image_size": list(p.image_size),
         "steps": p.train_steps, "batch": p.train_batch, "views": p.train_views, "seed": p.seed,
         "optimizer": "NAdam", "lr": LR, "clip": [CLIP_STEPS, CLIP_NORM], "downsampler": DOWNSAMPLER,
         "proj_dim": PROJ_DIM,
