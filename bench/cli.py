@@ -90,7 +90,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     print("backbones:")
     for name in BACKBONES.names():
         b = BACKBONES.get(name)
-        print(f"  {name:18s} stride {b.stride:2d}  dim {b.dim:4d}  {b.summary}")
+        print(f"  {name:22s} stride {b.stride:2d}  dim {b.dim:4d}  {b.summary}")
     print("datasets:")
     for name in DATASETS.names():
         d = DATASETS.get(name)
@@ -99,7 +99,8 @@ def cmd_list(args: argparse.Namespace) -> int:
     for name in PROFILES.names():
         p = PROFILES.get(name)
         print(f"  {name:18s} backbone {p.backbone}, {p.image_size[0]}x{p.image_size[1]} px, "
-              f"seg {p.seg_data}, depth {p.depth_data}")
+              f"seg {p.seg_data}, depth {p.depth_data}"
+              + (f", also {', '.join(p.extra_data)}" if p.extra_data else ""))
     return 0
 
 

@@ -121,6 +121,24 @@ miou_from_confusions.of_sums = miou_from_summed_confusions  # type: ignore[attr-
 rmse_from_sums.of_sums = rmse_from_summed  # type: ignore[attr-defined]
 
 
+def ratio_from_summed(sums: np.ndarray) -> np.ndarray:
+    """[hits, count] arrays ``(..., 2)`` already summed over images -> hits / count."""
+    sums = np.asarray(sums, dtype=np.float64)
+    return sums[..., 0] / sums[..., 1]
+
+
+ratio_from_sums = sum_statistic(ratio_from_summed)
+"""A pooled fraction (pixel accuracy, δ<1.25) from per-image rows of [hits, count]."""
+percent_from_sums = sum_statistic(lambda sums: 100 * ratio_from_summed(sums))
+"""The same pooled fraction in percent."""
+
+STATISTICS: dict[str, Statistic] = {
+    "miou_confusion": miou_from_confusions, "rmse_sums": rmse_from_sums,
+    "ratio_sums": ratio_from_sums, "percent_sums": percent_from_sums,
+}
+"""Names under which a task stores how its per-image statistics give the metric (``MetricRow.statistic``)."""
+
+
 # ------------------------------------------------------------------------------- the bootstrap
 
 def bootstrap_indices(n_images: int, n_boot: int = 1000, seed: int = 0) -> np.ndarray:

@@ -17,6 +17,10 @@ class MetricRow:
     metric: str
     value: float
     higher_is_better: bool
+    per_image: list | None = None
+    """Per-image sufficient statistics (one entry per validation image), for bootstrap intervals."""
+    statistic: str | None = None
+    """How ``per_image`` gives ``value``: a key of ``bench.stats.STATISTICS``."""
 
 
 class Task(ABC):
@@ -38,5 +42,7 @@ class Task(ABC):
     def run(self, upsampler: "Upsampler", backbone: "Backbone", context: "RunContext") -> list[MetricRow]:
         """Score ``upsampler`` (already prepared) on ``backbone`` features."""
 
-    def rows(self, values: dict[str, float]) -> list[MetricRow]:
-        return [MetricRow(k, float(values[k]), self.metrics[k]) for k in self.metrics]
+    def rows(self, values: dict[str, float], per_image: dict[str, tuple[list, str]] | None = None) -> list[MetricRow]:
+        """Metric rows in ``metrics`` order; ``per_image`` maps a metric to (statistics, statistic name)."""
+        per_image = per_image or {}
+        return [MetricRow(k, float(values[k]), self.metrics[k], *per_image.get(k, (None, None))) for k in self.metrics]

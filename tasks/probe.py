@@ -146,8 +146,11 @@ class ProbeTask(Task):
     def loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor: ...
 
     @abstractmethod
-    def evaluate(self, probe: LinearProbe, batches: Iterable[tuple[torch.Tensor, dict]]) -> dict[str, float]:
-        """Metric values over the validation batches of (features, batch)."""
+    def evaluate(
+        self, probe: LinearProbe, batches: Iterable[tuple[torch.Tensor, dict]]
+    ) -> tuple[dict[str, float], dict[str, tuple[list, str]]]:
+        """Metric values over the validation batches of (features, batch), and per metric the
+        per-image statistics with the name of the ``bench.stats`` statistic that pools them."""
 
     def load_split(self, split: str, context: RunContext) -> Dataset:
         from bench.data import load_dataset  # imported on use: `list` and plugins need no data stack
@@ -175,4 +178,6 @@ class ProbeTask(Task):
             self.regression, context.progress,
         ).to(context.device)
         val = self.load_split("val", context)
-        return self.rows(self.evaluate(probe, feature_batches(upsampler, backbone, val, context, f"{self.name} val")))
+        with torch.no_grad():
+            return self.rows(*self.evaluate(probe, feature_batches(upsampler, backbone, val, context,
+                                                                   f"{self.name} val")))

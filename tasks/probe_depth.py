@@ -43,9 +43,12 @@ class ProbeDepth(ProbeTask):
         return {**super().recipe(profile), "loss": "L2 on metric depth", "alignment": "none",
                 "eval_resize": "bilinear to the label grid", "min_depth_pred": MIN_DEPTH}
 
-    def evaluate(self, probe: LinearProbe, batches: Iterable[tuple[torch.Tensor, dict]]) -> dict[str, float]:
+    def evaluate(
+        self, probe: LinearProbe, batches: Iterable[tuple[torch.Tensor, dict]]
+    ) -> tuple[dict[str, float], dict[str, tuple[list, str]]]:
         rmse = MeanSquaredError(squared=False)
         delta = MeanMetric()
+        squared, hits = [], []
         for feats, batch in batches:
             gt, valid = batch["depth"].cpu(), batch["valid"].cpu()
             pred = probe.apply_map(feats)
@@ -53,4 +56,9 @@ class ProbeDepth(ProbeTask):
             pred = pred.clamp_min(MIN_DEPTH)
             rmse.update(pred[valid], gt[valid])
             delta.update(delta_hits(pred[valid], gt[valid]))
-        return {"rmse": rmse.compute().item(), "delta1.25": delta.compute().item()}
+            for p, g, v in zip(pred, gt, valid):
+                n = int(v.sum())
+                squared.append([float(((p[v] - g[v]) ** 2).double().sum()), n])
+                hits.append([float(delta_hits(p[v], g[v]).sum()), n])
+        per_image = {"rmse": (squared, "rmse_sums"), "delta1.25": (hits, "ratio_sums")}
+        return {"rmse": rmse.compute().item(), "delta1.25": delta.compute().item()}, per_image

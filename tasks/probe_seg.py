@@ -32,13 +32,28 @@ class ProbeSeg(ProbeTask):
     def loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(pred, target)
 
-    def evaluate(self, probe: LinearProbe, batches: Iterable[tuple[torch.Tensor, dict]]) -> dict[str, float]:
+    def evaluate(
+        self, probe: LinearProbe, batches: Iterable[tuple[torch.Tensor, dict]]
+    ) -> tuple[dict[str, float], dict[str, tuple[list, str]]]:
         classes = probe.linear.out_features
         miou = MulticlassJaccardIndex(classes, average="macro", ignore_index=IGNORE)
         acc = MulticlassAccuracy(classes, average="micro", ignore_index=IGNORE)
+        confusions = []
         for feats, batch in batches:
             label = batch["label"].cpu()
             pred = resize_target(probe.apply_map(feats).argmax(1), label.shape[-2:]).cpu()
             miou.update(pred, label)
             acc.update(pred, label)
-        return {"miou": 100 * miou.compute().item(), "acc": 100 * acc.compute().item()}
+            confusions.extend(confusion_matrices(pred, label, classes))
+        per_image = {"miou": ([c.tolist() for c in confusions], "miou_confusion"),
+                     "acc": ([[int(c.trace()), int(c.sum())] for c in confusions], "percent_sums")}
+        return {"miou": 100 * miou.compute().item(), "acc": 100 * acc.compute().item()}, per_image
+
+
+def confusion_matrices(pred: torch.Tensor, label: torch.Tensor, classes: int) -> torch.Tensor:
+    """(B, K, K) per-image confusion counts [true, predicted] over labelled pixels: the bootstrap's statistics."""
+    valid = label != IGNORE
+    out = torch.zeros(len(label), classes, classes, dtype=torch.int64)
+    for i, (p, t, v) in enumerate(zip(pred, label, valid)):
+        out[i] = torch.bincount(t[v] * classes + p[v], minlength=classes * classes).view(classes, classes)
+    return out

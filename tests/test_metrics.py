@@ -2,6 +2,7 @@
 import numpy as np
 import torch
 
+from bench.stats import STATISTICS
 from tasks.probe import LinearProbe
 from tasks.probe_depth import ProbeDepth
 from tasks.probe_seg import IGNORE, ProbeSeg
@@ -37,9 +38,16 @@ def test_seg_metrics_match_brute_force():
     pred[pred == IGNORE] = 0
     logits = torch.nn.functional.one_hot(torch.from_numpy(pred), classes).permute(0, 3, 1, 2).float()
     batches = [(logits[i : i + 2], {"label": torch.from_numpy(label[i : i + 2])}) for i in (0, 2)]
-    got = ProbeSeg().evaluate(identity_probe(classes), batches)
+    got, per_image = ProbeSeg().evaluate(identity_probe(classes), batches)
     miou, acc = brute_force_seg(pred, label, classes)
     assert abs(got["miou"] - miou) < 1e-3 and abs(got["acc"] - acc) < 1e-3
+    # the stored per-image statistics pool back to the same numbers, image by image
+    assert len(per_image["miou"][0]) == 3
+    for key, brute in (("miou", miou), ("acc", acc)):
+        stats, name = per_image[key]
+        assert abs(STATISTICS[name](np.array(stats)) - brute) < 1e-3
+    first = brute_force_seg(pred[:1], label[:1], classes)
+    assert abs(STATISTICS["miou_confusion"](np.array(per_image["miou"][0][:1])) - first[0]) < 1e-3
 
 
 def test_depth_metrics_match_brute_force():
@@ -48,7 +56,12 @@ def test_depth_metrics_match_brute_force():
     pred = (gt * rng.uniform(0.7, 1.4, size=gt.shape)).astype(np.float32)
     valid = rng.random(gt.shape) > 0.2
     batch = {"depth": torch.from_numpy(gt), "valid": torch.from_numpy(valid)}
-    got = ProbeDepth().evaluate(identity_probe(1), [(torch.from_numpy(pred)[:, None], batch)])
+    got, per_image = ProbeDepth().evaluate(identity_probe(1), [(torch.from_numpy(pred)[:, None], batch)])
     p, t = pred[valid], gt[valid]
     assert abs(got["rmse"] - np.sqrt(np.mean((p - t) ** 2))) < 1e-5
     assert abs(got["delta1.25"] - np.mean(np.maximum(p / t, t / p) < 1.25)) < 1e-6
+    for key in ("rmse", "delta1.25"):
+        stats, name = per_image[key]
+        assert len(stats) == 2 and abs(STATISTICS[name](np.array(stats)) - got[key]) < 1e-5
+    p0, t0 = pred[0][valid[0]], gt[0][valid[0]]
+    assert abs(STATISTICS["rmse_sums"](np.array(per_image["rmse"][0][:1])) - np.sqrt(np.mean((p0 - t0) ** 2))) < 1e-5
