@@ -5,6 +5,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from bench.intervals import BASELINE, LEVEL, N_BOOT, interval_table
+from bench.ranks import agreement_text, rank_agreement
 from bench.store import ResultStore
 
 PAPER_TABLE = Path(__file__).resolve().parent.parent / "results" / "paper_table.csv"
@@ -40,18 +42,74 @@ def qualified_data(rows: pd.DataFrame) -> set[tuple[str, str]]:
     return out
 
 
-def wide_table(rows: pd.DataFrame) -> pd.DataFrame:
-    """One row per method (per backbone/profile if the run mixes them), one column per task.metric."""
+def with_columns(rows: pd.DataFrame) -> pd.DataFrame:
+    """The ok rows with their table column: ``task.metric``, or ``task@dataset.metric`` (see qualified_data)."""
     ok = rows[rows["status"] == "ok"].copy()
     qualified = qualified_data(ok)
     ok["column"] = [f"{t}@{d}.{m}" if (t, d) in qualified else f"{t}.{m}"
                     for t, d, m in zip(ok["task"], ok["dataset"], ok["metric"])]
+    return ok
+
+
+def pivot(ok: pd.DataFrame, rows: pd.DataFrame, values: str, aggfunc: str) -> pd.DataFrame:
+    """One row per method (per backbone/profile if the run mixes them), one column per ``column``."""
     index = ["method"] + [k for k in ("backbone", "profile") if rows[k].nunique() > 1]
-    table = ok.pivot_table(index=index, columns="column", values="value", aggfunc="mean")
+    table = ok.pivot_table(index=index, columns="column", values=values, aggfunc=aggfunc, dropna=False)
     methods = rows["method"].drop_duplicates().tolist()
     table = table.reindex(methods, level=0) if len(index) > 1 else table.reindex(methods)
     table.columns.name = None
     return table
+
+
+def wide_table(rows: pd.DataFrame) -> pd.DataFrame:
+    """Mean over seeds of each metric: one row per method, one column per task metric."""
+    return pivot(with_columns(rows), rows, "value", "mean")
+
+
+def detail_table(rows: pd.DataFrame) -> pd.DataFrame:
+    """The wide table with, after each metric column, its sd over seeds (where a run has several),
+    its bootstrap interval over images and the interval of its difference from bilinear.
+
+    Only rows with per-image statistics get intervals; columns that would be all empty are left out.
+    """
+    ok = with_columns(rows)
+    table = pivot(ok, rows, "value", "mean")
+    extra = {"sd": pivot(ok, rows, "value", "std")} if ok.groupby(["method", "column"])["seed"].nunique().max() > 1 else {}
+    if "per_image" in ok:
+        spans = interval_table(ok)
+        for key in ("lo", "hi", "diff_lo", "diff_hi"):
+            extra[key] = spans.pivot(index="method", columns="column", values=key).reindex(table.index)
+    out = {}
+    for column in table.columns:
+        out[column] = table[column]
+        for key, part in extra.items():
+            if column in part.columns and part[column].notna().any():
+                out[f"{column} {key}"] = part[column]
+    return pd.DataFrame(out, index=table.index)
+
+
+def display_table(detail: pd.DataFrame, higher_is_better: dict[str, bool]) -> pd.DataFrame:
+    """Markdown cells: "mean ± sd [lo, hi]", then "+" (better) or "−" (worse) where the interval of the
+    difference from bilinear excludes 0; ``higher_is_better`` maps each column to its direction."""
+    base = [c for c in detail.columns if " " not in c]
+    out = pd.DataFrame(index=detail.index)
+    for column in base:
+        def cell(method: object) -> str:
+            get = lambda key: detail.at[method, f"{column} {key}"] if f"{column} {key}" in detail else float("nan")
+            value = detail.at[method, column]
+            if pd.isna(value):
+                return ""
+            digits = 2 if abs(value) >= 10 else 3
+            text = f"{value:.{digits}f}"
+            if pd.notna(get("sd")):
+                text += f" ± {get('sd'):.{digits}f}"
+            if pd.notna(get("lo")):
+                text += f" [{get('lo'):.{digits}f}, {get('hi'):.{digits}f}]"
+            if get("diff_lo") > 0 or get("diff_hi") < 0:
+                text += " +" if (get("diff_lo") > 0) == higher_is_better.get(column, True) else " −"
+            return text
+        out[column] = [cell(m) for m in detail.index]
+    return out
 
 
 def with_paper(table: pd.DataFrame, paper_csv: Path = PAPER_TABLE) -> pd.DataFrame:
@@ -79,20 +137,46 @@ def render(table: pd.DataFrame, fmt: str) -> str:
     return table.to_markdown(floatfmt=".3f")
 
 
+def interval_note(detail: pd.DataFrame) -> str:
+    keys = {c.split(" ", 1)[1] for c in detail.columns if " " in c}
+    if not keys:
+        return ""
+    parts = []
+    if "sd" in keys:
+        parts.append("mean ± sd over seeds")
+    if "lo" in keys:
+        parts.append(f"[{LEVEL:.0%} bootstrap interval over images, {N_BOOT} resamples per seed]")
+    if "diff_lo" in keys:
+        parts.append(f"+ / −: the paired {LEVEL:.0%} interval of the difference from {BASELINE} excludes 0 "
+                     f"(better / worse than {BASELINE})")
+    return "Cells: " + "; ".join(parts) + "."
+
+
 def table_text(run_dir: str | Path, fmt: str = "md", vs_paper: bool = False) -> str:
-    """The run's table as text; markdown also lists failed cells and the paper footnote."""
-    rows = ResultStore(run_dir).rows()
-    table = wide_table(rows)
-    if vs_paper:
-        table = with_paper(table)
-    text = render(table, fmt)
+    """The run's table as text.
+
+    csv and latex keep numbers only (means, then sd, lo, hi, diff_lo, diff_hi columns where
+    they exist); markdown puts them in one cell per metric and adds failed cells, a legend,
+    and with ``vs_paper`` the paper's numbers, the rank agreement and the footnote.
+    """
+    rows = ResultStore(run_dir).rows(per_image=True)
+    detail = detail_table(rows)
+    if fmt == "md":
+        ok = with_columns(rows).drop_duplicates("column")
+        table = display_table(detail, dict(zip(ok["column"], ok["higher_is_better"].astype(bool))))
+    else:
+        table = detail
+    text = render(with_paper(table) if vs_paper else table, fmt)
     if fmt != "md":
         return text
+    notes = [interval_note(detail)]
     bad = failures(rows)
     if not bad.empty:
-        lines = [f"- {r.method} / {r.task} ({r.backbone}): {r.status}: {str(r.message).splitlines()[0]}"
-                 for r in bad.itertuples()]
-        text += "\n\nFailed cells:\n" + "\n".join(lines)
+        notes.append("Failed cells:\n" + "\n".join(
+            f"- {r.method} / {r.task} ({r.backbone}): {r.status}: {str(r.message).splitlines()[0]}"
+            for r in bad.itertuples()))
     if vs_paper:
-        text += f"\n\n{PAPER_NOTE}"
-    return text
+        means = detail[[c for c in detail.columns if " " not in c]]
+        notes += [agreement_text(rank_agreement(means, pd.read_csv(PAPER_TABLE).set_index("method"), PAPER_COLUMNS)),
+                  PAPER_NOTE]
+    return "\n\n".join([text, *[n for n in notes if n]])

@@ -151,7 +151,7 @@ def bootstrap_indices(n_images: int, n_boot: int = 1000, seed: int = 0) -> np.nd
     return np.random.default_rng(seed).integers(0, n_images, size=(n_boot, n_images))
 
 
-def _replicates(per_image: np.ndarray, statistic: Statistic, idx: np.ndarray) -> np.ndarray:
+def replicates(per_image: np.ndarray, statistic: Statistic, idx: np.ndarray) -> np.ndarray:
     """The statistic of each resample ``per_image[idx[b]]``, vectorised for sum statistics."""
     of_sums = getattr(statistic, "of_sums", None)
     if of_sums is None:
@@ -165,7 +165,7 @@ def _replicates(per_image: np.ndarray, statistic: Statistic, idx: np.ndarray) ->
     return np.asarray(of_sums(sums), dtype=np.float64)
 
 
-def _percentiles(replicates: np.ndarray, level: float) -> tuple[float, float]:
+def percentile_interval(replicates: np.ndarray, level: float) -> tuple[float, float]:
     if not 0 < level < 1:
         raise ValueError(f"level must be in (0, 1), got {level}")
     low, high = np.percentile(replicates, [50 * (1 - level), 50 * (1 + level)])
@@ -185,7 +185,7 @@ def bootstrap_interval(per_image: np.ndarray, statistic: Statistic, n_boot: int 
     """
     per_image = np.asarray(per_image)
     idx = bootstrap_indices(len(per_image), n_boot, seed)
-    return _percentiles(_replicates(per_image, statistic, idx), level)
+    return percentile_interval(replicates(per_image, statistic, idx), level)
 
 
 def paired_bootstrap_difference(a_per_image: np.ndarray, b_per_image: np.ndarray,
@@ -202,4 +202,4 @@ def paired_bootstrap_difference(a_per_image: np.ndarray, b_per_image: np.ndarray
     if len(a) != len(b):
         raise ValueError(f"paired bootstrap needs the same images for both: {len(a)} vs {len(b)} rows")
     idx = bootstrap_indices(len(a), n_boot, seed)
-    return _percentiles(_replicates(a, statistic, idx) - _replicates(b, statistic, idx), level)
+    return percentile_interval(replicates(a, statistic, idx) - replicates(b, statistic, idx), level)

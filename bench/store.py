@@ -127,8 +127,11 @@ class ResultStore:
                 newest[key] = rec
         return list(newest.values())
 
-    def rows(self) -> pd.DataFrame:
-        """One row per (cell, metric) of the current records; failed cells give one row with no metric."""
+    def rows(self, per_image: bool = False) -> pd.DataFrame:
+        """One row per (cell, metric) of the current records; failed cells give one row with no metric.
+
+        ``per_image`` adds the per-image statistics and their statistic's name (for intervals).
+        """
         out = []
         for rec in self.current_records():
             base = {**rec["cell"], "primary_data": rec["recipe"].get("primary_data", True),
@@ -137,4 +140,4 @@ class ResultStore:
                     ("method_version", "task_version", "wall_s", "peak_mb", "git_commit")}}
             metrics = rec.get("metrics") or [{"metric": None, "value": None, "higher_is_better": None}]
             out.extend({**base, **m} for m in metrics)
-        return pd.DataFrame(out, columns=ROW_COLUMNS)
+        return pd.DataFrame(out, columns=ROW_COLUMNS + (["per_image", "statistic"] if per_image else []))

@@ -1,0 +1,103 @@
+"""Seeds aggregate to mean ± sd, intervals come from per-image statistics, τ compares with the paper."""
+import io
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bench.cells import Cell
+from bench.context import RunContext
+from bench.profiles import PROFILES
+from bench.ranks import rank_agreement, sees_backbone_features
+from bench.report import detail_table, table_text
+from bench.runner import plan
+from bench.stats import bootstrap_indices, miou_from_confusions
+from bench.store import ResultStore
+
+
+def write(store, method, seed, value, per_image=None, statistic=None, task="probe_seg", metric="miou"):
+    cell = Cell(method, task, "efficientnet_lite0", "scenes", "smoke", seed)
+    recipe = {"method_version": "1", "task_version": "1", "seed": seed}
+    store.write(cell, recipe, {
+        "cell": vars(cell), "status": "ok", "message": "", "recipe": recipe, "config_hash": cell.config_hash(recipe),
+        "metrics": [{"metric": metric, "value": value, "higher_is_better": True, "per_image": per_image,
+                     "statistic": statistic}],
+        "provenance": {"method_version": "1", "task_version": "1", "wall_s": 1.0, "peak_mb": 1.0, "git_commit": "x",
+                       "started": "2026-01-01"},
+    })
+
+
+def test_a_seeds_plan_has_one_cell_per_seed_with_its_own_recipe():
+    context = RunContext(profile=PROFILES.get("smoke"), progress=False)
+    cells = plan(["bilinear"], ["probe_seg", "probe_depth"], "efficientnet_lite0", context, seeds=[0, 1, 2])
+    assert sorted((c.task, c.seed) for c, _ in cells) == [(t, s) for t in ("probe_depth", "probe_seg") for s in (0, 1, 2)]
+    assert len({c.filename(r) for c, r in cells}) == 6
+    assert all(r["profile"]["seed"] == r["seed"] == c.seed for c, r in cells)
+
+
+def test_extra_datasets_get_their_own_cells_and_columns():
+    context = RunContext(profile=PROFILES.get("default"), progress=False)
+    cells = plan(["bilinear"], ["probe_depth", "probe_seg"], "efficientnet_lite0_s16", context)
+    assert [(c.task, c.dataset, r["primary_data"]) for c, r in cells] == [
+        ("probe_depth", "depth_scenes", True), ("probe_depth", "middlebury", False), ("probe_seg", "scenes", True)]
+    assert cells[1][1]["profile"]["depth_data"] == "middlebury"
+
+
+def test_table_shows_mean_and_sd_over_seeds(tmp_path):
+    store = ResultStore(tmp_path)
+    for seed, value in enumerate([40.0, 44.0, 42.0]):
+        write(store, "bilinear", seed, value)
+    t = pd.read_csv(io.StringIO(table_text(tmp_path, "csv"))).set_index("method")
+    assert t.loc["bilinear", "probe_seg.miou"] == pytest.approx(42.0)
+    assert t.loc["bilinear", "probe_seg.miou sd"] == pytest.approx(2.0)
+    assert "42.00 ± 2.00" in table_text(tmp_path, "md")
+
+
+def confusions(rng, n, k, accuracy):
+    """n per-image confusion matrices of k classes: each image 100 pixels, ``accuracy`` of them right."""
+    out = np.zeros((n, k, k), dtype=np.int64)
+    for i in range(n):
+        truth = rng.integers(0, k, 100)
+        pred = np.where(rng.random(100) < accuracy, truth, rng.integers(0, k, 100))
+        np.add.at(out[i], (truth, pred), 1)
+    return out
+
+
+def test_intervals_come_from_a_bootstrap_over_images_and_mark_significant_differences(tmp_path):
+    rng = np.random.default_rng(0)
+    store = ResultStore(tmp_path)
+    stats = {"bilinear": confusions(rng, 12, 3, 0.5), "featup_jbu": confusions(rng, 12, 3, 0.95),
+             "carafe": None}
+    stats["carafe"] = stats["bilinear"].copy()
+    for method, conf in stats.items():
+        write(store, method, 0, miou_from_confusions(conf), conf.tolist(), "miou_confusion")
+    detail = detail_table(store.rows(per_image=True)).loc[:, lambda d: d.columns.str.startswith("probe_seg.miou")]
+    # brute force: the same draws, one resample at a time
+    idx = bootstrap_indices(12, 1000, seed=0)
+    reps = np.array([miou_from_confusions(stats["featup_jbu"][i]) for i in idx])
+    lo, hi = np.percentile(reps, [2.5, 97.5])
+    assert detail.loc["featup_jbu", "probe_seg.miou lo"] == pytest.approx(lo)
+    assert detail.loc["featup_jbu", "probe_seg.miou hi"] == pytest.approx(hi)
+    assert detail.loc["featup_jbu", "probe_seg.miou diff_lo"] > 0
+    assert detail.loc["carafe", "probe_seg.miou diff_lo"] == detail.loc["carafe", "probe_seg.miou diff_hi"] == 0
+    md = table_text(tmp_path, "md")
+    jbu_line = next(line for line in md.splitlines() if line.startswith("| featup_jbu"))
+    carafe_line = next(line for line in md.splitlines() if line.startswith("| carafe"))
+    assert jbu_line.rstrip(" |").endswith("+") and not carafe_line.rstrip(" |").endswith("+")
+
+
+def test_rank_agreement_against_hand_computed_tau():
+    paper = pd.DataFrame({"m": [4.0, 3.0, 2.0, 1.0]}, index=["featup_jbu", "bilinear", "low_res", "large_image"])
+    ours = pd.DataFrame({"c": [4.0, 2.0, 3.0, 1.0]}, index=["featup_jbu", "bilinear", "low_res", "large_image"])
+    row = rank_agreement(ours, paper, {"c": "m"}).iloc[0]
+    # 6 pairs, one swapped (bilinear, low_res): (5 - 1) / 6
+    assert row.tau_all == pytest.approx(4 / 6) and row.n_all == 4
+    # without large_image (it changes what the backbone sees): 3 pairs, one swapped: (2 - 1) / 3
+    assert row.tau_same_features == pytest.approx(1 / 3) and row.n_same_features == 3
+    assert row.discordant == [("low_res", "bilinear")]
+
+
+def test_methods_that_change_the_backbone_input_are_known():
+    assert not sees_backbone_features("strided") and not sees_backbone_features("large_image")
+    assert sees_backbone_features("bilinear") and sees_backbone_features("featup_jbu")
+    assert sees_backbone_features("someone_elses_plugin")
