@@ -178,6 +178,4 @@ class ProbeTask(Task):
             self.regression, context.progress,
         ).to(context.device)
         val = self.load_split("val", context)
-        with torch.no_grad():
-            return self.rows(*self.evaluate(probe, feature_batches(upsampler, backbone, val, context,
-                                                                   f"{self.name} val")))
+        return self.rows(*self.evaluate(probe, feature_batches(upsampler, backbone, val, context, f"{self.name} val")))

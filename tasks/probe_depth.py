@@ -43,6 +43,7 @@ class ProbeDepth(ProbeTask):
         return {**super().recipe(profile), "loss": "L2 on metric depth", "alignment": "none",
                 "eval_resize": "bilinear to the label grid", "min_depth_pred": MIN_DEPTH}
 
+    @torch.no_grad()
     def evaluate(
         self, probe: LinearProbe, batches: Iterable[tuple[torch.Tensor, dict]]
     ) -> tuple[dict[str, float], dict[str, tuple[list, str]]]:

@@ -32,6 +32,7 @@ class ProbeSeg(ProbeTask):
     def loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(pred, target)
 
+    @torch.no_grad()
     def evaluate(
         self, probe: LinearProbe, batches: Iterable[tuple[torch.Tensor, dict]]
     ) -> tuple[dict[str, float], dict[str, tuple[list, str]]]:
