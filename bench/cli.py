@@ -9,10 +9,10 @@ from typing import Callable
 
 import torch
 
-from bench.context import RunContext
-from bench.data_identity import slug
+from bench.running.context import RunContext
+from bench.data.identity import slug
 from bench.plugins import load_all
-from bench.profiles import PROFILES
+from bench.running.profiles import PROFILES
 from bench.registry import BACKBONES, DATASETS, METHODS, TASKS, RegistryError
 
 RUNS_DIR = Path("results/runs")
@@ -81,7 +81,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     print("methods:")
     for name in METHODS.names():
         m = METHODS.get(name)
-        print(f"  {name:18s} v{m.version}  trainable={m.trainable}  per_image={m.per_image}")
+        print(f"  {name:18s} v{m.version}  fit={m.fit}")
     print("tasks:")
     for name in TASKS.names():
         t = TASKS.get(name)
@@ -118,9 +118,9 @@ def default_run_dir(profile_name: str, backbone_name: str, cells: list) -> Path:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from bench.backbones import load_backbone
-    from bench.report import table_text
-    from bench.runner import plan, run_cells
-    from bench.store import ResultStore
+    from bench.reporting.report import table_text
+    from bench.running.runner import plan, run_cells
+    from bench.running.store import ResultStore
 
     context = make_context(args)
     backbone_name = args.backbone or context.profile.backbone
@@ -143,7 +143,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_table(args: argparse.Namespace) -> int:
-    from bench.report import table_text
+    from bench.reporting.report import table_text
 
     print(table_text(run_dir(args.run), args.format, args.vs_paper))
     return 0
@@ -151,15 +151,16 @@ def cmd_table(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from bench.backbones import load_backbone
-    from bench.train import train_method
+    from bench.fitting.train import train_method
 
     context = make_context(args)
     if args.data:
         context.profile = context.profile.with_overrides(train_data=args.data[-1].partition("=")[0])
     backbone = load_backbone(args.backbone or context.profile.backbone, args.weights, context.device)
     method_cls = METHODS.get(args.method)
-    if not method_cls.trainable:
-        raise UsageError(f"method {args.method!r} has no weights to train (trainable=False)")
+    if method_cls.fit != "dataset":
+        raise UsageError(f"method {args.method!r} is not trained on a dataset (fit={method_cls.fit!r}); "
+                         f"`train` fits methods with fit='dataset'")
     path = train_method(method_cls.create(backbone).to(context.device), backbone, context)
     print(f"trained {args.method} on {backbone.name}: {path}")
     return 0
@@ -167,16 +168,16 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_profile(args: argparse.Namespace) -> int:
     """Kernel or whole-method timings: a table on stdout, CSV and PNG kept under the run folder."""
-    from bench.profile import plot_profile
-    from bench.report import render
+    from bench.profiling.profile import plot_profile
+    from bench.reporting.report import render
 
     device = str(resolve_device(args.device))
     if args.what == "kernels":
-        from bench.profile import profile_kernels
+        from bench.profiling.profile import profile_kernels
 
         df = profile_kernels(args.sizes, args.channels, device, progress=not args.no_progress)
     else:
-        from bench.profile_methods import profile_methods
+        from bench.profiling.methods import profile_methods
 
         methods = csv_list(args.methods) if args.methods else METHODS.names()
         for name in methods:

@@ -18,8 +18,7 @@ from methods.base import Upsampler
 class MyUpsampler(Upsampler):
     name = "my_upsampler"
     version = "1"          # bump when your results would change: cached results are keyed by it
-    trainable = False      # True: bench/train.py fits your parameters with the multi-view loss first
-    per_image = False
+    fit = "none"           # "dataset": the runner trains your parameters once with the multi-view loss
 
     radius = 2
     colour_sigma = 0.1

@@ -2,9 +2,10 @@
 
 A method gets the backbone's low-resolution features, the image they came from
 and the size wanted, and returns features at that size. Methods that change what
-the backbone sees (strided, large image) override ``features``; methods fitted
-on a dataset override ``prepare``. Tasks only ever call ``upsample``, so they
-never special-case a method by name.
+the backbone sees (strided, large image) override ``features``; methods with
+weights declare how they are fitted (``fit``) and the runner fits them before
+scoring (bench.fitting), so no method imports the trainer. Tasks only ever call
+``upsample``, so they never special-case a method by name.
 """
 from __future__ import annotations
 
@@ -14,11 +15,10 @@ from typing import TYPE_CHECKING, ClassVar
 import torch
 from torch import nn
 
-from bench.multiview import standardise
+from bench.fitting.multiview import standardise
 
 if TYPE_CHECKING:
     from bench.backbones import Backbone
-    from bench.context import RunContext
 
 
 class ContractError(ValueError):
@@ -30,8 +30,9 @@ class Upsampler(nn.Module, ABC):
 
     name: ClassVar[str]
     version: ClassVar[str] = "1"
-    trainable: ClassVar[bool] = False
-    per_image: ClassVar[bool] = False
+    fit: ClassVar[str] = "none"
+    """How the runner fits the method before scoring: "none"; "dataset" (weights trained once
+    with the multi-view loss, cached); "per_image" (fitted to each image at inference, cached)."""
     keeps_grid: ClassVar[bool] = False
     """True for methods that return the backbone's own grid (low_res): tasks then
     resize labels to the features, as the paper's low-res row does."""
@@ -41,22 +42,15 @@ class Upsampler(nn.Module, ABC):
         """Build the method for a backbone; methods with weights read ``backbone.dim`` here."""
         return cls()
 
-    def prepare(self, backbone: "Backbone", context: "RunContext") -> None:
-        """Fit dataset-level weights before scoring: trainable methods load or train theirs."""
-        if self.trainable:
-            from bench.train import ensure_trained
-
-            ensure_trained(self, backbone, context)
-
     def features(self, backbone: "Backbone", image: torch.Tensor) -> torch.Tensor:
         """The low-resolution features this method starts from.
 
-        Trainable methods get them channel-standardised (LayerNorm over channels, no
+        Fitted methods get them channel-standardised (LayerNorm over channels, no
         affine), as FeatUp trains and runs its upsamplers; the trainer reads them here
         too, so training and inference see the same features.
         """
         feats = backbone.features(image)
-        return standardise(feats) if self.trainable else feats
+        return feats if self.fit == "none" else standardise(feats)
 
     @abstractmethod
     def forward(

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bench.backbones import Backbone
-from bench.multiview import project
+from bench.fitting.multiview import project
 from bench.registry import METHODS
 from kernels.adaptive_conv import adaptive_conv
 from kernels.window_dot import window_dot
@@ -88,7 +88,7 @@ class FeatUpJBU(Upsampler):
 
     name = "featup_jbu"
     version = "1"
-    trainable = True
+    fit = "dataset"
 
     def __init__(self, dim: int, n_stages: int, kernel_impl: str = "auto") -> None:
         super().__init__()

@@ -85,7 +85,7 @@ def reassemble(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
 class StagedUpsampler(Upsampler):
     """A trainable stack of x2 stages; subclasses only say what one stage is (``make_stage``)."""
 
-    trainable = True
+    fit = "dataset"
     version = "1"
 
     def __init__(self, dim: int, stages: int) -> None:

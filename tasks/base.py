@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
     from bench.backbones import Backbone
-    from bench.context import RunContext
-    from bench.profiles import Profile
+    from bench.running.context import RunContext
+    from bench.running.profiles import Profile
     from methods.base import Upsampler
 
 
@@ -20,7 +20,7 @@ class MetricRow:
     per_image: list | None = None
     """Per-image sufficient statistics (one entry per validation image), for bootstrap intervals."""
     statistic: str | None = None
-    """How ``per_image`` gives ``value``: a key of ``bench.stats.STATISTICS``."""
+    """How ``per_image`` gives ``value``: a key of ``bench.reporting.stats.STATISTICS``."""
 
 
 class Task(ABC):
@@ -40,7 +40,7 @@ class Task(ABC):
 
     @abstractmethod
     def run(self, upsampler: "Upsampler", backbone: "Backbone", context: "RunContext") -> list[MetricRow]:
-        """Score ``upsampler`` (already prepared) on ``backbone`` features."""
+        """Score ``upsampler`` (already fitted) on ``backbone`` features."""
 
     def rows(self, values: dict[str, float], per_image: dict[str, tuple[list, str]] | None = None) -> list[MetricRow]:
         """Metric rows in ``metrics`` order; ``per_image`` maps a metric to (statistics, statistic name)."""

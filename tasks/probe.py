@@ -21,8 +21,8 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from bench.backbones import Backbone
-from bench.context import RunContext
-from bench.profiles import Profile
+from bench.running.context import RunContext
+from bench.running.profiles import Profile
 from methods.base import Upsampler
 from tasks.base import MetricRow, Task
 
@@ -150,7 +150,7 @@ class ProbeTask(Task):
         self, probe: LinearProbe, batches: Iterable[tuple[torch.Tensor, dict]]
     ) -> tuple[dict[str, float], dict[str, tuple[list, str]]]:
         """Metric values over the validation batches of (features, batch), and per metric the
-        per-image statistics with the name of the ``bench.stats`` statistic that pools them."""
+        per-image statistics with the name of the ``bench.reporting.stats`` statistic that pools them."""
 
     def load_split(self, split: str, context: RunContext) -> Dataset:
         from bench.data import load_dataset  # imported on use: `list` and plugins need no data stack

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 from torchmetrics import MeanMetric, MeanSquaredError
 
-from bench.profiles import Profile
+from bench.running.profiles import Profile
 from bench.registry import TASKS
 from tasks.probe import LinearProbe, ProbeTask
 

@@ -9,9 +9,9 @@ import torch
 from PIL import Image
 from scipy import ndimage
 
-from bench.coco_stuff_labels import COARSE_CLASSES, fine_to_coarse_table
+from bench.data.coco_stuff_labels import COARSE_CLASSES, fine_to_coarse_table
 from bench.data import DatasetError, load_dataset
-from bench.data_scenes import Canvas, bar, draw_scene, ring
+from bench.data.scenes import Canvas, bar, draw_scene, ring
 from bench.registry import DATASETS, RegistryError
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -112,7 +112,7 @@ def test_scene_generation_is_fast():
 
 
 def test_middlebury_depth_is_focal_baseline_over_disparity():
-    from bench.data_embedded import motorcycle
+    from bench.data.embedded import motorcycle
 
     _, _, disp = skimage.data.stereo_motorcycle()
     _, depth, valid = motorcycle()
@@ -124,7 +124,7 @@ def test_middlebury_depth_is_focal_baseline_over_disparity():
 
 
 def test_middlebury_crops_sample_train_depths_with_nearest():
-    from bench.data_embedded import motorcycle
+    from bench.data.embedded import motorcycle
 
     _, depth, valid = motorcycle()
     train_depths = np.unique(depth[:, :445][valid[:, :445]])
@@ -134,7 +134,7 @@ def test_middlebury_crops_sample_train_depths_with_nearest():
 
 
 def test_middlebury_train_and_val_use_disjoint_columns():
-    from bench.data_embedded import split_columns
+    from bench.data.embedded import split_columns
 
     (a, na), (b, nb) = split_columns("train", 741), split_columns("val", 741)
     assert a == 0 and a + na == b and b + nb == 741 and na == 445

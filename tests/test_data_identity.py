@@ -8,14 +8,14 @@ import pytest
 from PIL import Image
 
 from bench.cli import default_run_dir, main, parse
-from bench.context import RunContext
+from bench.running.context import RunContext
 from bench.data import DatasetError, load_dataset
-from bench.data_identity import dataset_identity
-from bench.profiles import PROFILES
+from bench.data.identity import dataset_identity
+from bench.running.profiles import PROFILES
 from bench.registry import METHODS
-from bench.runner import plan, run_cells
-from bench.store import ResultStore, RunFolderError
-from bench.report import table_text
+from bench.running.runner import plan, run_cells
+from bench.running.store import ResultStore, RunFolderError
+from bench.reporting.report import table_text
 from methods.bilinear import Bilinear
 
 FIXTURE = Path(__file__).parent / "fixtures" / "coco_stuff"
@@ -136,7 +136,8 @@ def test_a_truncated_image_is_named(tmp_path):
 class AlwaysFails(Bilinear):
     name = "_always_fails"
 
-    def prepare(self, backbone, context):
+    @classmethod
+    def create(cls, backbone):
         raise RuntimeError("this method always fails")
 
 

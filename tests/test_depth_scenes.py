@@ -7,10 +7,10 @@ import torch
 from scipy import ndimage
 
 from bench.data import load_dataset
-from bench.data_common import item_rng
-from bench.data_depth_scenes import (OBJECT_DEPTH_M, OBJECTS, WALL_DEPTH_M, DepthScenes, crop_fraction,
+from bench.data.common import item_rng
+from bench.data.depth_scenes import (OBJECT_DEPTH_M, OBJECTS, WALL_DEPTH_M, DepthScenes, crop_fraction,
                                      draw_depth_scene)
-from bench.data_scenes import DEFAULT_LENGTH
+from bench.data.scenes import DEFAULT_LENGTH
 
 SIZES = [(96, 128), (224, 224), (70, 45)]
 

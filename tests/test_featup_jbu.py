@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bench.multiview import project, random_projection
+from bench.fitting.multiview import project, random_projection
 from kernels.window_dot import WindowDot
 from methods.featup_jbu import FeatUpJBU, range_logits
 from methods.stages import num_stages

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench.profile import profile_kernels
+from bench.profiling.profile import profile_kernels
 from kernels.adaptive_conv import IMPLS, adaptive_conv
 from kernels.reference import unfold_reference
 

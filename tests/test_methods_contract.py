@@ -6,9 +6,10 @@ from bench.registry import METHODS
 from methods.base import ContractError, Upsampler
 
 OUT = (75, 101)  # not a multiple of the stride, not square
+REAL = [n for n in METHODS.names() if not n.startswith("_")]  # other test modules register "_" doubles that fail
 
 
-@pytest.mark.parametrize("name", METHODS.names())
+@pytest.mark.parametrize("name", REAL)
 def test_method_contract(name, lite0, images):
     method = METHODS.get(name).create(lite0).eval()
     out = method.upsample(lite0, images, OUT)
@@ -22,7 +23,7 @@ def test_method_contract(name, lite0, images):
     torch.testing.assert_close(single, out[:1], rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("name", [n for n in METHODS.names() if METHODS.get(n).trainable])
+@pytest.mark.parametrize("name", [n for n in REAL if METHODS.get(n).fit == "dataset"])
 def test_gradients_reach_every_parameter(name, lite0, images):
     method = METHODS.get(name).create(lite0).train()
     lr = lite0.features(images)

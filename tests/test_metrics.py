@@ -2,7 +2,7 @@
 import numpy as np
 import torch
 
-from bench.stats import STATISTICS
+from bench.reporting.stats import STATISTICS
 from tasks.probe import LinearProbe
 from tasks.probe_depth import ProbeDepth
 from tasks.probe_seg import IGNORE, ProbeSeg

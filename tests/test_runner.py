@@ -3,11 +3,11 @@ import json
 
 import pytest
 
-from bench.context import RunContext
-from bench.profiles import PROFILES
+from bench.running.context import RunContext
+from bench.running.profiles import PROFILES
 from bench.registry import METHODS, TASKS
-from bench.runner import plan, run_cells
-from bench.store import ROW_COLUMNS, ResultStore
+from bench.running.runner import plan, run_cells
+from bench.running.store import ROW_COLUMNS, ResultStore
 from methods.bilinear import Bilinear
 from tasks.base import Task
 
@@ -34,15 +34,17 @@ class CountingTask(Task):
 class Exploding(Bilinear):
     name = "_exploding"
 
-    def prepare(self, backbone, context):
-        raise RuntimeError("boom in prepare")
+    @classmethod
+    def create(cls, backbone):
+        raise RuntimeError("boom in create")
 
 
 @METHODS.register
 class OutOfMemory(Bilinear):
     name = "_oom"
 
-    def prepare(self, backbone, context):
+    @classmethod
+    def create(cls, backbone):
         raise MemoryError("cannot allocate 80 GB")
 
 
@@ -84,7 +86,7 @@ def test_a_failing_cell_is_recorded_and_the_run_goes_on(tmp_path, lite0, context
     assert [c.method for c in summary.done] == ["bilinear"]
     rows = ResultStore(tmp_path).rows().set_index("method")
     assert rows.loc["_exploding", "status"] == "error"
-    assert "boom in prepare" in rows.loc["_exploding", "message"]
+    assert "boom in create" in rows.loc["_exploding", "message"]
     assert rows.loc["_oom", "status"] == "oom"
     assert rows.loc["bilinear", "value"] == len("bilinear")
 

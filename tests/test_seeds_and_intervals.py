@@ -5,14 +5,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench.cells import Cell
-from bench.context import RunContext
-from bench.profiles import PROFILES
-from bench.ranks import rank_agreement, sees_backbone_features
-from bench.report import detail_table, table_text
-from bench.runner import plan
-from bench.stats import bootstrap_indices, miou_from_confusions
-from bench.store import ResultStore
+from bench.running.cells import Cell
+from bench.running.context import RunContext
+from bench.running.profiles import PROFILES
+from bench.reporting.ranks import rank_agreement, sees_backbone_features
+from bench.reporting.report import detail_table, table_text
+from bench.running.runner import plan
+from bench.reporting.stats import bootstrap_indices, miou_from_confusions
+from bench.running.store import ResultStore
 
 
 def write(store, method, seed, value, per_image=None, statistic=None, task="probe_seg", metric="miou"):

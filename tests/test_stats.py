@@ -8,7 +8,7 @@ import torch
 from torchmetrics.classification import MulticlassJaccardIndex
 from torchmetrics.regression import MeanSquaredError
 
-from bench.stats import (
+from bench.reporting.stats import (
     bootstrap_indices,
     bootstrap_interval,
     discordant_pairs,

@@ -6,12 +6,12 @@ import pytest
 import timm
 import torch
 
-from bench import train
+from bench.fitting import train
 from bench.backbones import backbone_from_model
-from bench.context import RunContext
-from bench.multiview import (AttentionDownsampler, Jitter, MultiViewLoss, SimpleDownsampler, random_projection,
+from bench.running.context import RunContext
+from bench.fitting.multiview import (AttentionDownsampler, Jitter, MultiViewLoss, SimpleDownsampler, random_projection,
                              total_variation)
-from bench.profiles import PROFILES
+from bench.running.profiles import PROFILES
 from methods.featup_jbu import FeatUpJBU
 
 
@@ -168,7 +168,7 @@ def test_trainer_is_generic_for_any_trainable_upsampler(tiny):
     from methods.base import Upsampler
 
     class Scaled(Upsampler):
-        name, trainable = "scaled_bilinear", True
+        name, fit = "scaled_bilinear", "dataset"
 
         def __init__(self):
             super().__init__()

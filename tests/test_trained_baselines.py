@@ -34,7 +34,7 @@ def test_stage_rule_reaches_image_resolution(stride, stages):
 @pytest.mark.parametrize("stride", [14, 16, 32])
 def test_shapes_batch_non_square(name, stride):
     method = build(name, stride)
-    assert method.trainable and method.version == "1" and len(method.stages) == num_stages(stride)
+    assert method.fit == "dataset" and method.version == "1" and len(method.stages) == num_stages(stride)
     image = torch.rand(2, 3, 70, 100)
     lr = rand(2, DIM, -(-70 // stride), -(-100 // stride))
     with torch.no_grad():

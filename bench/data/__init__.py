@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from torch.utils.data import Dataset
 
-from bench.data_common import SPLITS, DatasetError
+from bench.data.common import SPLITS, DatasetError
 from bench.registry import DATASETS
 
 __all__ = ["DatasetError", "DatasetSpec", "dataset_layout", "load_dataset"]
@@ -32,19 +32,19 @@ class DatasetSpec:
 
 _SPECS_AND_LOADERS = (
     (DatasetSpec("scenes", "seg", "generated scenes of real photo textures in thin, sharp shapes; "
-                 "exact labels, 8 classes", True), "bench.data_scenes:Scenes"),
+                 "exact labels, 8 classes", True), "bench.data.scenes:Scenes"),
     (DatasetSpec("middlebury", "depth", "Middlebury 2014 motorcycle (skimage) with ground-truth depth; "
-                 "train crops from the left 60%, val from the right 40%", True), "bench.data_embedded:Middlebury"),
+                 "train crops from the left 60%, val from the right 40%", True), "bench.data.embedded:Middlebury"),
     (DatasetSpec("depth_scenes", "depth", "generated scenes of real photo textures on a ground plane, objects "
                  "(thin poles, hoops, stars, boards) at 1–10 m; exact depth, its edges the objects' edges", True),
-     "bench.data_depth_scenes:DepthScenes"),
+     "bench.data.depth_scenes:DepthScenes"),
     (DatasetSpec("photos", "images", "scikit-image's photographs and random crops of them, "
-                 "for training upsamplers", True), "bench.data_embedded:Photos"),
+                 "for training upsamplers", True), "bench.data.embedded:Photos"),
     (DatasetSpec("coco_stuff", "seg", "COCO-Stuff 164k stuffthingmaps, 27 coarse classes; "
-                 "FeatUp's curated lists used where present", False), "bench.data_folders:CocoStuff"),
+                 "FeatUp's curated lists used where present", False), "bench.data.folders:CocoStuff"),
     (DatasetSpec("nyuv2", "depth", "NYUv2-style depth folders: {train,val}/rgb + {train,val}/depth "
                  "(16-bit PNG, mm, 0 = invalid); any folder in this format works", False),
-     "bench.data_folders:DepthFolder"),
+     "bench.data.folders:DepthFolder"),
 )
 _LOADERS = {spec.name: loader for spec, loader in _SPECS_AND_LOADERS}
 for _spec, _ in _SPECS_AND_LOADERS:

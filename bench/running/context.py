@@ -1,4 +1,4 @@
-"""What a method's ``prepare`` step gets to know about the run it is part of."""
+"""What the fitting stage and the tasks get to know about the run a cell is part of."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from bench.profiles import Profile
+from bench.running.profiles import Profile
 
 
 @dataclass

@@ -18,7 +18,7 @@ import skimage.data
 import skimage.draw
 import torch
 
-from bench.data_common import ItemDataset, as_rgb, image_tensor, random_box, resize_image
+from bench.data.common import ItemDataset, as_rgb, image_tensor, random_box, resize_image
 
 DEFAULT_LENGTH = 256
 THIN_PX = (2.0, 5.0)

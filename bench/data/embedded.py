@@ -11,7 +11,7 @@ import numpy as np
 import skimage.data
 import torch
 
-from bench.data_common import ItemDataset, as_rgb, image_tensor, random_box, resize_image, resize_nearest
+from bench.data.common import ItemDataset, as_rgb, image_tensor, random_box, resize_image, resize_nearest
 
 # Calibration of skimage's 4x down-sampled Middlebury 2014 motorcycle (skimage.data.stereo_motorcycle docstring).
 FOCAL_PX, BASELINE_M, DOFFS_PX = 994.978, 0.193001, 31.086

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.coco_stuff_labels import COARSE_CLASSES, fine_to_coarse_table
-from bench.data_common import (DatasetError, ItemDataset, image_tensor, read_image_file, read_rgb, resize_image,
+from bench.data.coco_stuff_labels import COARSE_CLASSES, fine_to_coarse_table
+from bench.data.common import (DatasetError, ItemDataset, image_tensor, read_image_file, read_rgb, resize_image,
                                resize_nearest)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")

@@ -12,8 +12,8 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from bench.failures import describe_failure
-from bench.memory import peak_memory
+from bench.running.failures import describe_failure
+from bench.profiling.memory import peak_memory
 
 KERNEL_IMPLS = ["reference", "torch", "numba", "numba_cuda"]
 COLUMNS = ["impl", "pass", "size", "channels", "device", "ms", "peak_mb", "gbps", "gflops", "bw_fraction",
@@ -30,7 +30,7 @@ class Measurement:
 def _trim_heap() -> None:
     """Hand memory that glibc keeps from freed chunks back to the OS (malloc_trim(0)).
 
-    CPU peak memory is read as growth of the process's resident set (bench.memory). glibc keeps
+    CPU peak memory is read as growth of the process's resident set (bench.profiling.memory). glibc keeps
     freed chunks below its dynamic mmap threshold (up to 32 MiB) resident in its heap, so a call
     reusing them would not grow the resident set and its peak would read too low. Trimming just
     before the call makes everything the call touches count, while the allocator behaves as in
@@ -39,7 +39,7 @@ def _trim_heap() -> None:
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
-        pass  # not glibc: peaks may read low, as documented in bench.memory
+        pass  # not glibc: peaks may read low, as documented in bench.profiling.memory
 
 
 def _sync(device: torch.device) -> None:

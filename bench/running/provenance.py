@@ -15,7 +15,7 @@ PACKAGES = ("featup-bench", "torch", "timm", "torchmetrics", "numba", "numpy", "
 @functools.lru_cache(maxsize=1)
 def git_commit() -> str:
     """The checkout's commit, with "+dirty" when it has uncommitted changes; "unknown" outside git."""
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,

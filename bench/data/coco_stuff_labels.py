@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bench.data_common import IGNORE_INDEX
+from bench.data.common import IGNORE_INDEX
 
 HIERARCHY: dict[str, dict[str, tuple[str, ...]]] = {
     "things": {

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.data import DatasetSpec, dataset_layout
-from bench.data_common import DatasetError
+from bench.data.common import DatasetError
 from bench.registry import DATASETS
 
 

@@ -16,8 +16,8 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from bench.profile import measure
-from bench.failures import describe_failure
+from bench.profiling.profile import measure
+from bench.running.failures import describe_failure
 from bench.registry import METHODS
 
 STRIDE = 16

@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from bench.data_common import ItemDataset, image_tensor
-from bench.data_scenes import (CLASS_NAMES, DEFAULT_LENGTH, Canvas, bar_mask, crescent_mask, ring_mask,
+from bench.data.common import ItemDataset, image_tensor
+from bench.data.scenes import (CLASS_NAMES, DEFAULT_LENGTH, Canvas, bar_mask, crescent_mask, ring_mask,
                                star_outline, texture, texture_layer)
 
 FOCAL_PER_SIDE = 1.0

@@ -5,11 +5,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.intervals import BASELINE, LEVEL, N_BOOT, interval_table
-from bench.ranks import agreement_text, rank_agreement
-from bench.store import ResultStore
+from bench.reporting.intervals import BASELINE, LEVEL, N_BOOT, interval_table
+from bench.reporting.ranks import agreement_text, rank_agreement
+from bench.running.store import ResultStore
 
-PAPER_TABLE = Path(__file__).resolve().parent.parent / "results" / "paper_table.csv"
+PAPER_TABLE = Path(__file__).resolve().parents[2] / "results" / "paper_table.csv"
 PAPER_COLUMNS = {
     "probe_seg.miou": "seg_printed_acc",
     "probe_seg.acc": "seg_printed_miou",

@@ -12,14 +12,15 @@ import torch
 from tqdm.auto import tqdm
 
 from bench.backbones import Backbone
-from bench.cells import Cell
-from bench.context import RunContext
-from bench.data_identity import dataset_identity
-from bench.failures import describe_failure
-from bench.memory import peak_memory
-from bench.provenance import provenance
+from bench.fitting import fit_method
+from bench.running.cells import Cell
+from bench.running.context import RunContext
+from bench.data.identity import dataset_identity
+from bench.running.failures import describe_failure
+from bench.profiling.memory import peak_memory
+from bench.running.provenance import provenance
 from bench.registry import DATASETS, METHODS, TASKS
-from bench.store import ResultStore
+from bench.running.store import ResultStore
 
 RERUN_POLICIES = ("missing", "failed", "all")
 
@@ -34,7 +35,7 @@ class RunSummary:
 
 
 def data_identities(names: list[str], context: RunContext) -> dict[str, dict]:
-    """Dataset name -> identity (bench.data_identity) for each name, every folder fingerprinted once."""
+    """Dataset name -> identity (bench.data.identity) for each name, every folder fingerprinted once."""
     return {n: dataset_identity(n, context.data_paths.get(n)) for n in dict.fromkeys(names)}
 
 
@@ -54,7 +55,7 @@ def plan(
     method_classes = [METHODS.get(name) for name in methods]
     datasets = {t.name: [t.dataset(p), *[d for d in p.extra_data if DATASETS.get(d).kind == t.data_kind]]
                 for t in task_objs}
-    trains = any(m.trainable for m in method_classes)
+    trains = any(m.fit == "dataset" for m in method_classes)
     data = data_identities([d for names in datasets.values() for d in names] + ([p.train_data] if trains else []),
                            context)
     cells = []
@@ -66,7 +67,7 @@ def plan(
                     cell = Cell(method_name, task.name, backbone, data[name]["label"], p.name, seed)
                     recipe = {**task.recipe(cell_profile), "data": data[name], "primary_data": rank == 0,
                               "method_version": method_cls.version, "profile": cell_profile.recipe()}
-                    if method_cls.trainable:
+                    if method_cls.fit == "dataset":
                         recipe["train_data"] = data[p.train_data]
                     cells.append((cell, recipe))
     return cells
@@ -89,7 +90,7 @@ def score_cell(cell: Cell, recipe: dict[str, Any], backbone: Backbone, context: 
     context = cell_context(cell, recipe, context)
     torch.manual_seed(cell.seed)
     method = METHODS.get(cell.method).create(backbone).to(context.device)
-    method.prepare(backbone, context)
+    fit_method(method, backbone, context)
     method.eval()
     rows = TASKS.get(cell.task)().run(method, backbone, context)
     return [vars(r) for r in rows]

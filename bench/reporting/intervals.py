@@ -2,7 +2,7 @@
 differences from a baseline method.
 
 Each probe cell stores per-image sufficient statistics (``MetricRow.per_image``) and the name of
-the ``bench.stats`` statistic that pools them. For one (method, column) the bootstrap draws image
+the ``bench.reporting.stats`` statistic that pools them. For one (method, column) the bootstrap draws image
 indices once per seed, computes the metric of every resample in every seed, and averages over
 seeds, so the interval is that of the seed-mean shown in the table. The paired difference from
 the baseline uses the same draws for both methods: a seed scores both on the same images.
@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from bench.stats import STATISTICS, bootstrap_indices, percentile_interval, replicates
+from bench.reporting.stats import STATISTICS, bootstrap_indices, percentile_interval, replicates
 
 BASELINE = "bilinear"
 N_BOOT = 1000

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pandas as pd
 
 from bench.registry import METHODS, RegistryError
-from bench.stats import discordant_pairs, kendall_tau
+from bench.reporting.stats import discordant_pairs, kendall_tau
 from methods.base import Upsampler
 
 

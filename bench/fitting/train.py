@@ -25,12 +25,12 @@ import torch
 from tqdm.auto import tqdm
 
 from bench.backbones import Backbone
-from bench.context import RunContext
+from bench.running.context import RunContext
 from bench.data import load_dataset
-from bench.data_identity import dataset_identity, slug
-from bench.multiview import PROJ_DIM, Jitter, MultiViewLoss, random_projection
-from bench.provenance import git_commit
-from bench.store import atomic_write, atomic_write_json
+from bench.data.identity import dataset_identity, slug
+from bench.fitting.multiview import PROJ_DIM, Jitter, MultiViewLoss, random_projection
+from bench.running.provenance import git_commit
+from bench.running.store import atomic_write, atomic_write_json
 from methods.base import Upsampler
 
 LR = 1e-3
