@@ -13,12 +13,20 @@ from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from bench.fitting.multiview import standardise
 
 if TYPE_CHECKING:
     from bench.backbones import Backbone
+
+
+def guidance_at(image: torch.Tensor, size: tuple[int, int], dtype: torch.dtype) -> torch.Tensor:
+    """The guidance image of image-guided methods at ``size``: itself when it already has that size, else resized (antialiased)."""
+    if tuple(image.shape[-2:]) != tuple(size):
+        image = F.interpolate(image, size=size, mode="bilinear", align_corners=False, antialias=True)
+    return image.to(dtype)
 
 
 class ContractError(ValueError):
