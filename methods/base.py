@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 
 def guidance_at(image: torch.Tensor, size: tuple[int, int], dtype: torch.dtype) -> torch.Tensor:
-    """The guidance image of image-guided methods at ``size``: itself when it already has that size, else resized (antialiased)."""
+    """The guidance image of image-guided methods at ``size``: itself at that size, else resized (antialiased)."""
     if tuple(image.shape[-2:]) != tuple(size):
         image = F.interpolate(image, size=size, mode="bilinear", align_corners=False, antialias=True)
     return image.to(dtype)

@@ -64,7 +64,8 @@ def training_recipe(upsampler: Upsampler, backbone: Backbone, context: RunContex
     p = context.profile
     return {
         "method": upsampler.name, "version": upsampler.version, "backbone": backbone.name, "dim": backbone.dim,
-        "stride": backbone.stride, "dataset": p.train_data, "data": train_data_identity(context), "profile": p.name, "image_size": list(p.image_size),
+        "stride": backbone.stride, "dataset": p.train_data, "data": train_data_identity(context), "profile": p.name,
+        "image_size": list(p.image_size),
         "steps": p.train_steps, "batch": p.train_batch, "views": p.train_views, "seed": p.seed,
         "optimizer": "NAdam", "lr": LR, "clip": [CLIP_STEPS, CLIP_NORM], "downsampler": DOWNSAMPLER,
         "proj_dim": PROJ_DIM,

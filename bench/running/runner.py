@@ -12,14 +12,14 @@ import torch
 from tqdm.auto import tqdm
 
 from bench.backbones import Backbone
+from bench.data.identity import dataset_identity
 from bench.fitting import fit_method
+from bench.profiling.memory import peak_memory
+from bench.registry import DATASETS, METHODS, TASKS
 from bench.running.cells import Cell
 from bench.running.context import RunContext
-from bench.data.identity import dataset_identity
 from bench.running.failures import describe_failure
-from bench.profiling.memory import peak_memory
 from bench.running.provenance import provenance
-from bench.registry import DATASETS, METHODS, TASKS
 from bench.running.store import ResultStore
 
 RERUN_POLICIES = ("missing", "failed", "all")

@@ -16,7 +16,8 @@ from bench.running.cells import Cell
 
 ROW_COLUMNS = [
     "method", "task", "backbone", "dataset", "profile", "seed", "metric", "value", "higher_is_better",
-    "primary_data", "status", "message", "method_version", "task_version", "config_hash", "wall_s", "peak_mb", "git_commit",
+    "primary_data", "status", "message", "method_version", "task_version", "config_hash", "wall_s", "peak_mb",
+    "git_commit",
 ]
 
 
