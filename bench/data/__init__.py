@@ -36,7 +36,8 @@ _SPECS_AND_LOADERS = (
     (DatasetSpec("middlebury", "depth", "Middlebury 2014 motorcycle (skimage) with ground-truth depth; "
                  "train crops from the left 60%, val from the right 40%", True), "bench.data.embedded:Middlebury"),
     (DatasetSpec("depth_scenes", "depth", "generated scenes of real photo textures on a ground plane, objects "
-                 "(thin poles, hoops, stars, boards) at 1–10 m; exact depth, its edges the objects' edges", True),
+                 "(thin poles, hoops, stars, boards) at 1–10 m before a wall at 10 m; exact depth, its edges the "
+                 "objects' edges", True, version="2"),
      "bench.data.depth_scenes:DepthScenes"),
     (DatasetSpec("photos", "images", "scikit-image's photographs and random crops of them, "
                  "for training upsamplers", True), "bench.data.embedded:Photos"),
