@@ -88,27 +88,31 @@ def detail_table(rows: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out, index=table.index)
 
 
+def cell_text(parts: dict[str, float], higher_is_better: bool) -> str:
+    """One markdown cell from a metric's mean and its optional sd, lo, hi, diff_lo, diff_hi."""
+    value = parts["mean"]
+    if pd.isna(value):
+        return ""
+    digits = 2 if abs(value) >= 10 else 3
+    text = f"{value:.{digits}f}"
+    if pd.notna(parts.get("sd")):
+        text += f" ± {parts['sd']:.{digits}f}"
+    if pd.notna(parts.get("lo")):
+        text += f" [{parts['lo']:.{digits}f}, {parts['hi']:.{digits}f}]"
+    better, worse = parts.get("diff_lo", 0) > 0, parts.get("diff_hi", 0) < 0
+    if better or worse:
+        text += " +" if better == higher_is_better else " −"
+    return text
+
+
 def display_table(detail: pd.DataFrame, higher_is_better: dict[str, bool]) -> pd.DataFrame:
     """Markdown cells: "mean ± sd [lo, hi]", then "+" (better) or "−" (worse) where the interval of the
     difference from bilinear excludes 0; ``higher_is_better`` maps each column to its direction."""
-    base = [c for c in detail.columns if " " not in c]
     out = pd.DataFrame(index=detail.index)
-    for column in base:
-        def cell(method: object) -> str:
-            get = lambda key: detail.at[method, f"{column} {key}"] if f"{column} {key}" in detail else float("nan")
-            value = detail.at[method, column]
-            if pd.isna(value):
-                return ""
-            digits = 2 if abs(value) >= 10 else 3
-            text = f"{value:.{digits}f}"
-            if pd.notna(get("sd")):
-                text += f" ± {get('sd'):.{digits}f}"
-            if pd.notna(get("lo")):
-                text += f" [{get('lo'):.{digits}f}, {get('hi'):.{digits}f}]"
-            if get("diff_lo") > 0 or get("diff_hi") < 0:
-                text += " +" if (get("diff_lo") > 0) == higher_is_better.get(column, True) else " −"
-            return text
-        out[column] = [cell(m) for m in detail.index]
+    for column in [c for c in detail.columns if " " not in c]:
+        keys = {c.split(" ", 1)[1]: c for c in detail.columns if c.startswith(f"{column} ")}
+        out[column] = [cell_text({"mean": detail.at[m, column], **{k: detail.at[m, c] for k, c in keys.items()}},
+                                 higher_is_better.get(column, True)) for m in detail.index]
     return out
 
 
