@@ -9,11 +9,11 @@ from typing import Callable
 
 import torch
 
-from bench.running.context import RunContext
 from bench.data.identity import slug
 from bench.plugins import load_all
-from bench.running.profiles import PROFILES
 from bench.registry import BACKBONES, DATASETS, METHODS, TASKS, RegistryError
+from bench.running.context import RunContext
+from bench.running.profiles import PROFILES
 
 RUNS_DIR = Path("results/runs")
 CACHE_DIR = Path("results/cache")

@@ -39,8 +39,8 @@ class Upsampler(nn.Module, ABC):
     name: ClassVar[str]
     version: ClassVar[str] = "1"
     fit: ClassVar[str] = "none"
-    """How the runner fits the method before scoring: "none"; "dataset" (weights trained once
-    with the multi-view loss, cached); "per_image" (fitted to each image at inference, cached)."""
+    """How the runner fits the method before scoring: "none", or "dataset" (weights trained once
+    with the multi-view loss, cached). See bench.fitting.FIT_KINDS."""
     keeps_grid: ClassVar[bool] = False
     """True for methods that return the backbone's own grid (low_res): tasks then
     resize labels to the features, as the paper's low-res row does."""

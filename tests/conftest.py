@@ -13,6 +13,28 @@ from bench.plugins import load_all  # noqa: E402
 
 load_all()
 
+from bench.registry import METHODS  # noqa: E402
+from methods.bilinear import Bilinear  # noqa: E402
+
+
+# Failing test doubles shared by the runner and CLI tests ("_" names: the contract test skips them).
+@METHODS.register
+class Exploding(Bilinear):
+    name = "_exploding"
+
+    @classmethod
+    def create(cls, backbone):
+        raise RuntimeError("boom in create")
+
+
+@METHODS.register
+class OutOfMemory(Bilinear):
+    name = "_oom"
+
+    @classmethod
+    def create(cls, backbone):
+        raise MemoryError("cannot allocate 80 GB")
+
 
 @pytest.fixture(scope="session")
 def lite0():

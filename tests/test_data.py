@@ -100,15 +100,16 @@ def test_thin_shapes_are_2_to_5_px_wide(shape):
         assert 0.5 <= ndimage.distance_transform_edt(mask).max() <= 3.5
 
 
-def test_scene_generation_is_fast():
+@pytest.mark.parametrize("name, seconds", [("scenes", 0.25), ("depth_scenes", 0.1)])
+def test_scene_generation_is_fast(name, seconds):
     import time
 
-    data = load_dataset("scenes", "train", (224, 224), limit=10)
+    data = load_dataset(name, "train", (224, 224), limit=10)
     data[0]
     start = time.perf_counter()
     for i in range(10):
         data[i]
-    assert (time.perf_counter() - start) / 10 < 0.25
+    assert (time.perf_counter() - start) / 10 < seconds
 
 
 def test_middlebury_depth_is_focal_baseline_over_disparity():

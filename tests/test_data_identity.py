@@ -12,11 +12,9 @@ from bench.running.context import RunContext
 from bench.data import DatasetError, load_dataset
 from bench.data.identity import dataset_identity
 from bench.running.profiles import PROFILES
-from bench.registry import METHODS
 from bench.running.runner import plan, run_cells
 from bench.running.store import ResultStore, RunFolderError
 from bench.reporting.report import table_text
-from methods.bilinear import Bilinear
 
 FIXTURE = Path(__file__).parent / "fixtures" / "coco_stuff"
 
@@ -132,17 +130,8 @@ def test_a_truncated_image_is_named(tmp_path):
         data[0]
 
 
-@METHODS.register
-class AlwaysFails(Bilinear):
-    name = "_always_fails"
-
-    @classmethod
-    def create(cls, backbone):
-        raise RuntimeError("this method always fails")
-
-
 def test_failures_carried_over_are_not_done(tmp_path, capsys):
-    args = ["--no-progress", "run", "--profile", "smoke", "-m", "_always_fails",
+    args = ["--no-progress", "run", "--profile", "smoke", "-m", "_exploding",
             "-t", "probe_seg", "--out", str(tmp_path / "run")]
     assert main(args) == 1
     capsys.readouterr()

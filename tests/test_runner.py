@@ -5,10 +5,9 @@ import pytest
 
 from bench.running.context import RunContext
 from bench.running.profiles import PROFILES
-from bench.registry import METHODS, TASKS
+from bench.registry import TASKS
 from bench.running.runner import plan, run_cells
 from bench.running.store import ROW_COLUMNS, ResultStore
-from methods.bilinear import Bilinear
 from tasks.base import Task
 
 CALLS: list[tuple[str, str]] = []
@@ -28,24 +27,6 @@ class CountingTask(Task):
             raise KeyboardInterrupt  # like a kill: not caught by the runner
         CALLS.append((upsampler.name, self.name))
         return self.rows({"score": len(upsampler.name)})
-
-
-@METHODS.register
-class Exploding(Bilinear):
-    name = "_exploding"
-
-    @classmethod
-    def create(cls, backbone):
-        raise RuntimeError("boom in create")
-
-
-@METHODS.register
-class OutOfMemory(Bilinear):
-    name = "_oom"
-
-    @classmethod
-    def create(cls, backbone):
-        raise MemoryError("cannot allocate 80 GB")
 
 
 @pytest.fixture

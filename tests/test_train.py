@@ -96,7 +96,7 @@ def test_checkpoint_is_reused_without_training(tiny, monkeypatch):
     backbone, context = tiny
     first = FeatUpJBU.create(backbone)
     train.ensure_trained(first, backbone, context)
-    folder = train.checkpoint_dir(first, backbone, context)
+    folder, _ = train.checkpoint(first, backbone, context)
     provenance = json.loads((folder / "provenance.json").read_text())
     assert provenance["steps"] == 3 and len(provenance["losses"]) == 3 and provenance["dim"] == 256
     assert not (folder / "resume.pt").exists()

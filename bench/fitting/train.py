@@ -46,38 +46,33 @@ class CheckpointError(RuntimeError):
     """A cached checkpoint that cannot be used; the message says which file and what to delete."""
 
 
-def train_data_identity(context: RunContext) -> dict[str, Any]:
-    name = context.profile.train_data
-    return dataset_identity(name, context.data_paths.get(name))
+def checkpoint(upsampler: Upsampler, backbone: Backbone, context: RunContext) -> tuple[Path, dict[str, Any]]:
+    """The weights' folder and the recipe a cached checkpoint must match exactly.
 
-
-def checkpoint_dir(upsampler: Upsampler, backbone: Backbone, context: RunContext) -> Path:
-    """One folder per (method, version, backbone, training data, profile, seed): the label tells folders apart."""
+    One folder per (method, version, backbone, training data, profile, seed); the training data's
+    identity (a folder's fingerprint walks every file) is taken once for both.
+    """
     p = context.profile
-    data = slug(train_data_identity(context)["label"])
-    return (Path(context.cache_dir) / "weights"
-            / f"{upsampler.name}-v{upsampler.version}-{backbone.name}-{data}-{p.name}-seed{p.seed}")
-
-
-def training_recipe(upsampler: Upsampler, backbone: Backbone, context: RunContext) -> dict[str, Any]:
-    """Everything that decides the weights; a cached checkpoint must match it exactly."""
-    p = context.profile
-    return {
+    data = dataset_identity(p.train_data, context.data_paths.get(p.train_data))
+    folder = (Path(context.cache_dir) / "weights"
+              / f"{upsampler.name}-v{upsampler.version}-{backbone.name}-{slug(data['label'])}-{p.name}-seed{p.seed}")
+    recipe = {
         "method": upsampler.name, "version": upsampler.version, "backbone": backbone.name, "dim": backbone.dim,
-        "stride": backbone.stride, "dataset": p.train_data, "data": train_data_identity(context), "profile": p.name,
+        "stride": backbone.stride, "dataset": p.train_data, "data": data, "profile": p.name,
         "image_size": list(p.image_size),
         "steps": p.train_steps, "batch": p.train_batch, "views": p.train_views, "seed": p.seed,
         "optimizer": "NAdam", "lr": LR, "clip": [CLIP_STEPS, CLIP_NORM], "downsampler": DOWNSAMPLER,
         "proj_dim": PROJ_DIM,
     }
+    return folder, recipe
 
 
 def ensure_trained(upsampler: Upsampler, backbone: Backbone, context: RunContext) -> None:
     """Load the cached weights for this recipe into ``upsampler``, training them first if absent."""
-    folder = checkpoint_dir(upsampler, backbone, context)
+    folder, recipe = checkpoint(upsampler, backbone, context)
     if not (folder / "provenance.json").is_file():
         train_method(upsampler, backbone, context)
-    load_trained(upsampler, folder, training_recipe(upsampler, backbone, context), context.device)
+    load_trained(upsampler, folder, recipe, context.device)
     upsampler.eval()
 
 
@@ -94,7 +89,7 @@ def load_trained(upsampler: Upsampler, folder: Path, recipe: dict[str, Any], dev
 def train_method(upsampler: Upsampler, backbone: Backbone, context: RunContext) -> Path:
     """Train ``upsampler`` with the multi-view loss and cache it; resumes a killed run. Returns the folder."""
     p, device = context.profile, context.device
-    folder, recipe = checkpoint_dir(upsampler, backbone, context), training_recipe(upsampler, backbone, context)
+    folder, recipe = checkpoint(upsampler, backbone, context)
     if (folder / "provenance.json").is_file():
         raise CheckpointError(f"{folder} already holds trained weights for this recipe. {_delete_hint(folder)}")
     data = load_dataset(p.train_data, "train", p.image_size, limit=p.train_steps * p.train_batch,
