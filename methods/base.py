@@ -10,16 +10,18 @@ scoring (bench.fitting), so no method imports the trainer. Tasks only ever call
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from bench.fitting.multiview import standardise
+from bench.fitting.per_image import from_pca
 
 if TYPE_CHECKING:
     from bench.backbones import Backbone
+    from bench.fitting.batched import Generators
 
 
 def guidance_at(image: torch.Tensor, size: tuple[int, int], dtype: torch.dtype) -> torch.Tensor:
@@ -39,8 +41,9 @@ class Upsampler(nn.Module, ABC):
     name: ClassVar[str]
     version: ClassVar[str] = "1"
     fit: ClassVar[str] = "none"
-    """How the runner fits the method before scoring: "none", or "dataset" (weights trained once
-    with the multi-view loss, cached). See bench.fitting.FIT_KINDS."""
+    """How the runner fits the method before scoring: "none"; "dataset" (weights trained once
+    with the multi-view loss, cached); "image" (a network fitted to each image: subclass
+    PerImageUpsampler). See bench.fitting.FIT_KINDS."""
     keeps_grid: ClassVar[bool] = False
     """True for methods that return the backbone's own grid (low_res): tasks then
     resize labels to the features, as the paper's low-res row does."""
@@ -94,3 +97,51 @@ class Upsampler(nn.Module, ABC):
             )
         if not torch.isfinite(out).all():
             raise ContractError(f"method {self.name!r} returned non-finite values (NaN or inf)")
+
+
+class PerImageUpsampler(Upsampler):
+    """A method that fits a network to each image at inference (FeatUp implicit, DIP).
+
+    Implement ``network`` (a batched network for a group of images, built from
+    bench.fitting.batched layers) and ``render`` (one image's fitted network at any
+    output size). The runner's fitting stage fits every image with the multi-view
+    loss (bench.fitting.per_image) and attaches the fits as ``fits``; ``forward``
+    renders each image's features from its fit and maps them back from the fit's
+    PCA space. Priors on the HR output are weighted by the class variables.
+    """
+
+    fit = "image"
+    mag_weight: ClassVar[float] = 0.0
+    """Downsampled HR magnitude vs the target's (FeatUp implicit: 0.001)."""
+    tv_weight: ClassVar[float] = 0.0
+    """Total variation of the HR magnitude (FeatUp implicit: 0.05)."""
+    blur_weight: ClassVar[float] = 0.0
+    """MSE between the HR features and their 5x5 Gaussian blur (FeatUp implicit: 0.1)."""
+    fits: Callable[[torch.Tensor], list[dict[str, Any]]] | None = None
+
+    @abstractmethod
+    def network(self, generators: "Generators", fit_size: tuple[int, int], out_dim: int) -> nn.Module:
+        """A network for len(generators) images whose forward maps their (G,3,h,w) images at ``fit_size``
+        to (G, out_dim, h, w) features; image g's initial weights come from generator g."""
+
+    @abstractmethod
+    def render(self, network: nn.Module, image: torch.Tensor, output_size: tuple[int, int]) -> torch.Tensor:
+        """One image's fitted network (G = 1, eval mode) -> (1, out_dim, H', W') features for its (1,3,H,W) image."""
+
+    def fit_config(self) -> dict[str, Any]:
+        """What besides the class's name and version changes a fit: stored in the fit cache's key."""
+        return {"mag_weight": self.mag_weight, "tv_weight": self.tv_weight, "blur_weight": self.blur_weight}
+
+    def forward(
+        self, lr_feats: torch.Tensor, image: torch.Tensor, output_size: tuple[int, int]
+    ) -> torch.Tensor:
+        if self.fits is None:
+            raise RuntimeError(f"method {self.name!r} is fitted per image and has no fits: let the runner fit it, "
+                               f"or call bench.fitting.fit_method(method, backbone, context) first")
+        outs = []
+        for fit, one in zip(self.fits(image), image):
+            net = self.network([torch.Generator()], tuple(fit["fit_size"].tolist()), fit["basis"].shape[1])
+            net.load_state_dict(fit["net"])
+            pca = self.render(net.to(image.device).eval(), one[None], output_size)
+            outs.append(from_pca(pca, fit["mean"].to(pca), fit["basis"].to(pca)))
+        return torch.cat(outs)

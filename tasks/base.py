@@ -3,9 +3,11 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Iterator
 
 if TYPE_CHECKING:
+    import torch
+
     from bench.backbones import Backbone
     from bench.running.context import RunContext
     from bench.running.profiles import Profile
@@ -37,6 +39,10 @@ class Task(ABC):
     def recipe(self, profile: "Profile") -> dict[str, Any]:
         """Everything about how the numbers were made that is not the method itself."""
         return {"task": self.name, "task_version": self.version, "dataset": self.dataset(profile)}
+
+    def images(self, context: "RunContext") -> Iterator["torch.Tensor"]:
+        """Every (3,H,W) image ``run`` will show an upsampler, so per-image methods are fitted up front."""
+        return iter(())
 
     @abstractmethod
     def run(self, upsampler: "Upsampler", backbone: "Backbone", context: "RunContext") -> list[MetricRow]:

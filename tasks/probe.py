@@ -163,6 +163,12 @@ class ProbeTask(Task):
     def recipe(self, profile: Profile) -> dict[str, Any]:
         return {**super().recipe(profile), **probe_recipe(profile, self.data_kind)}
 
+    def images(self, context: RunContext) -> Iterator[torch.Tensor]:
+        for split in ("train", "val"):
+            data = self.load_split(split, context)
+            for i in range(len(data)):
+                yield data[i]["image"]
+
     def run(self, upsampler: Upsampler, backbone: Backbone, context: RunContext) -> list[MetricRow]:
         p = context.profile
         generator = torch.Generator().manual_seed(p.seed)

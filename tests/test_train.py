@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import timm
 import torch
+import torch.nn.functional as F
 
 from bench.fitting import train
 from bench.backbones import backbone_from_model
@@ -32,7 +33,7 @@ def test_downsampler_of_a_constant_map_is_that_constant(kind, hr, lr):
 @pytest.mark.parametrize("flip", [False, True])
 def test_jitter_without_zoom_is_a_reflect_padded_crop(flip):
     x = torch.arange(2 * 30 * 40, dtype=torch.float32).view(1, 2, 30, 40)
-    view = Jitter(size=(30, 40), pad=20, zoom=1.0, top=7, left=33, flip=flip)(x)
+    view = Jitter(size=(30, 40), pad=20, zoomed=(70, 80), top=7, left=33, flip=flip)(x)
     expected = np.pad(x.numpy(), [(0, 0), (0, 0), (20, 20), (20, 20)], mode="reflect")[..., 7:37, 33:73]
     expected = expected[..., ::-1] if flip else expected
     np.testing.assert_array_equal(view.numpy(), expected)
@@ -41,11 +42,25 @@ def test_jitter_without_zoom_is_a_reflect_padded_crop(flip):
 def test_jitter_replays_the_same_view_on_image_and_features():
     image = torch.rand(1, 3, 48, 64)
     jitter = Jitter.sample((48, 64), torch.Generator().manual_seed(3), max_zoom=2.0, p_zoom=1.0)
-    assert jitter.zoom > 1.0
+    assert jitter.zoomed[0] > 48 + 40 and jitter.zoomed[1] > 64 + 40
     stacked = jitter(torch.cat([image, image * 2], dim=1))
     torch.testing.assert_close(stacked[:, 3:], 2 * jitter(image))
     with pytest.raises(ValueError, match="sampled for 48x64"):
         jitter(torch.rand(1, 3, 24, 32))
+
+
+def coordinate_map(h: int, w: int) -> torch.Tensor:
+    """(1,2,h,w) continuous pixel-centre coordinates in [0, 1]: the same picture at any resolution."""
+    ys, xs = (torch.arange(n, dtype=torch.float64) + 0.5 for n in (h, w))
+    return torch.stack(torch.meshgrid(ys / h, xs / w, indexing="ij"))[None]
+
+
+def test_an_upscaled_jitter_is_the_same_view_of_a_larger_map():
+    small = Jitter(size=(12, 16), pad=0, zoomed=(18, 24), top=3, left=5, flip=True)
+    big = small.upscaled(4)
+    assert big == Jitter(size=(48, 64), pad=0, zoomed=(72, 96), top=12, left=20, flip=True)
+    pooled = F.avg_pool2d(big(coordinate_map(48, 64)), 4)
+    torch.testing.assert_close(pooled, small(coordinate_map(12, 16)), rtol=0, atol=1e-12)
 
 
 def test_projection_rows_are_unit_norm_and_fresh():

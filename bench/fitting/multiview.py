@@ -32,12 +32,15 @@ class Jitter:
     """One random view: reflect pad, optional bilinear zoom, crop back to size, optional h-flip.
 
     The parameters are fixed once sampled, so the same view is replayed on the
-    image and on any feature map of the image's size.
+    image and on any feature map of the image's size; ``upscaled`` replays it
+    exactly on a map s times larger (per-image fits run on a coarser grid than
+    the image the backbone sees).
     """
 
     size: tuple[int, int]
     pad: int
-    zoom: float
+    zoomed: tuple[int, int]
+    """Size of the padded map after the zoom (the padded size itself when not zoomed)."""
     top: int
     left: int
     flip: bool
@@ -55,18 +58,48 @@ class Jitter:
         zh, zw = int((h + 2 * pad) * zoom), int((w + 2 * pad) * zoom)
         top = int(torch.randint(zh - h + 1, (), generator=generator))
         left = int(torch.randint(zw - w + 1, (), generator=generator))
-        return cls(tuple(size), pad, zoom, top, left, uniform() < p_flip)
+        return cls(tuple(size), pad, (zh, zw), top, left, uniform() < p_flip)
+
+    def upscaled(self, s: int) -> "Jitter":
+        """The same view of a map ``s`` times larger: every length times ``s``."""
+        return Jitter((self.size[0] * s, self.size[1] * s), self.pad * s, (self.zoomed[0] * s, self.zoomed[1] * s),
+                      self.top * s, self.left * s, self.flip)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         h, w = self.size
         if tuple(x.shape[-2:]) != (h, w):
             raise ValueError(f"this view was sampled for {h}x{w} maps; got {tuple(x.shape[-2:])}")
         x = F.pad(x, [self.pad] * 4, mode="reflect")
-        if self.zoom > 1.0:
-            zoomed = (int((h + 2 * self.pad) * self.zoom), int((w + 2 * self.pad) * self.zoom))
-            x = F.interpolate(x, size=zoomed, mode="bilinear", align_corners=False)
+        if self.zoomed != tuple(x.shape[-2:]):
+            x = F.interpolate(x, size=self.zoomed, mode="bilinear", align_corners=False)
         x = x[..., self.top:self.top + h, self.left:self.left + w]
         return x.flip(-1) if self.flip else x
+
+    def grid(self, device: torch.device | None = None) -> torch.Tensor:
+        """(h, w, 2) ``grid_sample`` coordinates into the reflect-padded map that give this view.
+
+        The same bilinear taps as ``__call__`` (align_corners=False source positions, clamped at
+        the borders like ``interpolate``: use padding_mode="border"), computed only at the crop's
+        pixels: many views of one map become one ``grid_sample`` call.
+        """
+        axes = []
+        for n, start, zoomed in ((self.size[0], self.top, self.zoomed[0]), (self.size[1], self.left, self.zoomed[1])):
+            padded = n + 2 * self.pad
+            src = (torch.arange(start, start + n, dtype=torch.float64, device=device) + 0.5) * (padded / zoomed) - 0.5
+            axes.append(((2 * src + 1) / padded - 1).float())
+        ys, xs = axes
+        xs = xs.flip(0) if self.flip else xs
+        return torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1)
+
+
+def replay(maps: torch.Tensor, grids: torch.Tensor, pad: int) -> torch.Tensor:
+    """Map b of ``maps`` (B,C,H,W) seen through each of its k views, given as ``grids`` (B,k,h,w,2) of
+    ``Jitter.grid`` sampled with reflect padding ``pad``: (B*k, C, h, w) in one ``grid_sample``."""
+    b, k, h, w, _ = grids.shape
+    padded = F.pad(maps, [pad] * 4, mode="reflect")
+    out = F.grid_sample(padded, grids.reshape(b, k * h, w, 2), mode="bilinear", padding_mode="border",
+                        align_corners=False)
+    return out.view(b, -1, k, h, w).transpose(1, 2).reshape(b * k, -1, h, w)
 
 
 def _patch_stride(hr: int, lr: int, k: int) -> int:
@@ -76,20 +109,33 @@ def _patch_stride(hr: int, lr: int, k: int) -> int:
 
 
 class SimpleDownsampler(nn.Module):
-    """A learned k x k blur |w|/sum|w| (init: box), as a valid strided conv onto the LR grid."""
+    """A learned k x k blur |w|/sum|w| (init: box), as a valid strided conv onto the LR grid.
+
+    With ``groups`` > 1 each of ``groups`` equal slices of the batch has its own
+    kernel: the per-image fitter pools a group of images' networks at once.
+    """
 
     channelwise = True
     """Acts on each channel alone, so it commutes with a channel projection."""
 
-    def __init__(self, kernel_size: int) -> None:
+    def __init__(self, kernel_size: int, groups: int = 1) -> None:
         super().__init__()
-        self.weight = nn.Parameter(torch.ones(kernel_size, kernel_size))
+        self.weight = nn.Parameter(torch.ones(groups, kernel_size, kernel_size))
 
     def forward(self, hr: torch.Tensor, lr_size: tuple[int, int]) -> torch.Tensor:
-        (b, c, h, w), k = hr.shape, self.weight.shape[0]
+        (b, c, h, w), (groups, k, _) = hr.shape, self.weight.shape
+        if b % groups:
+            raise ValueError(f"a batch of {b} maps does not split into {groups} equal groups")
         stride = (_patch_stride(h, lr_size[0], k), _patch_stride(w, lr_size[1], k))
-        kernel = self.weight.abs() / self.weight.abs().sum()
-        out = F.conv2d(hr.reshape(b * c, 1, h, w), kernel[None, None], stride=stride)
+        kernel = self.weight.abs() / self.weight.abs().sum((1, 2), keepdim=True)
+        if k <= min(stride):  # windows do not overlap: a reshape and one weighted sum, cheap backward on CPU
+            rows, cols = lr_size[0] * stride[0], lr_size[1] * stride[1]
+            x = F.pad(hr, [0, max(0, cols - w), 0, max(0, rows - h)])[..., :rows, :cols]
+            x = x.reshape(groups, b // groups, c, lr_size[0], stride[0], lr_size[1], stride[1])[..., :k, :, :k]
+            out = (x * kernel[:, None, None, None, :, None, :]).sum((-3, -1))
+            return out.reshape(b, c, *lr_size)
+        kernel = kernel.repeat_interleave(b // groups * c, dim=0)[:, None]
+        out = F.conv2d(hr.reshape(1, b * c, h, w), kernel, stride=stride, groups=b * c)
         return out[..., :lr_size[0], :lr_size[1]].reshape(b, c, *lr_size)
 
 
@@ -146,8 +192,9 @@ def project(feats: torch.Tensor, proj: torch.Tensor) -> torch.Tensor:
 
 
 def total_variation(x: torch.Tensor) -> torch.Tensor:
-    """Mean absolute difference between neighbouring pixels (a smoothness prior)."""
-    return (x[..., 1:, :] - x[..., :-1, :]).abs().mean() + (x[..., :, 1:] - x[..., :, :-1]).abs().mean()
+    """(B,) mean absolute difference between neighbouring pixels of each map (a smoothness prior)."""
+    return ((x[..., 1:, :] - x[..., :-1, :]).abs().flatten(1).mean(1)
+            + (x[..., :, 1:] - x[..., :, :-1]).abs().flatten(1).mean(1))
 
 
 class MultiViewLoss(nn.Module):
@@ -189,10 +236,18 @@ class MultiViewLoss(nn.Module):
             total = total + self.nll(pred, project(view_lr, proj), view_lr)
         loss = total / len(jitters)
         if self.tv_weight:
-            loss = loss + self.tv_weight * total_variation(hr)
+            loss = loss + self.tv_weight * total_variation(hr).mean()
         return loss
 
     def nll(self, pred: torch.Tensor, target: torch.Tensor, view_lr: torch.Tensor) -> torch.Tensor:
-        log_sigma = (self.scale_net(view_lr) + 0.1).clamp_min(math.log(1e-4))
-        mse = (pred - target).square().mean(1, keepdim=True)
-        return (mse / (2 * torch.exp(2 * log_sigma)) + log_sigma).mean()
+        return gaussian_nll(pred, target, self.scale_net(view_lr)).mean()
+
+
+def gaussian_nll(pred: torch.Tensor, target: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
+    """Per-pixel NLL with learned uncertainty: mse / (2 sigma^2) + log sigma, sigma = max(exp(log_scale + 0.1), 1e-4).
+
+    ``log_scale`` is the uncertainty net's (B,1,h,w) output; the channel mean of the squared error is taken first.
+    """
+    log_sigma = (log_scale + 0.1).clamp_min(math.log(1e-4))
+    mse = (pred - target).square().mean(1, keepdim=True)
+    return mse / (2 * torch.exp(2 * log_sigma)) + log_sigma

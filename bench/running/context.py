@@ -18,3 +18,5 @@ class RunContext:
     data_paths: dict[str, str] = field(default_factory=dict)
     """Dataset name -> local folder, for the datasets that are not embedded."""
     progress: bool = True
+    fit_cache_mb: float = 2048
+    """Bound on the per-image fit cache (``<cache_dir>/fits``); least recently used fits go first."""

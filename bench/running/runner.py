@@ -90,9 +90,10 @@ def score_cell(cell: Cell, recipe: dict[str, Any], backbone: Backbone, context: 
     context = cell_context(cell, recipe, context)
     torch.manual_seed(cell.seed)
     method = METHODS.get(cell.method).create(backbone).to(context.device)
-    fit_method(method, backbone, context)
+    task = TASKS.get(cell.task)()
+    fit_method(method, backbone, context, task.images(context) if method.fit == "image" else ())
     method.eval()
-    rows = TASKS.get(cell.task)().run(method, backbone, context)
+    rows = task.run(method, backbone, context)
     return [vars(r) for r in rows]
 
 
