@@ -42,6 +42,14 @@ def int_list(minimum: int, what: str, example: str) -> Callable[[str], list[int]
     return parse_ints
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: one positive integer."""
+    values = int_list(1, "a positive integer", "8")(text)
+    if len(values) != 1:
+        raise argparse.ArgumentTypeError(f"expected one positive integer, e.g. 8; got {text!r}")
+    return values[0]
+
+
 def parse_data(entries: list[str]) -> dict[str, str | None]:
     """--data NAME[=PATH] entries -> {name: path or None}, names checked against the registry."""
     out: dict[str, str | None] = {}
@@ -192,11 +200,48 @@ def cmd_profile(args: argparse.Namespace) -> int:
     return 0 if df["status"].isin(["ok", "oom", "skipped"]).all() else 1
 
 
-def add_common_arguments(p: argparse.ArgumentParser, data_help: str) -> None:
+def cmd_ablate(args: argparse.Namespace) -> int:
+    """The Fourier ablation of implicit FeatUp: curves and errors as CSV, the curves as PNG."""
+    import dataclasses
+    import json
+
+    from bench.backbones import load_backbone
+    from bench.data import load_dataset
+    from bench.fitting.ablation import ablate_fourier, plot_curves, summary_line
+    from bench.fitting.per_image import fit_settings
+
+    context = make_context(args)
+    settings = fit_settings(context.profile)
+    if args.steps:
+        settings = dataclasses.replace(settings, steps=args.steps)
+    backbone = load_backbone(args.backbone or context.profile.backbone, args.weights, context.device)
+    data = load_dataset("photos", "val", context.profile.image_size, limit=args.images)
+    images = torch.stack([data[i]["image"] for i in range(len(data))]).to(context.device)
+    curves, finals = ablate_fourier(backbone, images, settings, context.profile.seed, context.progress)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    curves.to_csv(out / "loss_curves.csv", index=False)
+    finals.to_csv(out / "final_errors.csv", index=False)
+    plot_curves(curves, out / "loss_curves.png")
+    (out / "recipe.json").write_text(json.dumps({
+        "backbone": backbone.name, "profile": context.profile.name, "images": f"photos val, first {len(images)}",
+        "image_size": list(context.profile.image_size), "seed": context.profile.seed,
+        "settings": dataclasses.asdict(settings)}, indent=1))
+    print(finals.groupby("variant")[["final_nll", "held_out_mse"]].agg(["mean", "std"]).round(4).to_string())
+    print(f"wrote {out / 'loss_curves.csv'}, {out / 'final_errors.csv'}, {out / 'loss_curves.png'}", file=sys.stderr)
+    print(summary_line(finals))
+    return 0
+
+
+def add_common_arguments(p: argparse.ArgumentParser, data_help: str | None) -> None:
+    """--backbone, --weights, --profile, --device, and --data where the command reads datasets (``data_help``)."""
     p.add_argument("--backbone", help="backbone name (default: the profile's)")
     p.add_argument("--weights", help="local weights file for the backbone (.safetensors/.pth)")
     p.add_argument("--profile", default="default", help=f"one of {', '.join(PROFILES.names())}")
-    p.add_argument("--data", action="append", default=[], metavar="NAME[=PATH]", help=data_help)
+    if data_help is None:
+        p.set_defaults(data=[])
+    else:
+        p.add_argument("--data", action="append", default=[], metavar="NAME[=PATH]", help=data_help)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
 
 
@@ -240,6 +285,14 @@ def build_parser() -> argparse.ArgumentParser:
     prof.add_argument("--format", default="md", choices=("md", "csv", "latex"))
     prof.add_argument("--out", help="folder for profile.csv and profile.png")
     prof.set_defaults(fn=cmd_profile)
+    ablate = sub.add_parser("ablate", help="ablations of a method's design")
+    ablate.add_argument("what", choices=("fourier",), help="fourier: implicit FeatUp with and without Fourier features")
+    ablate.add_argument("--images", type=positive_int, default=8,
+                        help="how many of the embedded validation photographs to fit (default 8: all of them)")
+    ablate.add_argument("--steps", type=positive_int, help="fit steps (default: the profile's per-image setting)")
+    ablate.add_argument("--out", required=True, help="folder for the CSVs and the PNG")
+    add_common_arguments(ablate, None)
+    ablate.set_defaults(fn=cmd_ablate)
     return parser
 
 

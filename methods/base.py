@@ -140,8 +140,12 @@ class PerImageUpsampler(Upsampler):
                                f"or call bench.fitting.fit_method(method, backbone, context) first")
         outs = []
         for fit, one in zip(self.fits(image), image):
-            net = self.network([torch.Generator()], tuple(fit["fit_size"].tolist()), fit["basis"].shape[1])
-            net.load_state_dict(fit["net"])
-            pca = self.render(net.to(image.device).eval(), one[None], output_size)
+            pca = self.render(self.fitted_network(fit).to(image.device), one[None], output_size)
             outs.append(from_pca(pca, fit["mean"].to(pca), fit["basis"].to(pca)))
         return torch.cat(outs)
+
+    def fitted_network(self, fit: dict[str, Any]) -> nn.Module:
+        """One image's network (G = 1, eval mode) from its fit (bench.fitting.per_image.FitResult)."""
+        net = self.network([torch.Generator()], tuple(fit["fit_size"].tolist()), fit["basis"].shape[1])
+        net.load_state_dict(fit["net"])
+        return net.eval()
