@@ -13,7 +13,7 @@ from bench.data.identity import slug
 from bench.plugins import load_all
 from bench.registry import BACKBONES, DATASETS, METHODS, TASKS, RegistryError
 from bench.running.context import RunContext
-from bench.running.profiles import PROFILES
+from bench.running.profiles import PROFILES, Profile
 
 RUNS_DIR = Path("results/runs")
 CACHE_DIR = Path("results/cache")
@@ -70,12 +70,21 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def task_overrides(profile: Profile, args: argparse.Namespace) -> dict[str, dict] | None:
+    """The profile's task settings with those set on the command line (--cam-protocol, --cam-images)."""
+    cam = {k: v for k, v in (("protocol", getattr(args, "cam_protocol", None)),
+                             ("n_val", getattr(args, "cam_images", None))) if v is not None}
+    if not cam:
+        return None
+    return {**profile.task_settings, "cam": {**profile.task_settings.get("cam", {}), **cam}}
+
+
 def make_context(args: argparse.Namespace) -> RunContext:
     """The profile with --data datasets swapped in, the device and the caches."""
     data = parse_data(args.data)
     profile = PROFILES.get(args.profile)
-    overrides = {f"{DATASETS.get(n).kind}_data": n for n in data if DATASETS.get(n).kind in ("seg", "depth")}
-    profile = profile.with_overrides(**overrides)
+    overrides = {f"{DATASETS.get(n).kind}_data": n for n in data if hasattr(profile, f"{DATASETS.get(n).kind}_data")}
+    profile = profile.with_overrides(**overrides, task_settings=task_overrides(profile, args))
     return RunContext(profile=profile, device=resolve_device(args.device), cache_dir=CACHE_DIR,
                       data_paths={n: p for n, p in data.items() if p}, progress=not args.no_progress)
 
@@ -127,6 +136,7 @@ def default_run_dir(profile_name: str, backbone_name: str, cells: list) -> Path:
 def cmd_run(args: argparse.Namespace) -> int:
     from bench.backbones import load_backbone
     from bench.reporting.report import table_text
+    from bench.running.failures import SETTLED
     from bench.running.runner import plan, run_cells
     from bench.running.store import ResultStore
 
@@ -147,7 +157,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"kept {len(summary.kept_failed)} failed cell(s) from an earlier run; "
               f"`--rerun failed` retries them")
     print(table_text(out, "md"))
-    return 1 if (ResultStore(out).rows()["status"] != "ok").any() else 0
+    return 1 if (~ResultStore(out).rows()["status"].isin(SETTLED)).any() else 0
 
 
 def cmd_table(args: argparse.Namespace) -> int:
@@ -259,6 +269,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seeds", type=int_list(0, "non-negative integers", "0,1,2"),
                      help="score every cell once per seed (probe init, sampled pixels, training, crops); "
                           "tables show mean and sd over seeds (default: the profile's seed)")
+    run.add_argument("--cam-protocol", choices=("standard", "relevance"),
+                     help="CAM A.D./A.I. protocol (default: the profile's, standard); stored with every number")
+    run.add_argument("--cam-images", type=positive_int, help="CAM validation images (paper: 2000)")
     run.add_argument("--rerun", default="missing", choices=("missing", "failed", "all"),
                      help="which finished cells to score again (default: missing)")
     add_common_arguments(run, "a dataset (with its local folder where it is not embedded), e.g. "

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import TYPE_CHECKING, Any, ClassVar, Iterator
 
 if TYPE_CHECKING:
@@ -25,20 +25,40 @@ class MetricRow:
     """How ``per_image`` gives ``value``: a key of ``bench.reporting.stats.STATISTICS``."""
 
 
+@dataclass(frozen=True)
+class TaskSettings:
+    """A task's own settings: subclass with fields and their defaults (the paper's recipe where it has one)."""
+
+
 class Task(ABC):
     name: ClassVar[str]
     version: ClassVar[str] = "1"
     metrics: ClassVar[dict[str, bool]]
     """Metric name -> higher is better."""
+    paper_columns: ClassVar[dict[str, str]] = {}
+    """Metric name -> column of the paper's table (results/paper_table.csv) it is compared with."""
     data_kind: ClassVar[str]
-    """Which profile dataset the task reads: "seg" or "depth"."""
+    """Which profile dataset the task reads: the profile's ``<kind>_data`` ("seg", "depth", "classify")."""
+    Settings: ClassVar[type[TaskSettings]] = TaskSettings
 
     def dataset(self, profile: "Profile") -> str:
         return getattr(profile, f"{self.data_kind}_data")
 
+    def settings(self, profile: "Profile") -> TaskSettings:
+        """The task's defaults with the profile's overrides for this task (``Profile.task_settings``)."""
+        overrides = dict(profile.task_settings.get(self.name, {}))
+        known = {f.name for f in fields(self.Settings)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise ValueError(f"profile {profile.name!r} sets {', '.join(unknown)} for task {self.name!r}, "
+                             f"which has no such setting; its settings: {', '.join(sorted(known)) or 'none'}")
+        return self.Settings(**overrides)
+
     def recipe(self, profile: "Profile") -> dict[str, Any]:
         """Everything about how the numbers were made that is not the method itself."""
-        return {"task": self.name, "task_version": self.version, "dataset": self.dataset(profile)}
+        settings = asdict(self.settings(profile))
+        return {"task": self.name, "task_version": self.version, "dataset": self.dataset(profile),
+                **({"settings": settings} if settings else {})}
 
     def images(self, context: "RunContext") -> Iterator["torch.Tensor"]:
         """Every (3,H,W) image ``run`` will show an upsampler, so per-image methods are fitted up front."""

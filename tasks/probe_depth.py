@@ -27,6 +27,7 @@ class ProbeDepth(ProbeTask):
 
     name = "probe_depth"
     metrics = {"rmse": False, "delta1.25": True}
+    paper_columns = {"rmse": "depth_rmse", "delta1.25": "depth_delta"}
     data_kind = "depth"
     regression = True
 

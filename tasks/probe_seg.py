@@ -20,6 +20,7 @@ class ProbeSeg(ProbeTask):
 
     name = "probe_seg"
     metrics = {"miou": True, "acc": True}
+    paper_columns = {"miou": "seg_printed_acc", "acc": "seg_printed_miou"}  # see PAPER_NOTE: the paper's labels are swapped
     data_kind = "seg"
 
     def targets(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -40,3 +40,21 @@ def test_plugin_that_fails_to_import(tmp_path):
     bad.write_text("import not_a_module_anywhere\n")
     with pytest.raises(PluginError, match="failed to import: ModuleNotFoundError"):
         load_plugin_file(str(bad))
+
+
+def test_per_image_example_plugin_is_fitted_by_the_runner(lite0, tmp_path):
+    from bench.fitting import fit_method
+    from bench.running.context import RunContext
+    from bench.running.profiles import PROFILES
+
+    example = EXAMPLE.parent / "my_per_image_upsampler.py"
+    assert load_plugin_file(str(example)) in (["my_explicit"], [])
+    backbone = lite0
+    images = torch.rand(2, 3, 96, 128, generator=torch.Generator().manual_seed(0))
+    method = METHODS.get("my_explicit").create(backbone)
+    fit_method(method, backbone, RunContext(PROFILES.get("smoke"), cache_dir=tmp_path, progress=False), images)
+    assert method.fits.fitted == 2
+    with torch.no_grad():
+        out = method.eval().upsample(backbone, images, (50, 70))
+    assert out.shape == (2, backbone.dim, 50, 70) and torch.isfinite(out).all()
+    assert not torch.allclose(out[0], out[1])  # one fit per image

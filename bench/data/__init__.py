@@ -3,7 +3,7 @@
 Importing this module only registers the specs (cheap, for ``list``); a dataset's own module
 (scikit-image, PIL) is imported when it is loaded. Items are dicts of tensors:
 seg ``{"image", "label"}`` (int64, 255 = ignore), depth ``{"image", "depth", "valid"}`` (metres,
-bool), images ``{"image"}``; every image is float32 (3,H,W) in [0,1].
+bool), classify ``{"image", "label"}`` (ImageNet class index), images ``{"image"}``; every image is float32 (3,H,W) in [0,1].
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ __all__ = ["DatasetError", "DatasetSpec", "dataset_layout", "load_dataset"]
 class DatasetSpec:
     name: str
     kind: str
-    """"seg", "depth" or "images"."""
+    """"seg", "depth", "classify" or "images"."""
     summary: str
     embedded: bool
     """True: generated or shipped with the installed packages, so it needs no path."""
@@ -41,6 +41,11 @@ _SPECS_AND_LOADERS = (
      "bench.data.depth_scenes:DepthScenes"),
     (DatasetSpec("photos", "images", "scikit-image's photographs and random crops of them, "
                  "for training upsamplers", True), "bench.data.embedded:Photos"),
+    (DatasetSpec("cam_photos", "classify", "scikit-image's photographs and crops of them that the embedded "
+                 "ImageNet classifier (efficientnet_lite0) recognises, labelled with its top-1 class", True),
+     "bench.data.embedded:CamPhotos"),
+    (DatasetSpec("imagenet", "classify", "ImageNet validation (or train) folder: class sub-folders, or flat files "
+                 "with LOC_val_solution.csv", False), "bench.data.folders:ImageNetFolder"),
     (DatasetSpec("coco_stuff", "seg", "COCO-Stuff 164k stuffthingmaps, 27 coarse classes; "
                  "FeatUp's curated lists used where present", False), "bench.data.folders:CocoStuff"),
     (DatasetSpec("nyuv2", "depth", "NYUv2-style depth folders: {train,val}/rgb + {train,val}/depth "

@@ -102,3 +102,50 @@ class Photos(ItemDataset):
         top, left, h, w = random_box(rng, (0, 0, *image.shape[:2]), self.image_size[1] / self.image_size[0], 0.3)
         crop = image[top:top + h, left:left + w][:, ::-1 if rng.random() < 0.5 else 1]
         return {"image": image_tensor(resize_image(crop, self.image_size))}
+
+
+MIN_CONFIDENCE = 0.25
+"""A candidate photo or crop joins ``cam_photos`` when the embedded classifier gives its top-1 class
+at least this softmax score: CAM faithfulness compares class scores, which are noise for images
+the model does not recognise."""
+
+
+@functools.lru_cache(maxsize=1)
+def embedded_classifier():
+    """The real ImageNet classifier that labels ``cam_photos``: efficientnet_lite0 with its own head."""
+    from bench.backbones import load_backbone
+
+    return load_backbone("efficientnet_lite0")
+
+
+class CamPhotos(Photos):
+    """``photos`` items the embedded classifier recognises, each labelled with its top-1 ImageNet class.
+
+    Candidates are the ``photos`` items in order (whole photographs, then seeded crops); those the
+    classifier scores below MIN_CONFIDENCE are skipped, up to 40 candidates per kept item. The
+    labels are the embedded classifier's own predictions (there is no ground truth for these
+    photographs): the CAM task scores every model against its own top-1 class here, and trains
+    linear heads of headless backbones on these labels.
+    """
+
+    kind = "classify"
+    labels_are_truth = False
+
+    def __init__(self, split: str, image_size: tuple[int, int], limit: int | None, seed: int) -> None:
+        super().__init__(split, image_size, None, seed)
+        wanted = limit if limit is not None else 2 * len(self.photos)
+        classifier, kept = embedded_classifier(), []
+        with torch.no_grad():
+            for index in range(40 * wanted):
+                if len(kept) == wanted:
+                    break
+                image = Photos.item(self, index)["image"]
+                probs = classifier.image_logits(classifier.features(image[None])).softmax(1)[0]
+                if probs.max() >= MIN_CONFIDENCE:
+                    kept.append((index, int(probs.argmax())))
+        self.kept = kept
+        self.name, self.length = "cam_photos", len(kept)
+
+    def item(self, index: int) -> dict[str, torch.Tensor]:
+        source, label = self.kept[index]
+        return {**Photos.item(self, source), "label": torch.tensor(label)}

@@ -133,3 +133,81 @@ class DepthFolder(FolderDataset):
         mm = resize_nearest(millimetres, self.image_size).astype(np.float32)
         return {"image": image, "depth": torch.from_numpy(mm / 1000.0), "valid": torch.from_numpy(mm > 0)}
 
+
+
+def imagenet_wnids() -> list[str]:
+    """The 1000 ImageNet-1k WordNet ids in the class-index order of every ImageNet classifier (timm's list)."""
+    from timm.data import ImageNetInfo
+
+    info = ImageNetInfo()
+    return [info.index_to_label_name(i) for i in range(info.num_classes())]
+
+
+def devkit_wnids(meta: Path) -> dict[int, str]:
+    """ILSVRC2012_ID (1-1000, the ground-truth file's numbers) -> WordNet id, from the devkit's meta.mat."""
+    from scipy.io import loadmat
+
+    synsets = loadmat(str(meta), squeeze_me=True)["synsets"]
+    return {int(s["ILSVRC2012_ID"]): str(s["WNID"]) for s in synsets if int(s["ILSVRC2012_ID"]) <= 1000}
+
+
+class ImageNetFolder(ItemDataset):
+    """ImageNet-1k images with their class index, in either published layout of a split folder."""
+
+    kind = "classify"
+    labels_are_truth = True
+    layout = ("PATH/{val,train}/<wnid>/*.JPEG                  (class sub-folders, e.g. val/n01440764/...)\n"
+              "or PATH/{val,train}/*.JPEG with the labels as either\n"
+              "    PATH/LOC_{val,train}_solution.csv           (ImageId,PredictionString: wnid first)\n"
+              "    PATH/ILSVRC2012_validation_ground_truth.txt + PATH/meta.mat   (devkit: one ILSVRC2012_ID per line)")
+
+    def __init__(self, path: str, split: str, image_size: tuple[int, int], limit: int | None) -> None:
+        root = Path(path)
+        check_layout(root, [split], "imagenet", self.layout)
+        index = {wnid: i for i, wnid in enumerate(imagenet_wnids())}
+        items = self._labelled_files(root, split, index)
+        if not items:
+            raise DatasetError(f"imagenet: no images ({', '.join(IMAGE_SUFFIXES)}) under {root / split}; "
+                               f"expected\n{self.layout}\nfound\n{folder_tree(root)}")
+        self.items = items[:limit]
+        super().__init__("imagenet", split, image_size, len(self.items), 0)
+
+    def _labelled_files(self, root: Path, split: str, index: dict[str, int]) -> list[tuple[Path, int]]:
+        folder = root / split
+        subfolders = sorted(p for p in folder.iterdir() if p.is_dir())
+        if subfolders:
+            unknown = [p.name for p in subfolders if p.name not in index]
+            if unknown:
+                raise DatasetError(f"imagenet: {folder} has sub-folders that are not ImageNet-1k WordNet ids, "
+                                   f"e.g. {', '.join(unknown[:3])}; expected\n{self.layout}")
+            return [(f, index[d.name]) for d in subfolders for f in sorted(d.iterdir())
+                    if f.suffix.lower() in IMAGE_SUFFIXES]
+        files = [f for f in sorted(folder.iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES]
+        if not files:
+            return []
+        labels = self._flat_labels(root, split, index)
+        unlabelled = [f.name for f in files if f.stem not in labels]
+        if unlabelled:
+            raise DatasetError(f"imagenet: {len(unlabelled)} image(s) in {folder} have no label, e.g. "
+                               f"{', '.join(unlabelled[:3])}")
+        return [(f, labels[f.stem]) for f in files]
+
+    def _flat_labels(self, root: Path, split: str, index: dict[str, int]) -> dict[str, int]:
+        """Image stem -> class index for a flat split folder, from the Kaggle CSV or the devkit files."""
+        kaggle, truth, meta = (root / f"LOC_{split}_solution.csv", root / "ILSVRC2012_validation_ground_truth.txt",
+                               root / "meta.mat")
+        if kaggle.is_file():
+            import pandas as pd
+
+            table = pd.read_csv(kaggle)
+            return {row.ImageId: index[row.PredictionString.split()[0]] for row in table.itertuples()}
+        if split == "val" and truth.is_file() and meta.is_file():
+            wnids = devkit_wnids(meta)
+            ids = [int(t) for t in truth.read_text().split()]
+            return {f"ILSVRC2012_val_{n:08d}": index[wnids[i]] for n, i in enumerate(ids, start=1)}
+        raise DatasetError(f"imagenet: {root / split} holds image files but no labels; expected\n{self.layout}\n"
+                           f"found\n{folder_tree(root)}")
+
+    def item(self, index: int) -> dict[str, torch.Tensor]:
+        path, label = self.items[index]
+        return {"image": image_tensor(resize_image(read_rgb(path), self.image_size)), "label": torch.tensor(label)}

@@ -7,17 +7,20 @@ import pandas as pd
 
 from bench.reporting.intervals import BASELINE, LEVEL, N_BOOT, interval_table
 from bench.reporting.ranks import agreement_text, rank_agreement
+from bench.running.failures import SETTLED
 from bench.running.store import ResultStore
 
 PAPER_TABLE = Path(__file__).resolve().parents[2] / "results" / "paper_table.csv"
-PAPER_COLUMNS = {
-    "probe_seg.miou": "seg_printed_acc",
-    "probe_seg.acc": "seg_printed_miou",
-    "probe_depth.rmse": "depth_rmse",
-    "probe_depth.delta1.25": "depth_delta",
-    "cam.ad": "cam_ad",
-    "cam.ai": "cam_ai",
-}
+
+
+def paper_columns() -> dict[str, str]:
+    """Our ``task.metric`` column -> the paper table's column, as each registered task declares it."""
+    from bench.registry import TASKS
+
+    return {f"{name}.{metric}": theirs for name in TASKS.names()
+            for metric, theirs in TASKS.get(name).paper_columns.items()}
+
+
 PAPER_NOTE = (
     "paper: FeatUp Table 1 (ViT-S/16, COCO-Stuff, 224 px). The paper prints its segmentation columns as "
     "'mIoU' then 'Accuracy'; accuracy is almost always the higher one, so our mIoU is set beside its second "
@@ -58,7 +61,19 @@ def pivot(ok: pd.DataFrame, rows: pd.DataFrame, values: str, aggfunc: str) -> pd
     methods = rows["method"].drop_duplicates().tolist()
     table = table.reindex(methods, level=0) if len(index) > 1 else table.reindex(methods)
     table.columns.name = None
-    return table
+    return table[sorted(table.columns, key=column_order)]
+
+
+def column_order(column: str) -> tuple:
+    """Tasks in registry order, each task's metrics in the order it declares them, extra datasets after."""
+    from bench.registry import TASKS
+
+    task = column.split("@")[0].split(".")[0]
+    declared = list(TASKS.get(task).metrics) if task in TASKS else []
+    metric = next((m for m in declared if column.endswith(f".{m}")), column)
+    tasks = TASKS.names()
+    return (tasks.index(task) if task in tasks else len(tasks), task, "@" in column, column[:-len(metric)],
+            declared.index(metric) if metric in declared else len(declared))
 
 
 def wide_table(rows: pd.DataFrame) -> pd.DataFrame:
@@ -119,15 +134,17 @@ def display_table(detail: pd.DataFrame, higher_is_better: dict[str, bool]) -> pd
 def with_paper(table: pd.DataFrame, paper_csv: Path = PAPER_TABLE) -> pd.DataFrame:
     paper = pd.read_csv(paper_csv).set_index("method")
     out = table.copy()
-    for ours, theirs in PAPER_COLUMNS.items():
+    for ours, theirs in paper_columns().items():
         if ours in out.columns:
             methods = out.index.get_level_values(0)
             out.insert(out.columns.get_loc(ours) + 1, f"{ours} (paper)", paper[theirs].reindex(methods).to_numpy())
     return out
 
 
-def failures(rows: pd.DataFrame) -> pd.DataFrame:
-    bad = rows[rows["status"] != "ok"].drop_duplicates(["method", "task", "backbone"])
+def failures(rows: pd.DataFrame, status: str | None = None) -> pd.DataFrame:
+    """Cells that did not score: failed ones (any status but ok and n/a), or those of one ``status``."""
+    picked = rows["status"] == status if status else ~rows["status"].isin(SETTLED)
+    bad = rows[picked].drop_duplicates(["method", "task", "backbone"])
     return bad[["method", "task", "backbone", "status", "message"]]
 
 
@@ -179,8 +196,12 @@ def table_text(run_dir: str | Path, fmt: str = "md", vs_paper: bool = False) -> 
         notes.append("Failed cells:\n" + "\n".join(
             f"- {r.method} / {r.task} ({r.backbone}): {r.status}: {str(r.message).splitlines()[0]}"
             for r in bad.itertuples()))
+    skipped = failures(rows, "n/a")
+    if not skipped.empty:
+        notes.append("Not applicable (empty cells): " + "; ".join(
+            f"{r.method} / {r.task}: {str(r.message).splitlines()[0]}" for r in skipped.itertuples()))
     if vs_paper:
         means = detail[[c for c in detail.columns if " " not in c]]
-        notes += [agreement_text(rank_agreement(means, pd.read_csv(PAPER_TABLE).set_index("method"), PAPER_COLUMNS)),
+        notes += [agreement_text(rank_agreement(means, pd.read_csv(PAPER_TABLE).set_index("method"), paper_columns())),
                   PAPER_NOTE]
     return "\n\n".join([text, *[n for n in notes if n]])

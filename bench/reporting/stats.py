@@ -78,6 +78,20 @@ def miou_from_summed_confusions(conf: np.ndarray) -> np.ndarray:
         return 100.0 * iou.sum(-1) / present.sum(-1)
 
 
+def macc_from_summed_confusions(conf: np.ndarray) -> np.ndarray:
+    """Mean class accuracy (recall) in percent of confusion matrices ``(..., K, K)`` summed over images.
+
+    Matches torchmetrics' ``MulticlassAccuracy(average="macro")``: a class absent from both labels
+    and predictions is left out, one only predicted counts with accuracy 0. Batched like mIoU.
+    """
+    conf = np.asarray(conf, dtype=np.float64)
+    tp, support = np.diagonal(conf, axis1=-2, axis2=-1), conf.sum(-1)
+    present = (support + conf.sum(-2)) > 0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        recall = np.where(support > 0, tp / np.where(support > 0, support, 1.0), 0.0)
+        return 100.0 * np.where(present, recall, 0.0).sum(-1) / present.sum(-1)
+
+
 def rmse_from_summed(sums: np.ndarray) -> np.ndarray:
     """RMSE of ``(..., 2)`` arrays of [sum of squared errors, count] already summed over images.
 
@@ -112,12 +126,18 @@ def miou_from_confusions(conf: np.ndarray) -> float:
     return float(miou_from_summed_confusions(np.asarray(conf).sum(0)))
 
 
+def macc_from_confusions(conf: np.ndarray) -> float:
+    """Mean class accuracy in percent of per-image confusion matrices ``(n_images, K, K)`` (summed first)."""
+    return float(macc_from_summed_confusions(np.asarray(conf).sum(0)))
+
+
 def rmse_from_sums(sums: np.ndarray) -> float:
     """RMSE from per-image ``(n_images, 2)`` rows of [sum of squared errors, valid pixel count]."""
     return float(rmse_from_summed(np.asarray(sums).sum(0)))
 
 
 miou_from_confusions.of_sums = miou_from_summed_confusions  # type: ignore[attr-defined]
+macc_from_confusions.of_sums = macc_from_summed_confusions  # type: ignore[attr-defined]
 rmse_from_sums.of_sums = rmse_from_summed  # type: ignore[attr-defined]
 
 
@@ -133,7 +153,7 @@ percent_from_sums = sum_statistic(lambda sums: 100 * ratio_from_summed(sums))
 """The same pooled fraction in percent."""
 
 STATISTICS: dict[str, Statistic] = {
-    "miou_confusion": miou_from_confusions, "rmse_sums": rmse_from_sums,
+    "miou_confusion": miou_from_confusions, "macc_confusion": macc_from_confusions, "rmse_sums": rmse_from_sums,
     "ratio_sums": ratio_from_sums, "percent_sums": percent_from_sums,
 }
 """Names under which a task stores how its per-image statistics give the metric (``MetricRow.statistic``)."""

@@ -18,7 +18,7 @@ from bench.profiling.memory import peak_memory
 from bench.registry import DATASETS, METHODS, TASKS
 from bench.running.cells import Cell
 from bench.running.context import RunContext
-from bench.running.failures import describe_failure
+from bench.running.failures import SETTLED, describe_failure
 from bench.running.provenance import provenance
 from bench.running.store import ResultStore
 
@@ -76,7 +76,7 @@ def plan(
 def should_run(status: str | None, rerun: str) -> bool:
     if rerun not in RERUN_POLICIES:
         raise ValueError(f"--rerun {rerun!r}: expected one of {', '.join(RERUN_POLICIES)}")
-    return rerun == "all" or status is None or (rerun == "failed" and status != "ok")
+    return rerun == "all" or status is None or (rerun == "failed" and status not in SETTLED)
 
 
 def cell_context(cell: Cell, recipe: dict[str, Any], context: RunContext) -> RunContext:
@@ -118,7 +118,7 @@ def _run_locked(
             todo.append((cell, recipe))
         else:
             summary.skipped.append(cell)
-            if status != "ok":
+            if status not in SETTLED:
                 summary.kept_failed.append(cell)
     bar = tqdm(todo, desc="cells", disable=not context.progress)
     for cell, recipe in bar:
@@ -141,7 +141,7 @@ def _run_locked(
                            "wall_s": round(time.perf_counter() - t0, 3), "peak_mb": round(peak.mb, 1)},
         }
         store.write(cell, recipe, record)
-        if status == "ok":
+        if status in SETTLED:
             summary.done.append(cell)
         else:
             summary.failed.append((cell, message.splitlines()[0]))

@@ -1,0 +1,162 @@
+"""End-to-end segmentation (REFERENCE §2): the upsampler is the decoder's upsampling, the model trained on labels.
+
+Model: frozen backbone -> the method's upsampling to the image size -> channel standardisation ->
+a pointwise MLP decoder (1x1 conv to 128, ReLU, 1x1 conv to the classes); logits still off the
+image grid (low_res) are resized bilinearly, as SegFormer resizes its logits. The decoder trains
+with cross-entropy (255 ignored); trainable upsamplers (fit = "dataset") train jointly with it,
+starting from their multi-view weights; weight-free ones stay fixed; per-image methods do not
+apply (their fit has no labels to learn from) and are recorded as "n/a". Reported: mIoU, mAcc,
+aAcc on the validation split, and the whole model's GFLOPs (torch's FlopCounterMode, one image)
+and parameters (millions).
+
+The paper used SegFormer on ADE20k; on a CPU budget the backbone stays frozen and the decoder is
+pointwise, so differences come from the upsampling alone.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import Dataset
+from torch.utils.flop_counter import FlopCounterMode
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
+from tqdm.auto import tqdm
+
+from bench.backbones import Backbone
+from bench.fitting.multiview import standardise
+from bench.registry import TASKS
+from bench.running.context import RunContext
+from bench.running.failures import NotApplicable
+from methods.base import Upsampler
+from tasks.base import MetricRow, Task, TaskSettings
+from tasks.probe_seg import IGNORE, confusion_matrices
+
+HIDDEN = 128
+
+
+@dataclass(frozen=True)
+class E2ESegSettings(TaskSettings):
+    n_train: int | None = None
+    n_val: int | None = None
+    steps: int = 4000
+    batch_size: int = 8
+    lr: float = 1e-3
+    upsampler_lr: float = 1e-4
+    """Trainable upsamplers fine-tune at a tenth of the decoder's rate, from their multi-view weights."""
+
+
+class Decoder(nn.Module):
+    """Standardise, then a pointwise MLP to class logits."""
+
+    def __init__(self, dim: int, classes: int) -> None:
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Conv2d(dim, HIDDEN, 1), nn.ReLU(), nn.Conv2d(HIDDEN, classes, 1))
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        return self.mlp(standardise(feats))
+
+
+def segment(upsampler: Upsampler, backbone: Backbone, decoder: Decoder, image: torch.Tensor) -> torch.Tensor:
+    """(B,3,H,W) -> (B,classes,H,W) logits."""
+    logits = decoder(upsampler.upsample(backbone, image, tuple(image.shape[-2:])))
+    if tuple(logits.shape[-2:]) != tuple(image.shape[-2:]):
+        logits = F.interpolate(logits, size=image.shape[-2:], mode="bilinear", align_corners=False)
+    return logits
+
+
+@contextmanager
+def countable(upsampler: Upsampler) -> Iterator[None]:
+    """Run the method's adaptive convolutions as torch ops while counting: Numba kernels are invisible to
+    FlopCounterMode, the "torch" implementation computes the same taps with aten ops it counts."""
+    saved = getattr(upsampler, "kernel_impl", None)
+    if saved is not None:
+        upsampler.kernel_impl = "torch"
+    try:
+        yield
+    finally:
+        if saved is not None:
+            upsampler.kernel_impl = saved
+
+
+def model_gflops(upsampler: Upsampler, backbone: Backbone, decoder: Decoder, image: torch.Tensor) -> float:
+    """GFLOPs (multiply-add = 2) of one forward of the whole model on one image."""
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), countable(upsampler), counter:
+        segment(upsampler, backbone, decoder, image[:1])
+    return counter.get_total_flops() / 1e9
+
+
+@TASKS.register
+class E2ESeg(Task):
+    name = "e2e_seg"
+    metrics = {"miou": True, "macc": True, "aacc": True, "gflops": False, "params": False}
+    data_kind = "seg"
+    Settings = E2ESegSettings
+
+    def recipe(self, profile) -> dict[str, Any]:
+        return {**super().recipe(profile), "decoder": f"standardise, 1x1 conv {HIDDEN}, ReLU, 1x1 conv",
+                "backbone": "frozen", "optimizer": "AdamW", "loss": "cross-entropy, 255 ignored"}
+
+    def load_split(self, split: str, context: RunContext) -> Dataset:
+        from bench.data import load_dataset
+
+        p, s = context.profile, self.settings(context.profile)
+        name = self.dataset(p)
+        return load_dataset(name, split, p.image_size, limit=s.n_train if split == "train" else s.n_val,
+                            path=context.data_paths.get(name), seed=p.seed)
+
+    def run(self, upsampler: Upsampler, backbone: Backbone, context: RunContext) -> list[MetricRow]:
+        if upsampler.fit == "image":
+            raise NotApplicable(f"{upsampler.name} is fitted per image without labels; end-to-end training "
+                                f"does not apply")
+        s, p, device = self.settings(context.profile), context.profile, context.device
+        train, val = self.load_split("train", context), self.load_split("val", context)
+        torch.manual_seed(p.seed)
+        decoder = Decoder(backbone.dim, train.num_classes).to(device)
+        trainable = upsampler.fit == "dataset"
+        groups = [{"params": decoder.parameters(), "lr": s.lr}]
+        if trainable:
+            groups.append({"params": upsampler.parameters(), "lr": s.upsampler_lr})
+        optimizer = torch.optim.AdamW(groups)
+        upsampler.requires_grad_(trainable)
+        generator = torch.Generator().manual_seed(p.seed)
+        for _ in tqdm(range(s.steps), desc="e2e_seg train", leave=False, disable=not context.progress):
+            idx = torch.randint(len(train), (min(s.batch_size, len(train)),), generator=generator).tolist()
+            items = [train[i] for i in idx]
+            image = torch.stack([it["image"] for it in items]).to(device)
+            label = torch.stack([it["label"] for it in items]).to(device)
+            loss = F.cross_entropy(segment(upsampler, backbone, decoder, image), label, ignore_index=IGNORE)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        decoder.eval()
+        return self.evaluate(upsampler, backbone, decoder, val, context)
+
+    def evaluate(self, upsampler: Upsampler, backbone: Backbone, decoder: Decoder, val: Dataset,
+                 context: RunContext) -> list[MetricRow]:
+        classes = val.num_classes
+        metrics = MetricCollection({
+            "miou": MulticlassJaccardIndex(classes, average="macro", ignore_index=IGNORE),
+            "macc": MulticlassAccuracy(classes, average="macro", ignore_index=IGNORE),
+            "aacc": MulticlassAccuracy(classes, average="micro", ignore_index=IGNORE),
+        })
+        confusions = []
+        loader = torch.utils.data.DataLoader(val, batch_size=self.settings(context.profile).batch_size)
+        with torch.no_grad():
+            for batch in tqdm(loader, desc="e2e_seg val", leave=False, disable=not context.progress):
+                image, label = batch["image"].to(context.device), batch["label"]
+                pred = segment(upsampler, backbone, decoder, image).argmax(1).cpu()
+                metrics.update(pred, label)
+                confusions.extend(confusion_matrices(pred, label, classes))
+            gflops = model_gflops(upsampler, backbone, decoder, batch["image"].to(context.device))
+        params = sum(p.numel() for module in (backbone, upsampler, decoder) for p in module.parameters()) / 1e6
+        values = {k: 100 * v.item() for k, v in metrics.compute().items()}
+        pooled = [c.tolist() for c in confusions]
+        per_image = {"miou": (pooled, "miou_confusion"), "macc": (pooled, "macc_confusion"),
+                     "aacc": ([[int(c.trace()), int(c.sum())] for c in confusions], "percent_sums")}
+        return self.rows({**values, "gflops": gflops, "params": params}, per_image)
