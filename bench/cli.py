@@ -111,7 +111,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     print("datasets:")
     for name in DATASETS.names():
         d = DATASETS.get(name)
-        print(f"  {name:18s} {d.kind:6s} {'embedded' if d.embedded else 'needs --data ' + name + '=PATH'}  {d.summary}")
+        print(f"  {name:18s} {d.kind:8s} {'embedded' if d.embedded else 'needs --data ' + name + '=PATH'}  {d.summary}")
     print("profiles:")
     for name in PROFILES.names():
         p = PROFILES.get(name)
@@ -128,7 +128,7 @@ def default_run_dir(profile_name: str, backbone_name: str, cells: list) -> Path:
     runs on two folders never share a default run folder.
     """
     profile = PROFILES.get(profile_name)
-    defaults = {profile.seg_data, profile.depth_data}
+    defaults = {profile.seg_data, profile.depth_data, profile.classify_data, *profile.extra_data}
     labels = sorted({r["data"]["label"] for _, r in cells if "path" in r["data"] or r["data"]["name"] not in defaults})
     return RUNS_DIR / "-".join([profile_name, backbone_name, *map(slug, labels)])
 

@@ -21,7 +21,8 @@ class ExplicitMaps(nn.Module):
 
     def __init__(self, generators: list[torch.Generator], fit_size: tuple[int, int], out_dim: int) -> None:
         super().__init__()
-        init = torch.stack([torch.randn(out_dim, *fit_size, generator=g) for g in generators])  # image g from its own generator
+        # image g's map drawn from its own generator: its fit does not depend on its group
+        init = torch.stack([torch.randn(out_dim, *fit_size, generator=g) for g in generators])
         self.maps = nn.Parameter(F.normalize(init, dim=1))
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:

@@ -91,6 +91,30 @@ def model_gflops(upsampler: Upsampler, backbone: Backbone, decoder: Decoder, ima
     return counter.get_total_flops() / 1e9
 
 
+def fit_decoder(upsampler: Upsampler, backbone: Backbone, train: Dataset, s: E2ESegSettings, seed: int,
+                device: torch.device, progress: bool = False) -> tuple[Decoder, list[float]]:
+    """Train the decoder (and a trainable upsampler) with AdamW on random batches; returns it and the losses."""
+    torch.manual_seed(seed)
+    decoder = Decoder(backbone.dim, train.num_classes).to(device)
+    trainable = upsampler.fit == "dataset"
+    groups = [{"params": decoder.parameters(), "lr": s.lr}]
+    if trainable:
+        groups.append({"params": upsampler.parameters(), "lr": s.upsampler_lr})
+    optimizer = torch.optim.AdamW(groups)
+    upsampler.requires_grad_(trainable)
+    generator, losses = torch.Generator().manual_seed(seed), []
+    for _ in tqdm(range(s.steps), desc="e2e_seg train", leave=False, disable=not progress):
+        items = [train[i] for i in torch.randint(len(train), (min(s.batch_size, len(train)),), generator=generator).tolist()]
+        image = torch.stack([it["image"] for it in items]).to(device)
+        label = torch.stack([it["label"] for it in items]).to(device)
+        loss = F.cross_entropy(segment(upsampler, backbone, decoder, image), label, ignore_index=IGNORE)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return decoder.eval(), losses
+
+
 @TASKS.register
 class E2ESeg(Task):
     name = "e2e_seg"
@@ -114,28 +138,10 @@ class E2ESeg(Task):
         if upsampler.fit == "image":
             raise NotApplicable(f"{upsampler.name} is fitted per image without labels; end-to-end training "
                                 f"does not apply")
-        s, p, device = self.settings(context.profile), context.profile, context.device
-        train, val = self.load_split("train", context), self.load_split("val", context)
-        torch.manual_seed(p.seed)
-        decoder = Decoder(backbone.dim, train.num_classes).to(device)
-        trainable = upsampler.fit == "dataset"
-        groups = [{"params": decoder.parameters(), "lr": s.lr}]
-        if trainable:
-            groups.append({"params": upsampler.parameters(), "lr": s.upsampler_lr})
-        optimizer = torch.optim.AdamW(groups)
-        upsampler.requires_grad_(trainable)
-        generator = torch.Generator().manual_seed(p.seed)
-        for _ in tqdm(range(s.steps), desc="e2e_seg train", leave=False, disable=not context.progress):
-            idx = torch.randint(len(train), (min(s.batch_size, len(train)),), generator=generator).tolist()
-            items = [train[i] for i in idx]
-            image = torch.stack([it["image"] for it in items]).to(device)
-            label = torch.stack([it["label"] for it in items]).to(device)
-            loss = F.cross_entropy(segment(upsampler, backbone, decoder, image), label, ignore_index=IGNORE)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-        decoder.eval()
-        return self.evaluate(upsampler, backbone, decoder, val, context)
+        s = self.settings(context.profile)
+        decoder, _ = fit_decoder(upsampler, backbone, self.load_split("train", context), s, context.profile.seed,
+                                 context.device, context.progress)
+        return self.evaluate(upsampler, backbone, decoder, self.load_split("val", context), context)
 
     def evaluate(self, upsampler: Upsampler, backbone: Backbone, decoder: Decoder, val: Dataset,
                  context: RunContext) -> list[MetricRow]:

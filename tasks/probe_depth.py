@@ -6,19 +6,14 @@ from typing import Any, Iterable
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
-from torchmetrics import MeanMetric, MeanSquaredError
+from torchmetrics import MeanSquaredError
 
 from bench.running.profiles import Profile
 from bench.registry import TASKS
+from tasks.metrics import DeltaAccuracy
 from tasks.probe import LinearProbe, ProbeTask
 
 MIN_DEPTH = 1e-3
-
-
-def delta_hits(pred: torch.Tensor, gt: torch.Tensor, threshold: float = 1.25) -> torch.Tensor:
-    """1 where max(pred/gt, gt/pred) < threshold. torchmetrics has no δ metric, hence by hand."""
-    ratio = torch.maximum(pred / gt, gt / pred)
-    return (ratio < threshold).float()
 
 
 @TASKS.register
@@ -49,18 +44,15 @@ class ProbeDepth(ProbeTask):
         self, probe: LinearProbe, batches: Iterable[tuple[torch.Tensor, dict]]
     ) -> tuple[dict[str, float], dict[str, tuple[list, str]]]:
         rmse = MeanSquaredError(squared=False)
-        delta = MeanMetric()
-        squared, hits = [], []
+        delta = DeltaAccuracy(1.25)
+        squared = []
         for feats, batch in batches:
             gt, valid = batch["depth"].cpu(), batch["valid"].cpu()
             pred = probe.apply_map(feats)
             pred = F.interpolate(pred, size=gt.shape[-2:], mode="bilinear", align_corners=False)[:, 0].cpu()
             pred = pred.clamp_min(MIN_DEPTH)
             rmse.update(pred[valid], gt[valid])
-            delta.update(delta_hits(pred[valid], gt[valid]))
-            for p, g, v in zip(pred, gt, valid):
-                n = int(v.sum())
-                squared.append([float(((p[v] - g[v]) ** 2).double().sum()), n])
-                hits.append([float(delta_hits(p[v], g[v]).sum()), n])
-        per_image = {"rmse": (squared, "rmse_sums"), "delta1.25": (hits, "ratio_sums")}
+            delta.update(pred, gt, valid)
+            squared += [[float(((p[v] - g[v]) ** 2).double().sum()), int(v.sum())] for p, g, v in zip(pred, gt, valid)]
+        per_image = {"rmse": (squared, "rmse_sums"), "delta1.25": (delta.per_image(), "ratio_sums")}
         return {"rmse": rmse.compute().item(), "delta1.25": delta.compute().item()}, per_image

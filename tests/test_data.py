@@ -30,8 +30,10 @@ STEGO = [int(v) for v in """
 def test_registered_names_and_kinds():
     kinds = {n: DATASETS.get(n).kind for n in DATASETS.names()}
     assert kinds == {"scenes": "seg", "middlebury": "depth", "depth_scenes": "depth", "photos": "images",
-                     "coco_stuff": "seg", "nyuv2": "depth"}
-    assert [n for n in DATASETS.names() if DATASETS.get(n).embedded] == ["depth_scenes", "middlebury", "photos", "scenes"]
+                     "cam_photos": "classify", "coco_stuff": "seg", "nyuv2": "depth", "ade20k": "seg",
+                     "imagenet": "classify"}
+    assert [n for n in DATASETS.names() if DATASETS.get(n).embedded] == ["cam_photos", "depth_scenes", "middlebury",
+                                                                        "photos", "scenes"]
 
 
 @pytest.mark.parametrize("size", SIZES)

@@ -3,7 +3,8 @@
 Importing this module only registers the specs (cheap, for ``list``); a dataset's own module
 (scikit-image, PIL) is imported when it is loaded. Items are dicts of tensors:
 seg ``{"image", "label"}`` (int64, 255 = ignore), depth ``{"image", "depth", "valid"}`` (metres,
-bool), classify ``{"image", "label"}`` (ImageNet class index), images ``{"image"}``; every image is float32 (3,H,W) in [0,1].
+bool), classify ``{"image", "label"}`` (ImageNet class index), images ``{"image"}``; every image is
+float32 (3,H,W) in [0,1].
 """
 from __future__ import annotations
 
@@ -45,7 +46,9 @@ _SPECS_AND_LOADERS = (
                  "ImageNet classifier (efficientnet_lite0) recognises, labelled with its top-1 class", True),
      "bench.data.embedded:CamPhotos"),
     (DatasetSpec("imagenet", "classify", "ImageNet validation (or train) folder: class sub-folders, or flat files "
-                 "with LOC_val_solution.csv", False), "bench.data.folders:ImageNetFolder"),
+                 "with LOC_val_solution.csv or the devkit labels", False), "bench.data.folders:ImageNetFolder"),
+    (DatasetSpec("ade20k", "seg", "ADE20k scene parsing (ADEChallengeData2016), 150 classes, 0 = ignore", False),
+     "bench.data.folders:Ade20k"),
     (DatasetSpec("coco_stuff", "seg", "COCO-Stuff 164k stuffthingmaps, 27 coarse classes; "
                  "FeatUp's curated lists used where present", False), "bench.data.folders:CocoStuff"),
     (DatasetSpec("nyuv2", "depth", "NYUv2-style depth folders: {train,val}/rgb + {train,val}/depth "

@@ -13,8 +13,8 @@ import numpy as np
 import torch
 
 from bench.data.coco_stuff_labels import COARSE_CLASSES, fine_to_coarse_table
-from bench.data.common import (DatasetError, ItemDataset, image_tensor, read_image_file, read_rgb, resize_image,
-                               resize_nearest)
+from bench.data.common import (IGNORE_INDEX, DatasetError, ItemDataset, image_tensor, read_image_file, read_rgb,
+                               resize_image, resize_nearest)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
@@ -133,6 +133,27 @@ class DepthFolder(FolderDataset):
         mm = resize_nearest(millimetres, self.image_size).astype(np.float32)
         return {"image": image, "depth": torch.from_numpy(mm / 1000.0), "valid": torch.from_numpy(mm > 0)}
 
+
+class Ade20k(FolderDataset):
+    """ADE20k scene parsing (ADEChallengeData2016): 150 classes; annotation 0 ("other") becomes 255 = ignore."""
+
+    kind = "seg"
+    num_classes = 150
+    layout = ("PATH/   (ADEChallengeData2016)\n    images/{training,validation}/*.jpg\n"
+              "    annotations/{training,validation}/*.png   (0 = other, 1-150 the classes)")
+    SPLITS = {"train": "training", "val": "validation"}
+
+    def __init__(self, path: str, split: str, image_size: tuple[int, int], limit: int | None) -> None:
+        root, folder = Path(path), self.SPLITS[split]
+        check_layout(root, [f"images/{folder}", f"annotations/{folder}"], "ade20k", self.layout)
+        super().__init__("ade20k", split, image_size, limit,
+                         paired_files(root / "images" / folder, root / "annotations" / folder, ".png", "ade20k"))
+
+    def item(self, index: int) -> dict[str, torch.Tensor]:
+        image, raw = self.read(index)
+        label = resize_nearest(raw, self.image_size).astype(np.int64) - 1
+        label[label < 0] = IGNORE_INDEX
+        return {"image": image, "label": torch.from_numpy(label)}
 
 
 def imagenet_wnids() -> list[str]:

@@ -165,7 +165,8 @@ def fit_images(
         with torch.no_grad():
             uncertainty.weight.mul_(0.1)
             uncertainty.bias.mul_(0.1)
-        optimizer = torch.optim.NAdam([*net.parameters(), *down.parameters(), *uncertainty.parameters()], lr=settings.lr)
+        params = [*net.parameters(), *down.parameters(), *uncertainty.parameters()]
+        optimizer = torch.optim.NAdam(params, lr=settings.lr)
         k = settings.views_per_step
         losses = []
         for step in range(settings.steps):
