@@ -169,6 +169,14 @@ class Backbone(nn.Module):
             raise RuntimeError(f"backbone {self.name!r} has no linear classifier head")
         return head
 
+    def feature_parameters(self) -> list[nn.Parameter]:
+        """The parameters ``features`` uses: not the classifier, nor the stages a truncated backbone skips."""
+        if self.pre_head:
+            used = [self.model.conv_stem, self.model.bn1, self.model.blocks[: self.stages]]
+            return [p for module in used for p in module.parameters()]
+        head = {id(p) for p in self.model.get_classifier().parameters()}
+        return [p for p in self.model.parameters() if id(p) not in head]
+
     @property
     def has_pixel_classifier(self) -> bool:
         """A convnet whose features reach a linear head through pointwise layers and a mean pool

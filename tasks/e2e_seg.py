@@ -7,7 +7,7 @@ with cross-entropy (255 ignored); trainable upsamplers (fit = "dataset") train j
 starting from their multi-view weights; weight-free ones stay fixed; per-image methods do not
 apply (their fit has no labels to learn from) and are recorded as "n/a". Reported: mIoU, mAcc,
 aAcc on the validation split, and the whole model's GFLOPs (torch's FlopCounterMode, one image)
-and parameters (millions).
+and parameters (millions: the backbone's feature extractor as used, the upsampler, the decoder).
 
 The paper used SegFormer on ADE20k; on a CPU budget the backbone stays frozen and the decoder is
 pointwise, so differences come from the upsampling alone.
@@ -118,6 +118,7 @@ def fit_decoder(upsampler: Upsampler, backbone: Backbone, train: Dataset, s: E2E
 @TASKS.register
 class E2ESeg(Task):
     name = "e2e_seg"
+    version = "2"  # v1 counted the backbone's unused classifier and skipped stages as model parameters
     metrics = {"miou": True, "macc": True, "aacc": True, "gflops": False, "params": False}
     data_kind = "seg"
     Settings = E2ESegSettings
@@ -160,7 +161,8 @@ class E2ESeg(Task):
                 metrics.update(pred, label)
                 confusions.extend(confusion_matrices(pred, label, classes))
             gflops = model_gflops(upsampler, backbone, decoder, batch["image"].to(context.device))
-        params = sum(p.numel() for module in (backbone, upsampler, decoder) for p in module.parameters()) / 1e6
+        used = [*backbone.feature_parameters(), *upsampler.parameters(), *decoder.parameters()]
+        params = sum(p.numel() for p in used) / 1e6
         values = {k: 100 * v.item() for k, v in metrics.compute().items()}
         pooled = [c.tolist() for c in confusions]
         per_image = {"miou": (pooled, "miou_confusion"), "macc": (pooled, "macc_confusion"),

@@ -211,3 +211,16 @@ def test_ade20k_folder_maps_other_to_ignore(tmp_path):
         Image.fromarray(annotation).save(tmp_path / "annotations" / split / "ADE_x_0001.png")
     label = load_dataset("ade20k", "val", (40, 50), path=str(tmp_path))[0]["label"]
     assert sorted(label.unique().tolist()) == [0, 149, 255] and label[0, 0] == 255
+
+
+@pytest.mark.parametrize("name", ["efficientnet_lite0", "efficientnet_lite0_s16"])
+def test_model_parameters_are_those_the_features_touch(name):
+    from bench.backbones import load_backbone
+
+    backbone, touched = load_backbone(name), set()
+    hooks = [m.register_forward_hook(lambda mod, _i, _o: touched.update(id(p) for p in mod.parameters(recurse=False)))
+             for m in backbone.model.modules()]
+    backbone.features(torch.rand(1, 3, 64, 64))
+    for hook in hooks:
+        hook.remove()
+    assert {id(p) for p in backbone.feature_parameters()} == touched
