@@ -150,7 +150,7 @@ def fit_images(
     fit_size, view_size = fit_grids(tuple(images.shape[-2:]), settings.scale)
     view_images = F.interpolate(images, size=view_size, mode="bilinear", antialias=True, align_corners=False) \
         if view_size != tuple(images.shape[-2:]) else images
-    fit_images_ = F.interpolate(images, size=fit_size, mode="bilinear", antialias=True, align_corners=False)
+    grid_images = F.interpolate(images, size=fit_size, mode="bilinear", antialias=True, align_corners=False)
     jitters = [sample_views(settings, fit_size, g) for g in generators]
     grids = torch.stack([torch.stack([j.grid(device) for j in views]) for views in jitters])  # (G, V, h, w, 2)
     feats = [view_features(method, backbone, view_images[i:i + 1], jitters[i], settings.scale) for i in range(g_count)]
@@ -170,7 +170,7 @@ def fit_images(
         k = settings.views_per_step
         losses = []
         for step in range(settings.steps):
-            hr = net(fit_images_)
+            hr = net(grid_images)
             both = torch.cat([magnitude(hr), hr], dim=1)
             picks = [torch.randint(settings.views, (k,), generator=g) for g in generators]
             views = torch.stack([grids[i, picks[i]] for i in range(g_count)])
