@@ -121,16 +121,21 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def default_run_dir(profile_name: str, backbone_name: str, cells: list) -> Path:
-    """results/runs/<profile>-<backbone>, plus the label of every dataset that is not the profile's own.
+def default_run_dir(profile_name: str, backbone_name: str, cells: list,
+                    task_settings: dict[str, dict] | None = None) -> Path:
+    """results/runs/<profile>-<backbone>, plus the label of every dataset that is not the profile's own
+    and every task setting changed from the profile's (e.g. ``cam-protocol-relevance``).
 
     Folder datasets always count as not the profile's own (their label names the folder), so
-    runs on two folders never share a default run folder.
+    runs on two folders never share a default run folder; nor do runs of two CAM protocols, whose
+    newest cells would otherwise replace each other in one table.
     """
     profile = PROFILES.get(profile_name)
     defaults = {profile.seg_data, profile.depth_data, profile.classify_data, *profile.extra_data}
     labels = sorted({r["data"]["label"] for _, r in cells if "path" in r["data"] or r["data"]["name"] not in defaults})
-    return RUNS_DIR / "-".join([profile_name, backbone_name, *map(slug, labels)])
+    changed = [f"{task}-{key}-{value}" for task, values in sorted((task_settings or {}).items())
+               for key, value in sorted(values.items()) if profile.task_settings.get(task, {}).get(key) != value]
+    return RUNS_DIR / "-".join([profile_name, backbone_name, *map(slug, labels + changed)])
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -146,7 +151,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     methods = csv_list(args.methods) if args.methods else METHODS.names()
     tasks = csv_list(args.tasks) if args.tasks else TASKS.names()
     cells = plan(methods, tasks, backbone_name, context, args.seeds)
-    out = Path(args.out) if args.out else default_run_dir(args.profile, backbone_name, cells)
+    out = Path(args.out) if args.out else default_run_dir(args.profile, backbone_name, cells,
+                                                          context.profile.task_settings)
     ResultStore(out)  # refuses an --out that names a file before the backbone loads
     backbone = load_backbone(backbone_name, args.weights, context.device)
     t0 = time.perf_counter()

@@ -151,3 +151,6 @@ def test_default_run_folder_names_folder_data(two_folders):
                                    n.startswith("smoke-efficientnet_lite0-coco_stuff-b-") for n in names)
     embedded = plan(["bilinear"], ["probe_seg"], "efficientnet_lite0", RunContext(profile=PROFILES.get("smoke")))
     assert default_run_dir("smoke", "efficientnet_lite0", embedded).name == "smoke-efficientnet_lite0"
+    relevance = {"cam": {**PROFILES.get("smoke").task_settings["cam"], "protocol": "relevance"}}
+    assert default_run_dir("smoke", "efficientnet_lite0", embedded, relevance).name == \
+        "smoke-efficientnet_lite0-cam-protocol-relevance"
