@@ -17,7 +17,6 @@ from typing import Iterator
 
 import timm
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from bench.registry import BACKBONES

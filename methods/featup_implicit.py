@@ -14,10 +14,9 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from bench.fitting.batched import (GroupedChannelNorm, GroupedDropout2d, GroupedLinear, Generators)
+from bench.fitting.batched import Generators, GroupedChannelNorm, GroupedDropout2d, GroupedLinear
 from bench.registry import METHODS
 from methods.base import PerImageUpsampler, guidance_at
 

@@ -7,7 +7,6 @@ known downsampler). A fit that works recovers the HR features better than biline
 from __future__ import annotations
 
 import dataclasses
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,7 @@ from torch import nn
 
 from bench.fitting import fit_method
 from bench.fitting import per_image
-from bench.fitting.fit_cache import FitCache, ImageFits
+from bench.fitting.fit_cache import FitCache
 from bench.fitting.multiview import Jitter, SimpleDownsampler, replay, standardise
 from bench.fitting.per_image import FIT_SETTINGS, ImageFitSettings, downsampler_kernel, fit_images
 from bench.running.context import RunContext

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -142,7 +142,7 @@ def view_features(method: "PerImageUpsampler", backbone: "Backbone", image: torc
 
 def fit_images(
     method: "PerImageUpsampler", backbone: "Backbone", images: torch.Tensor, settings: ImageFitSettings,
-    seeds: list[int], on_step: Callable[[int], None] | None = None,
+    seeds: list[int],
 ) -> FitResult:
     """Fit ``method``'s network to each of ``images`` (G,3,H,W) at once; image g's draws come from ``seeds[g]``."""
     g_count, device = images.shape[0], images.device
@@ -169,7 +169,7 @@ def fit_images(
         optimizer = torch.optim.NAdam(params, lr=settings.lr)
         k = settings.views_per_step
         losses = []
-        for step in range(settings.steps):
+        for _ in range(settings.steps):
             hr = net(grid_images)
             both = torch.cat([magnitude(hr), hr], dim=1)
             picks = [torch.randint(settings.views, (k,), generator=g) for g in generators]
@@ -191,8 +191,6 @@ def fit_images(
             loss.sum().backward()  # a sum: each image's gradient is its own loss's, whatever the group size
             optimizer.step()
             losses.append(rec.detach().cpu())
-            if on_step:
-                on_step(step)
     state = {k_: v.detach().cpu() for k_, v in net.state_dict().items()}
     fits = [{"net": {k_: v[i:i + 1].clone() for k_, v in state.items()}, "mean": pcas[i][0].cpu(),
              "basis": pcas[i][1].cpu(), "down": down.weight.detach()[i:i + 1].cpu().clone(),
