@@ -134,18 +134,25 @@ class CamPhotos(Photos):
     def __init__(self, split: str, image_size: tuple[int, int], limit: int | None, seed: int) -> None:
         super().__init__(split, image_size, None, seed)
         wanted = limit if limit is not None else 2 * len(self.photos)
-        classifier, kept = embedded_classifier(), []
-        with torch.no_grad():
-            for index in range(40 * wanted):
-                if len(kept) == wanted:
-                    break
-                image = Photos.item(self, index)["image"]
-                probs = classifier.image_logits(classifier.features(image[None])).softmax(1)[0]
-                if probs.max() >= MIN_CONFIDENCE:
-                    kept.append((index, int(probs.argmax())))
-        self.kept = kept
-        self.name, self.length = "cam_photos", len(kept)
+        self.kept = recognised(split, tuple(image_size), wanted, seed)
+        self.name, self.length = "cam_photos", len(self.kept)
 
     def item(self, index: int) -> dict[str, torch.Tensor]:
         source, label = self.kept[index]
         return {**Photos.item(self, source), "label": torch.tensor(label)}
+
+
+@functools.lru_cache(maxsize=8)
+def recognised(split: str, image_size: tuple[int, int], wanted: int, seed: int) -> tuple[tuple[int, int], ...]:
+    """(photos item, top-1 class) of the first ``wanted`` candidates the embedded classifier recognises;
+    kept per process, since every cell of a run loads the same selection (about 100 forward passes)."""
+    candidates, classifier, kept = Photos(split, image_size, None, seed), embedded_classifier(), []
+    with torch.no_grad():
+        for index in range(40 * wanted):
+            if len(kept) == wanted:
+                break
+            image = candidates.item(index)["image"]
+            probs = classifier.image_logits(classifier.features(image[None])).softmax(1)[0]
+            if probs.max() >= MIN_CONFIDENCE:
+                kept.append((index, int(probs.argmax())))
+    return tuple(kept)
