@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from bench.backbones import Backbone
+from bench.data.identity import dataset_identity, slug
 from bench.fitting.multiview import standardise
 from bench.registry import TASKS
 from bench.running.context import RunContext
@@ -131,10 +132,11 @@ class Cam(Task):
         """The cached linear classifier of this backbone and data, trained on first use."""
         s, p = self.settings(context.profile), context.profile
         name = self.dataset(p)
-        key = {"backbone": backbone.name, "data": name, "path": context.data_paths.get(name), "seed": p.seed,
-               "image_size": list(p.image_size), "n_train": s.n_train, "steps": s.head_steps, "lr": s.head_lr}
+        data = dataset_identity(name, context.data_paths.get(name))  # a changed folder gets a new classifier
+        key = {"backbone": backbone.name, "data": data, "seed": p.seed, "image_size": list(p.image_size),
+               "n_train": s.n_train, "steps": s.head_steps, "lr": s.head_lr}
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-        path = Path(context.cache_dir) / "classifiers" / f"{backbone.name}-{name}-{digest}.pt"
+        path = Path(context.cache_dir) / "classifiers" / f"{backbone.name}-{slug(data['label'])}-{digest}.pt"
         if path.is_file():
             try:
                 return LinearHead(**torch.load(path, weights_only=True))
