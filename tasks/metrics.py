@@ -41,6 +41,10 @@ class _SumRatio(Metric):
     def compute(self) -> torch.Tensor:
         return 100 * self.numerator / self.denominator.clamp_min(1)
 
+    def reset(self) -> None:
+        super().reset()
+        self.pairs = []
+
     def per_image(self) -> list[list[float]]:
         return self.pairs
 

@@ -40,6 +40,9 @@ def test_average_drop_and_increase_by_hand_for_both_protocols():
     assert rose.compute().item() == pytest.approx(25.0)  # only image 2 rose
     assert rose_or_same.compute().item() == pytest.approx(50.0)  # image 1 stayed level
     assert standard.per_image() == [[0.5, 1.0], [0.0, 1.0], [0.0, 1.0], [1.0, 1.0]]
+    standard.reset()
+    standard.update(Y[:1], O[:1])
+    assert standard.per_image() == [[0.5, 1.0]] and standard.compute().item() == pytest.approx(50.0)
 
 
 def test_adcc_by_hand():
