@@ -132,27 +132,24 @@ class Backbone(nn.Module):
             return self.model.blocks[: self.stages](self.model.bn1(self.model.conv_stem(x)))
         return self.model.forward_features(x)
 
-    def classify(self, feats: torch.Tensor, classes: torch.Tensor | None = None) -> torch.Tensor:
-        """Class logits per pixel of (B, dim, h, w) features: (B, classes, h, w), or (B, 1, h, w) for
-        one class per image when ``classes`` (B,) is given (a CAM needs only its class: at 224 px that
-        skips 1000 x 1280 multiply-adds per pixel).
+    def classify(self, feats: torch.Tensor) -> torch.Tensor:
+        """Class logits per pixel of (B, dim, h, w) features: (B, classes, h, w).
 
-        Pooling these over pixels gives the image's logits (the head is pointwise, then pooled, then
-        linear), so a class activation map is one channel of the output at the features' resolution.
+        Pooling these over pixels gives the image's logits, so a class activation map
+        is one channel of the output, at whatever resolution the features have.
         """
         head = self.linear_head()
-        if self.pre_head:
-            feats = self.model.bn2(self.model.conv_head(feats))
-        if classes is None:
-            return torch.einsum("bdhw,kd->bkhw", feats, head.weight) + head.bias.view(1, -1, 1, 1)
-        return (torch.einsum("bdhw,bd->bhw", feats, head.weight[classes]) + head.bias[classes].view(-1, 1, 1))[:, None]
+        feats = self._head_input(feats)
+        return torch.einsum("bdhw,kd->bkhw", feats, head.weight) + head.bias.view(1, -1, 1, 1)
 
     def image_logits(self, feats: torch.Tensor) -> torch.Tensor:
         """(B, classes) logits of the images whose (B, dim, h, w) features these are: the model's own prediction."""
         head = self.linear_head()
-        if self.pre_head:
-            feats = self.model.bn2(self.model.conv_head(feats))
-        return head(feats.mean((2, 3)))
+        return head(self._head_input(feats).mean((2, 3)))
+
+    def _head_input(self, feats: torch.Tensor) -> torch.Tensor:
+        """What the linear head pools: the features after EfficientNet's pointwise conv_head, if it has one."""
+        return self.model.bn2(self.model.conv_head(feats)) if self.pre_head else feats
 
     def linear_head(self) -> nn.Linear:
         """The model's linear classifier, if the features reach it through pointwise layers only."""
@@ -175,12 +172,6 @@ class Backbone(nn.Module):
             return [p for module in used for p in module.parameters()]
         head = {id(p) for p in self.model.get_classifier().parameters()}
         return [p for p in self.model.parameters() if id(p) not in head]
-
-    @property
-    def has_pixel_classifier(self) -> bool:
-        """A convnet whose features reach a linear head through pointwise layers and a mean pool
-        (ViTs classify from the class token, not from pooled patch tokens)."""
-        return not self.is_vit and self.stages is None and isinstance(self.model.get_classifier(), nn.Linear)
 
     @contextlib.contextmanager
     def halved_stride(self) -> Iterator["Backbone"]:

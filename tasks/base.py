@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Iterator
 
 if TYPE_CHECKING:
     import torch
+    from torch.utils.data import Dataset
 
     from bench.backbones import Backbone
     from bench.running.context import RunContext
@@ -59,6 +60,14 @@ class Task(ABC):
         settings = asdict(self.settings(profile))
         return {"task": self.name, "task_version": self.version, "dataset": self.dataset(profile),
                 **({"settings": settings} if settings else {})}
+
+    def load(self, split: str, context: "RunContext", limit: int | None) -> "Dataset":
+        """The first ``limit`` items of ``split`` of the profile's dataset of this task's kind."""
+        from bench.data import load_dataset  # imported on use: `list` and plugins need no data stack
+
+        p = context.profile
+        name = self.dataset(p)
+        return load_dataset(name, split, p.image_size, limit=limit, path=context.data_paths.get(name), seed=p.seed)
 
     def images(self, context: "RunContext") -> Iterator["torch.Tensor"]:
         """Every (3,H,W) image ``run`` will show an upsampler, so per-image methods are fitted up front."""

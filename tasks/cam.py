@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from bench.backbones import Backbone
@@ -96,6 +96,11 @@ def cam_of(upsampler: Upsampler, backbone: Backbone, head: LinearHead, image: to
     return cam
 
 
+def class_probs(backbone: Backbone, head: LinearHead, image: torch.Tensor) -> torch.Tensor:
+    """(B, K) softmax scores of the model explained: the backbone, pooled and standardised, then the head."""
+    return head.logits(standardise(backbone.features(image))).softmax(1)
+
+
 def cam_mask(cam: torch.Tensor, protocol: str) -> torch.Tensor:
     """(B,H,W) multiplicative mask: the CAM itself (standard) or its top half of pixels (relevance)."""
     if protocol == "standard":
@@ -117,15 +122,8 @@ class Cam(Task):
         return {**super().recipe(profile), "classifier": "linear on pooled channel-standardised features",
                 "cam": "ReLU, min-max, bilinear to the image", "coherency": "(Pearson + 1) / 2"}
 
-    def load_split(self, split: str, context: RunContext, limit: int | None) -> Dataset:
-        from bench.data import load_dataset
-
-        p = context.profile
-        name = self.dataset(p)
-        return load_dataset(name, split, p.image_size, limit=limit, path=context.data_paths.get(name), seed=p.seed)
-
     def images(self, context: RunContext):
-        data = self.load_split("val", context, self.settings(context.profile).n_val)
+        data = self.load("val", context, self.settings(context.profile).n_val)
         return (data[i]["image"] for i in range(len(data)))
 
     def head(self, backbone: Backbone, context: RunContext) -> LinearHead:
@@ -142,7 +140,7 @@ class Cam(Task):
                 return LinearHead(**torch.load(path, weights_only=True))
             except Exception as exc:  # a damaged file is retrained, never used
                 tqdm.write(f"classifier cache {path} is unreadable ({type(exc).__name__}); retraining it")
-        train = self.load_split("train", context, s.n_train)
+        train = self.load("train", context, s.n_train)
         pooled, labels = [], []
         with torch.no_grad():
             for batch in DataLoader(train, batch_size=s.batch_size):
@@ -155,14 +153,14 @@ class Cam(Task):
     def run(self, upsampler: Upsampler, backbone: Backbone, context: RunContext) -> list[MetricRow]:
         s = self.settings(context.profile)
         head = self.head(backbone, context).to(context.device)
-        val = self.load_split("val", context, s.n_val)
+        val = self.load("val", context, s.n_val)
         truth = getattr(val, "labels_are_truth", False)
-        ad, ai, adcc = AverageDrop(s.protocol), AverageIncrease(s.protocol), ADCC(s.protocol)
+        ad, ai, adcc = AverageDrop(s.protocol), AverageIncrease(s.protocol), ADCC()
         scored = 0
         for batch in tqdm(DataLoader(val, batch_size=s.batch_size), desc="cam", leave=False, disable=not context.progress):
             image, label = batch["image"].to(context.device), batch["label"].to(context.device)
             with torch.no_grad():
-                probs = head.logits(standardise(backbone.features(image))).softmax(1)
+                probs = class_probs(backbone, head, image)
                 top = probs.argmax(1)
                 if truth:  # ground truth: only the images the model classifies correctly
                     keep = head.classes[top] == label
@@ -172,7 +170,7 @@ class Cam(Task):
                 cam = cam_of(upsampler, backbone, head, image, top)
                 masked = image * cam_mask(cam, s.protocol)[:, None]
                 y = probs.gather(1, top[:, None])[:, 0]
-                o = head.logits(standardise(backbone.features(masked))).softmax(1).gather(1, top[:, None])[:, 0]
+                o = class_probs(backbone, head, masked).gather(1, top[:, None])[:, 0]
                 coherency = (pearson(cam, cam_of(upsampler, backbone, head, masked, top)) + 1) / 2
             ad.update(y, o)
             ai.update(y, o)

@@ -128,12 +128,8 @@ class E2ESeg(Task):
                 "backbone": "frozen", "optimizer": "AdamW", "loss": "cross-entropy, 255 ignored"}
 
     def load_split(self, split: str, context: RunContext) -> Dataset:
-        from bench.data import load_dataset
-
-        p, s = context.profile, self.settings(context.profile)
-        name = self.dataset(p)
-        return load_dataset(name, split, p.image_size, limit=s.n_train if split == "train" else s.n_val,
-                            path=context.data_paths.get(name), seed=p.seed)
+        s = self.settings(context.profile)
+        return self.load(split, context, s.n_train if split == "train" else s.n_val)
 
     def run(self, upsampler: Upsampler, backbone: Backbone, context: RunContext) -> list[MetricRow]:
         if upsampler.fit == "image":

@@ -26,9 +26,8 @@ class _SumRatio(Metric):
     full_state_update = False
     higher_is_better: bool
 
-    def __init__(self, protocol: str = "standard") -> None:
+    def __init__(self) -> None:
         super().__init__()
-        self.protocol = check_protocol(protocol)
         self.add_state("numerator", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("denominator", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
         self.pairs: list[list[float]] = []
@@ -49,7 +48,15 @@ class _SumRatio(Metric):
         return self.pairs
 
 
-class AverageDrop(_SumRatio):
+class _CamMetric(_SumRatio):
+    """A CAM faithfulness metric under one of CAM_PROTOCOLS."""
+
+    def __init__(self, protocol: str = "standard") -> None:
+        super().__init__()
+        self.protocol = check_protocol(protocol)
+
+
+class AverageDrop(_CamMetric):
     """A.D. = 100 * mean of max(0, Y - O) / Y: how much of the class score the CAM-masked image loses.
 
     ``y`` is the softmax score of the class on the image, ``o`` on the masked image. Standard: the mean
@@ -64,7 +71,7 @@ class AverageDrop(_SumRatio):
         self.add(drop * counted, counted)
 
 
-class AverageIncrease(_SumRatio):
+class AverageIncrease(_CamMetric):
     """A.I. = 100 * fraction of images whose class score rises when masked by the CAM (relevance: or stays)."""
 
     higher_is_better = True

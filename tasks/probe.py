@@ -153,12 +153,7 @@ class ProbeTask(Task):
         per-image statistics with the name of the ``bench.reporting.stats`` statistic that pools them."""
 
     def load_split(self, split: str, context: RunContext) -> Dataset:
-        from bench.data import load_dataset  # imported on use: `list` and plugins need no data stack
-
-        p = context.profile
-        name = self.dataset(p)
-        limit = p.split_size(self.data_kind, split)
-        return load_dataset(name, split, p.image_size, limit=limit, path=context.data_paths.get(name), seed=p.seed)
+        return self.load(split, context, context.profile.split_size(self.data_kind, split))
 
     def recipe(self, profile: Profile) -> dict[str, Any]:
         return {**super().recipe(profile), **probe_recipe(profile, self.data_kind)}

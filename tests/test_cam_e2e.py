@@ -18,7 +18,7 @@ from bench.running.context import RunContext
 from bench.running.profiles import PROFILES
 from bench.running.runner import plan
 from methods.bilinear import Bilinear
-from tasks.cam import Cam, cam_mask, cam_of
+from tasks.cam import Cam, cam_mask, cam_of, class_probs
 from tasks.e2e_seg import Decoder, E2ESeg, fit_decoder, model_gflops
 from tasks.metrics import ADCC, AverageDrop, AverageIncrease, DeltaAccuracy
 
@@ -92,16 +92,14 @@ def test_masking_with_the_cam_keeps_more_class_score_than_its_inverse(lite0, cam
     context = dataclasses.replace(cam_context, profile=profile)
     task = Cam()
     head = task.head(lite0, context)
-    photos = task.load_split("val", context, 6)
+    photos = task.load("val", context, 6)
     image = torch.stack([photos[i]["image"] for i in range(len(photos))])
-    from bench.fitting.multiview import standardise
-
     with torch.no_grad():
-        top = head.logits(standardise(lite0.features(image))).argmax(1)
+        top = class_probs(lite0, head, image).argmax(1)
         cam = cam_of(Bilinear(), lite0, head, image, top)
 
         def score(mask):
-            return head.logits(standardise(lite0.features(image * mask[:, None]))).softmax(1).gather(1, top[:, None])[:, 0]
+            return class_probs(lite0, head, image * mask[:, None]).gather(1, top[:, None])[:, 0]
 
         kept, inverted = score(cam_mask(cam, "standard")), score(cam_mask(1 - cam, "standard"))
     print("kept", kept.tolist(), "inverted", inverted.tolist())

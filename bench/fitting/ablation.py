@@ -16,11 +16,10 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from bench.fitting.multiview import SimpleDownsampler, replay
-from bench.fitting.per_image import (ImageFitSettings, fit_grids, fit_images, from_pca, image_hash, image_seed,
+from bench.fitting.per_image import (ImageFitSettings, fit_images, fit_inputs, from_pca, image_hash, image_seed,
                                      sample_views, view_features)
 from methods.featup_implicit import FeatUpImplicit
 
@@ -34,15 +33,13 @@ HELD_OUT_VIEWS = 8
 def held_out_error(method: FeatUpImplicit, backbone: "Backbone", image: torch.Tensor, fit: dict,
                    settings: ImageFitSettings, seed: int) -> float:
     """MSE between a fit's pooled, jittered HR features and the backbone's features of unseen views."""
-    fit_size, view_size = fit_grids(tuple(image.shape[-2:]), settings.scale)
+    fit_image, view_image = fit_inputs(image, settings.scale)
     held_out = dataclasses.replace(settings, views=HELD_OUT_VIEWS)
-    jitters = sample_views(held_out, fit_size, torch.Generator().manual_seed(seed))
-    view_image = F.interpolate(image, size=view_size, mode="bilinear", antialias=True, align_corners=False)
+    jitters = sample_views(held_out, tuple(fit_image.shape[-2:]), torch.Generator().manual_seed(seed))
     target = view_features(method, backbone, view_image, jitters, settings.scale)
     down = SimpleDownsampler(fit["down"].shape[-1])
     with torch.no_grad():
         down.weight.copy_(fit["down"])
-        fit_image = F.interpolate(image, size=fit_size, mode="bilinear", antialias=True, align_corners=False)
         hr = from_pca(method.fitted_network(fit)(fit_image), fit["mean"], fit["basis"])
         grids = torch.stack([j.grid() for j in jitters])[None]
         pred = down(replay(hr, grids, jitters[0].pad), tuple(target.shape[-2:]))

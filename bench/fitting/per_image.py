@@ -114,6 +114,18 @@ def fit_grids(image_size: tuple[int, int], scale: int) -> tuple[tuple[int, int],
     return fit, (fit[0] * scale, fit[1] * scale)
 
 
+def fit_inputs(images: torch.Tensor, scale: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images at the network's grid, images at the size the backbone sees views at), antialiased."""
+    fit_size, view_size = fit_grids(tuple(images.shape[-2:]), scale)
+
+    def resized(size: tuple[int, int]) -> torch.Tensor:
+        if size == tuple(images.shape[-2:]):
+            return images
+        return F.interpolate(images, size=size, mode="bilinear", antialias=True, align_corners=False)
+
+    return resized(fit_size), resized(view_size)
+
+
 @dataclass
 class FitResult:
     fits: list[dict[str, Any]]
@@ -147,10 +159,8 @@ def fit_images(
     """Fit ``method``'s network to each of ``images`` (G,3,H,W) at once; image g's draws come from ``seeds[g]``."""
     g_count, device = images.shape[0], images.device
     generators = [torch.Generator().manual_seed(s) for s in seeds]
-    fit_size, view_size = fit_grids(tuple(images.shape[-2:]), settings.scale)
-    view_images = F.interpolate(images, size=view_size, mode="bilinear", antialias=True, align_corners=False) \
-        if view_size != tuple(images.shape[-2:]) else images
-    grid_images = F.interpolate(images, size=fit_size, mode="bilinear", antialias=True, align_corners=False)
+    grid_images, view_images = fit_inputs(images, settings.scale)
+    fit_size = tuple(grid_images.shape[-2:])
     jitters = [sample_views(settings, fit_size, g) for g in generators]
     grids = torch.stack([torch.stack([j.grid(device) for j in views]) for views in jitters])  # (G, V, h, w, 2)
     feats = [view_features(method, backbone, view_images[i:i + 1], jitters[i], settings.scale) for i in range(g_count)]
