@@ -25,10 +25,7 @@ from bench.registry import METHODS
 from kernels.adaptive_conv import adaptive_conv
 from kernels.window_dot import window_dot
 from methods.base import Upsampler
-from methods.stages import num_stages
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from methods.stages import imagenet_normalised, num_stages
 
 
 def pad(x: torch.Tensor, radius: int) -> torch.Tensor:
@@ -96,8 +93,6 @@ class FeatUpJBU(Upsampler):
         self.refine = nn.Conv2d(dim, dim, 1)
         self.refine_dropout = nn.Dropout2d(0.2)
         self.kernel_impl = kernel_impl
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
     @classmethod
     def create(cls, backbone: Backbone) -> "FeatUpJBU":
@@ -116,9 +111,10 @@ class FeatUpJBU(Upsampler):
             x = project(x, proj)
             bias = torch.einsum("bc,bdc->bd", bias, proj.to(bias))
         h, w = x.shape[-2:]
+        image = imagenet_normalised(image)
         for stage in self.stages:
             h, w = 2 * h, 2 * w
-            guidance = (F.adaptive_avg_pool2d(image, (h, w)) - self.mean) / self.std
+            guidance = F.adaptive_avg_pool2d(image, (h, w))
             x = stage(x, guidance, self.kernel_impl)
         if tuple(x.shape[-2:]) != tuple(output_size):
             x = F.interpolate(x, size=tuple(output_size), mode="bilinear", align_corners=False)

@@ -1,7 +1,7 @@
 """Resize-conv: bilinear x2, then a learned 1x1 correction from the features and the image.
 
 FeatUp's "resize-conv" baseline (REFERENCE §5): per stage, bilinear x2, then a 1x1
-conv over [upsampled features, image resized to the stage's size] added back as a
+conv over [upsampled features, ImageNet-normalised image resized to the stage's size] added back as a
 residual, ReLU on every stage's correction but the last. With zeroed convs it is
 exactly repeated bilinear x2, so training can only add to bilinear.
 """
@@ -23,14 +23,14 @@ class ResizeConvStage(nn.Module):
         self.conv = nn.Conv2d(dim + 3, dim, kernel_size=1)
         self.relu = relu
 
-    def forward(self, x: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, guidance: torch.Tensor) -> torch.Tensor:
         # conv([up(x), guide]) = up(W_x x) + W_g guide + b: a 1x1 conv and a bilinear resize commute
         # (both linear, interpolation weights sum to 1), so the C x C product runs on the 4x smaller
         # input grid; without a ReLU, up(x) + up(W_x x) is one resize, up(x + W_x x). Same weights
         # and output as the concatenated form, a quarter of its FLOPs and one HR resize less.
         weight = self.conv.weight
         low = F.conv2d(x, weight[:, :-3])
-        guide = F.interpolate(image, size=(2 * x.shape[-2], 2 * x.shape[-1]), mode="bilinear", align_corners=False)
+        guide = F.interpolate(guidance, size=(2 * x.shape[-2], 2 * x.shape[-1]), mode="bilinear", align_corners=False)
         image_part = F.conv2d(guide, weight[:, -3:], self.conv.bias)
         if self.relu:
             return _up2(x) + F.relu(_up2(low) + image_part)
@@ -45,6 +45,8 @@ def _up2(x: torch.Tensor) -> torch.Tensor:
 @METHODS.register
 class ResizeConv(StagedUpsampler):
     name = "resize_conv"
+    version = "2"
+    """v2: the guidance is the ImageNet-normalised image (v1 took the raw [0,1] image)."""
 
     def make_stage(self, dim: int, last: bool) -> nn.Module:
         return ResizeConvStage(dim, relu=not last)

@@ -24,6 +24,21 @@ if TYPE_CHECKING:
     from bench.backbones import Backbone
 
 
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def imagenet_normalised(image: torch.Tensor) -> torch.Tensor:
+    """The [0,1] image in ImageNet mean/std units: the guidance FeatUp gives JBU, resize-conv and SAPA.
+
+    SAPA's query LayerNorm over 3 channels maps a grey [0,1] pixel to 0 (its channels are equal);
+    in these units grey is not grey any more, which is what FeatUp's comparison fed it (REFERENCE §5).
+    """
+    mean = image.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = image.new_tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    return (image - mean) / std
+
+
 def num_stages(stride: int) -> int:
     """x2 stages that bring a stride-``stride`` grid to image resolution or just past it (14, 16 -> 4; 32 -> 5)."""
     if stride < 1:
@@ -95,7 +110,8 @@ class StagedUpsampler(Upsampler):
 
     @abstractmethod
     def make_stage(self, dim: int, last: bool) -> nn.Module:
-        """One x2 stage: ``stage(feats (B,C,h,w), image (B,3,H,W)) -> (B,C,2h,2w)``."""
+        """One x2 stage: ``stage(feats (B,C,h,w), guidance (B,3,H,W)) -> (B,C,2h,2w)``, the guidance being
+        the ImageNet-normalised image."""
 
     @classmethod
     def create(cls, backbone: "Backbone") -> "StagedUpsampler":
@@ -108,7 +124,7 @@ class StagedUpsampler(Upsampler):
         if image.dim() != 4 or image.shape[1] != 3 or image.shape[0] != lr_feats.shape[0]:
             raise ValueError(f"{self.name!r} needs an image batch (B,3,H,W) matching the features' batch "
                              f"{lr_feats.shape[0]}, got shape {tuple(image.shape)}")
-        x = lr_feats
+        x, guidance = lr_feats, imagenet_normalised(image)
         for stage in self.stages:
-            x = stage(x, image)
+            x = stage(x, guidance)
         return resize_to(x, output_size)

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from bench.registry import METHODS
 from methods.carafe import CarafeStage
 from methods.sapa import SapaStage
-from methods.stages import num_stages, reassemble, zero_pad
+from methods.stages import imagenet_normalised, num_stages, reassemble, zero_pad
 
 NAMES = ["resize_conv", "carafe", "sapa"]
 DIM = 8
@@ -34,7 +34,7 @@ def test_stage_rule_reaches_image_resolution(stride, stages):
 @pytest.mark.parametrize("stride", [14, 16, 32])
 def test_shapes_batch_non_square(name, stride):
     method = build(name, stride)
-    assert method.fit == "dataset" and method.version == "1" and len(method.stages) == num_stages(stride)
+    assert method.fit == "dataset" and len(method.stages) == num_stages(stride)
     image = torch.rand(2, 3, 70, 100)
     lr = rand(2, DIM, -(-70 // stride), -(-100 // stride))
     with torch.no_grad():
@@ -148,6 +148,21 @@ def test_sapa_depends_on_the_image():
         p.data.normal_(0, 1)
     with torch.no_grad():
         assert not torch.allclose(method(lr, torch.rand(1, 3, 48, 64), OUT), method(lr, torch.zeros(1, 3, 48, 64), OUT))
+
+
+def test_sapa_query_of_a_grey_image_is_not_all_zeros():
+    """FeatUp feeds SAPA the ImageNet-normalised image: grey pixels keep a non-zero LayerNorm'd query,
+    and different greys give different kernels (a raw [0,1] grey maps every query to the bias)."""
+    method, lr = build("sapa"), rand(1, DIM, 3, 4)
+    stage = method.stages[0]
+    normalised = torch.nn.functional.layer_norm(
+        imagenet_normalised(torch.full((1, 3, 6, 8), 0.5)).permute(0, 2, 3, 1), (3,))
+    assert normalised.abs().min() > 0.1
+    for p in method.parameters():
+        p.data.normal_(0, 1)
+    with torch.no_grad():
+        dark, light = (stage.kernels(lr, imagenet_normalised(torch.full((1, 3, 6, 8), g))) for g in (0.2, 0.8))
+    assert not torch.allclose(dark, light)
 
 
 def test_resize_conv_with_zero_convs_is_repeated_bilinear():
