@@ -25,7 +25,8 @@ from bench.registry import METHODS
 from kernels.adaptive_conv import adaptive_conv
 from kernels.window_dot import window_dot
 from methods.base import Upsampler
-from methods.stages import imagenet_normalised, num_stages
+from methods.guidance import imagenet_normalised
+from methods.stages import num_stages
 
 
 def pad(x: torch.Tensor, radius: int) -> torch.Tensor:

@@ -162,6 +162,20 @@ def test_coco_stuff_fixture_labels_are_mapped_and_curated_list_restricts():
     assert len(load_dataset("coco_stuff", "val", (16, 16), path=str(root))) == 1  # no curated list: all
 
 
+def test_coco_stuff_named_training_list_is_used_and_a_missing_or_unknown_one_is_refused(tmp_path):
+    root = FIXTURES / "coco_stuff"
+    featup = load_dataset("coco_stuff", "train", (24, 32), path=str(root), image_list="Coco164kFull_Stuff_Coarse.txt")
+    listed = (root / "curated/train2017/Coco164kFull_Stuff_Coarse.txt").read_text().split()
+    assert [p[0].stem for p in featup.pairs] == listed == ["000000000025", "000000000030"]
+    with pytest.raises(DatasetError, match="no image list 'mine.txt'.*Coco164kFull_Stuff_Coarse.txt"):
+        load_dataset("coco_stuff", "train", (24, 32), path=str(root), image_list="mine.txt")
+    copy = tmp_path / "coco"
+    shutil.copytree(root, copy)
+    (copy / "curated/train2017/Coco164kFull_Stuff_Coarse.txt").unlink()
+    with pytest.raises(DatasetError, match="Coco164kFull_Stuff_Coarse.txt' is not at"):
+        load_dataset("coco_stuff", "train", (24, 32), path=str(copy), image_list="Coco164kFull_Stuff_Coarse.txt")
+
+
 def test_grayscale_image_becomes_three_equal_channels():
     item = load_dataset("coco_stuff", "train", (24, 32), path=PATHS["coco_stuff"])[1]  # 000000000030 is gray
     assert torch.equal(item["image"][0], item["image"][1]) and torch.equal(item["image"][1], item["image"][2])

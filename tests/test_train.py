@@ -228,3 +228,23 @@ def test_multiview_loss_falls_on_real_photos(lite0, tmp_path, monkeypatch):
     losses = json.loads((folder / "provenance.json").read_text())["losses"]
     first, last = np.mean(losses[:8]), np.mean(losses[-8:])
     assert last < first - 0.1, f"loss went from {first:.3f} to {last:.3f}"
+
+
+def test_sampled_crf_matches_a_pairwise_loop_and_vanishes_on_constant_features():
+    from bench.fitting.multiview import CRF_ALPHA, CRF_BETA, CRF_GAMMA, CRF_W1, CRF_W2, sampled_crf
+
+    guidance, feats = torch.rand(2, 3, 5, 6), torch.rand(2, 4, 5, 6)
+    torch.manual_seed(3)
+    energy = sampled_crf(guidance, feats, samples=7)
+    torch.manual_seed(3)
+    ys, xs = torch.randint(0, 5, (7,)), torch.randint(0, 6, (7,))
+    total = 0.0
+    for b in range(2):
+        for i in range(7):
+            for j in range(7):
+                dp = (ys[i] / 5 - ys[j] / 5) ** 2 + (xs[i] / 6 - xs[j] / 6) ** 2
+                dc = (guidance[b, :, ys[i], xs[i]] - guidance[b, :, ys[j], xs[j]]).square().sum()
+                k = CRF_W1 * torch.exp(-dp / (2 * CRF_ALPHA) - dc / (2 * CRF_BETA)) + CRF_W2 * torch.exp(-dp / (2 * CRF_GAMMA))
+                total += k * (feats[b, :, ys[i], xs[i]] - feats[b, :, ys[j], xs[j]]).square().sum()
+    torch.testing.assert_close(energy, total / (2 * 7 * 7))
+    assert sampled_crf(guidance, torch.ones(2, 4, 5, 6), samples=7) == 0

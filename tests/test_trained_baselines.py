@@ -8,7 +8,8 @@ import torch.nn.functional as F
 from bench.registry import METHODS
 from methods.carafe import CarafeStage
 from methods.sapa import SapaStage
-from methods.stages import imagenet_normalised, num_stages, reassemble, zero_pad
+from methods.guidance import imagenet_normalised
+from methods.stages import num_stages, reassemble, zero_pad
 
 NAMES = ["resize_conv", "carafe", "sapa"]
 DIM = 8

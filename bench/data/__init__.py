@@ -71,11 +71,12 @@ def dataset_layout(name: str) -> str:
 
 
 def load_dataset(name: str, split: str, image_size: tuple[int, int], limit: int | None = None,
-                 path: str | None = None, seed: int = 0) -> Dataset:
+                 path: str | None = None, seed: int = 0, image_list: str | None = None) -> Dataset:
     """Open one split of a registered dataset, items resized and centre-cropped to ``image_size`` (H, W).
 
     ``limit`` caps the number of items (the first ones, always the same); ``seed`` fixes every
     random choice of the generated datasets. Folder datasets need ``path``; embedded ones refuse it.
+    ``image_list`` names a list of image ids shipped with a folder dataset (COCO-Stuff's curated lists).
     """
     spec: DatasetSpec = DATASETS.get(name)
     if split not in SPLITS:
@@ -86,6 +87,10 @@ def load_dataset(name: str, split: str, image_size: tuple[int, int], limit: int 
     if limit is not None and limit < 0:
         raise ValueError(f"limit must be None or >= 0, got {limit}")
     loader = _loader(name)
+    lists = getattr(loader, "image_lists", ())
+    if image_list is not None and image_list not in lists:
+        raise DatasetError(f"dataset {name!r} has no image list {image_list!r}; "
+                           f"its lists: {', '.join(lists) or 'none'}")
     if spec.embedded:
         if path is not None:
             raise DatasetError(f"dataset {name!r} is embedded and takes no path (got {path!r}); "
@@ -94,4 +99,4 @@ def load_dataset(name: str, split: str, image_size: tuple[int, int], limit: int 
     if path is None:
         raise DatasetError(f"dataset {name!r} needs its local folder: pass --data {name}=PATH, "
                            f"PATH laid out as\n{loader.layout}")
-    return loader(path, split, size, limit)
+    return loader(path, split, size, limit, **({"image_list": image_list} if image_list else {}))

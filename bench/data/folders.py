@@ -94,13 +94,22 @@ class CocoStuff(FolderDataset):
     num_classes = len(COARSE_CLASSES)
     layout = ("PATH/\n    images/{train2017,val2017}/*.jpg\n"
               "    annotations/{train2017,val2017}/*.png   (stuffthingmaps: fine ids 0-181, 255 unlabeled)\n"
-              "    curated/{train2017,val2017}/Coco164kFull_Stuff_Coarse_7.txt   (optional: image ids to use)")
+              "    curated/{train2017,val2017}/Coco164kFull_Stuff_Coarse_7.txt   (optional: image ids to use)\n"
+              "    curated/train2017/Coco164kFull_Stuff_Coarse.txt   (FeatUp's training list; the paper profile needs it)")
     CURATED = "Coco164kFull_Stuff_Coarse_7.txt"
+    """STEGO's list, used where present when no list is named (the probes' split)."""
+    image_lists = ("Coco164kFull_Stuff_Coarse.txt", CURATED)
+    """FeatUp's curated training list (97,702 train ids) and STEGO's smaller one."""
 
-    def __init__(self, path: str, split: str, image_size: tuple[int, int], limit: int | None) -> None:
+    def __init__(self, path: str, split: str, image_size: tuple[int, int], limit: int | None,
+                 image_list: str | None = None) -> None:
         root, folder = Path(path), f"{split}2017"
         check_layout(root, [f"images/{folder}", f"annotations/{folder}"], "coco_stuff", self.layout)
-        curated = root / "curated" / folder / self.CURATED
+        curated = root / "curated" / folder / (image_list or self.CURATED)
+        if image_list and not curated.is_file():
+            raise DatasetError(f"coco_stuff: the image list {image_list!r} is not at {curated}; FeatUp's lists come "
+                               f"with its COCO-Stuff download (curated/{folder}/), or name another with a profile's "
+                               f"train_list; expected a folder laid out as\n{self.layout}")
         stems = curated.read_text().split() if curated.is_file() else None
         pairs = paired_files(root / "images" / folder, root / "annotations" / folder, ".png", "coco_stuff", stems)
         super().__init__("coco_stuff", split, image_size, limit, pairs)

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from methods.guidance import imagenet_normalised
+
 if TYPE_CHECKING:
     from methods.base import Upsampler
 
@@ -155,8 +157,9 @@ class AttentionDownsampler(nn.Module):
         super().__init__()
         self.logit = nn.Linear(dim, 1)
         self.dropout = nn.Dropout(0.2)
-        self.scale = nn.Parameter(torch.ones(kernel_size * kernel_size))
-        self.bias = nn.Parameter(torch.zeros(kernel_size * kernel_size))
+        # FeatUp's init: scale 1 and bias 0, each plus 0.01 * randn (REFERENCE §4)
+        self.scale = nn.Parameter(1 + 0.01 * torch.randn(kernel_size * kernel_size))
+        self.bias = nn.Parameter(0.01 * torch.randn(kernel_size * kernel_size))
 
     def forward(self, hr: torch.Tensor, lr_size: tuple[int, int]) -> torch.Tensor:
         (b, c, h, w), k = hr.shape, math.isqrt(self.scale.numel())
@@ -208,13 +211,16 @@ class MultiViewLoss(nn.Module):
     and before the upsampler itself for those offering ``forward_projected``.
     """
 
-    def __init__(self, dim: int, kernel_size: int, downsampler: str = "simple", tv_weight: float = 0.0) -> None:
+    def __init__(self, dim: int, kernel_size: int, downsampler: str = "simple", tv_weight: float = 0.0,
+                 crf_weight: float = 0.0) -> None:
         super().__init__()
         self.downsampler = make_downsampler(downsampler, dim, kernel_size)
         self.scale_net = nn.Conv2d(dim, 1, 1)
-        with torch.no_grad():
+        with torch.no_grad():  # FeatUp's ScaleNet: weight and bias both x0.1 at init
             self.scale_net.weight.mul_(0.1)
+            self.scale_net.bias.mul_(0.1)
         self.tv_weight = tv_weight
+        self.crf_weight = crf_weight
 
     def forward(
         self, upsampler: "Upsampler", lr: torch.Tensor, image: torch.Tensor, jitters: list[Jitter],
@@ -237,10 +243,37 @@ class MultiViewLoss(nn.Module):
         loss = total / len(jitters)
         if self.tv_weight:
             loss = loss + self.tv_weight * total_variation(hr).mean()
+        if self.crf_weight:  # on the first view's channels, as FeatUp's JBU recipe
+            first = hr[:, :projs[0].shape[1]] if early else project(hr, projs[0])
+            loss = loss + self.crf_weight * sampled_crf(imagenet_normalised(image), first)
         return loss
 
     def nll(self, pred: torch.Tensor, target: torch.Tensor, view_lr: torch.Tensor) -> torch.Tensor:
         return gaussian_nll(pred, target, self.scale_net(view_lr)).mean()
+
+
+CRF_SAMPLES, CRF_ALPHA, CRF_BETA, CRF_GAMMA, CRF_W1, CRF_W2 = 1000, 0.1, 0.15, 0.005, 10.0, 3.0
+"""FeatUp's SampledCRFLoss constants (shift 0)."""
+
+
+def sampled_crf(guidance: torch.Tensor, feats: torch.Tensor, samples: int = CRF_SAMPLES) -> torch.Tensor:
+    """FeatUp's sampled dense-CRF energy: feature distances between random pixel pairs, weighted by
+    an appearance kernel (position and colour) plus a smoothness kernel (position only).
+
+    ``samples`` pixels (shared by the batch, drawn from torch's global generator) give samples^2
+    pairs; positions are in [0,1) units of the image height and width. FeatUp pairs the un-jittered
+    image with the first view's jittered features; here both are in the image's own frame.
+    """
+    (h, w), device = guidance.shape[-2:], guidance.device
+    ys, xs = torch.randint(0, h, (samples,), device=device), torch.randint(0, w, (samples,), device=device)
+    pos = torch.stack([ys / h, xs / w])
+    pos_diff = (pos[:, :, None] - pos[:, None, :]).square().sum(0)
+    colour, picked = guidance[:, :, ys, xs], feats[:, :, ys, xs]
+    colour_diff = (colour[..., :, None] - colour[..., None, :]).square().sum(1)
+    kernel = (CRF_W1 * torch.exp(-pos_diff / (2 * CRF_ALPHA) - colour_diff / (2 * CRF_BETA))
+              + CRF_W2 * torch.exp(-pos_diff / (2 * CRF_GAMMA)))
+    feat_diff = (picked[..., :, None] - picked[..., None, :]).square().sum(1)
+    return (feat_diff * kernel).mean()
 
 
 def gaussian_nll(pred: torch.Tensor, target: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:

@@ -2,8 +2,11 @@
 
 Any trainable Upsampler is trained the same way (REFERENCE §4): NAdam over its
 parameters, the downsampler's and the uncertainty net's; ``train_views`` jittered
-views per batch (see MultiViewLoss), one step per batch; gradient norm clipped
-to 1e-4 for the first 10 steps. Weights live in
+views per batch (see MultiViewLoss) plus FeatUp's sampled CRF term (weight 0.001),
+one step per batch; gradient norm clipped to 1e-4 for the first 10 steps. The
+profile picks the downsampler (``train_downsampler``), the training list
+(``train_list``) and the length (``train_steps``; None: one shuffled epoch, as
+FeatUp's config). Weights live in
 
     <cache_dir>/weights/<method>-v<version>-<backbone>-<train data label>-<profile>-seed<seed>/
         weights.pt        the upsampler's state dict
@@ -26,6 +29,7 @@ from tqdm.auto import tqdm
 
 from bench.backbones import Backbone
 from bench.running.context import RunContext
+from bench.running.profiles import Profile
 from bench.data import load_dataset
 from bench.data.identity import dataset_identity, slug
 from bench.fitting.multiview import PROJ_DIM, Jitter, MultiViewLoss, random_projection
@@ -35,9 +39,8 @@ from methods.base import Upsampler
 
 LR = 1e-3
 CLIP_STEPS, CLIP_NORM = 10, 1e-4
-DOWNSAMPLER = "simple"
-"""FeatUp's JBU recipe pools with the attention downsampler; the simple one acts per
-channel, which lets the loss run on 30 projected channels (REFERENCE §4), ~10x cheaper."""
+CRF_WEIGHT = 0.001
+"""FeatUp's JBU recipe; its TV weight is 0."""
 CHECKPOINTS = 10
 """Resume checkpoints per run."""
 
@@ -54,15 +57,16 @@ def checkpoint(upsampler: Upsampler, backbone: Backbone, context: RunContext) ->
     """
     p = context.profile
     data = dataset_identity(p.train_data, context.data_paths.get(p.train_data))
+    steps = p.train_steps if p.train_steps is not None else "one epoch"
     folder = (Path(context.cache_dir) / "weights"
               / f"{upsampler.name}-v{upsampler.version}-{backbone.name}-{slug(data['label'])}-{p.name}-seed{p.seed}")
     recipe = {
         "method": upsampler.name, "version": upsampler.version, "backbone": backbone.name, "dim": backbone.dim,
         "stride": backbone.stride, "dataset": p.train_data, "data": data, "profile": p.name,
         "image_size": list(p.image_size),
-        "steps": p.train_steps, "batch": p.train_batch, "views": p.train_views, "seed": p.seed,
-        "optimizer": "NAdam", "lr": LR, "clip": [CLIP_STEPS, CLIP_NORM], "downsampler": DOWNSAMPLER,
-        "proj_dim": PROJ_DIM,
+        "train_list": p.train_list, "steps": steps, "batch": p.train_batch, "views": p.train_views, "seed": p.seed,
+        "optimizer": "NAdam", "lr": LR, "clip": [CLIP_STEPS, CLIP_NORM], "downsampler": p.train_downsampler,
+        "proj_dim": PROJ_DIM, "crf_weight": CRF_WEIGHT, "uncertainty_init": "weight and bias x0.1",
     }
     return folder, recipe
 
@@ -92,22 +96,20 @@ def train_method(upsampler: Upsampler, backbone: Backbone, context: RunContext) 
     folder, recipe = checkpoint(upsampler, backbone, context)
     if (folder / "provenance.json").is_file():
         raise CheckpointError(f"{folder} already holds trained weights for this recipe. {_delete_hint(folder)}")
-    data = load_dataset(p.train_data, "train", p.image_size, limit=p.train_steps * p.train_batch,
-                        path=context.data_paths.get(p.train_data), seed=p.seed)
-    if len(data) == 0:
-        raise ValueError(f"training set {p.train_data!r} is empty")
+    data = training_images(context)
+    total = training_steps(p, len(data))
     torch.manual_seed(p.seed)
     generator = torch.Generator().manual_seed(p.seed)
     upsampler.to(device).train()
     backbone.to(device)
-    objective = MultiViewLoss(backbone.dim, backbone.stride, DOWNSAMPLER).to(device)
+    objective = MultiViewLoss(backbone.dim, backbone.stride, p.train_downsampler, crf_weight=CRF_WEIGHT).to(device)
     params = [*upsampler.parameters(), *objective.parameters()]
     optimizer = torch.optim.NAdam(params, lr=LR)
     state = {"step": 0, "seconds": 0.0, "losses": []}
     if (folder / "resume.pt").is_file():
         state = _resume(folder, recipe, upsampler, objective, optimizer, generator, device)
-    every = max(1, p.train_steps // CHECKPOINTS)
-    bar = tqdm(range(state["step"], p.train_steps), initial=state["step"], total=p.train_steps,
+    every = max(1, total // CHECKPOINTS)
+    bar = tqdm(range(state["step"], total), initial=state["step"], total=total,
                desc=f"train {upsampler.name}", disable=not context.progress)
     started = time.perf_counter() - state["seconds"]
     for step in bar:
@@ -126,7 +128,7 @@ def train_method(upsampler: Upsampler, backbone: Backbone, context: RunContext) 
         optimizer.step()
         state["losses"].append(loss.item())
         bar.set_postfix(loss=f"{loss.item():.4f}")
-        if (step + 1) % every == 0 and step + 1 < p.train_steps:
+        if (step + 1) % every == 0 and step + 1 < total:
             state.update(step=step + 1, seconds=time.perf_counter() - started)
             _save_resume(folder, recipe, state, upsampler, objective, optimizer, generator)
     seconds = time.perf_counter() - started
@@ -140,6 +142,22 @@ def train_method(upsampler: Upsampler, backbone: Backbone, context: RunContext) 
     (folder / "resume.pt").unlink(missing_ok=True)
     upsampler.eval()
     return folder
+
+
+def training_images(context: RunContext) -> Any:
+    """The images the upsamplers are trained on: the profile's list, as many as its steps take."""
+    p = context.profile
+    limit = None if p.train_steps is None else p.train_steps * p.train_batch
+    data = load_dataset(p.train_data, "train", p.image_size, limit=limit, path=context.data_paths.get(p.train_data),
+                        seed=p.seed, image_list=p.train_list)
+    if len(data) == 0:
+        raise ValueError(f"training set {p.train_data!r} is empty")
+    return data
+
+
+def training_steps(profile: Profile, images: int) -> int:
+    """The profile's steps, or one epoch over ``images`` at its batch size when it gives none."""
+    return profile.train_steps if profile.train_steps is not None else -(-images // profile.train_batch)
 
 
 def _batch(data: Any, step: int, batch: int, seed: int) -> torch.Tensor:

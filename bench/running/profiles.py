@@ -29,7 +29,8 @@ class Profile:
     probe_pixels: int | None
     """Training pixels sampled per image for the probe (None: all of them)."""
     batch_size: int
-    train_steps: int
+    train_steps: int | None
+    """Optimiser steps of the trainable upsamplers (None: one shuffled epoch over the training list)."""
     train_batch: int
     train_views: int
     seed: int = 0
@@ -40,6 +41,12 @@ class Profile:
     """Datasets each task of their kind is scored on as well, in table columns of their own."""
     classify_data: str = "cam_photos"
     """Images with ImageNet class labels, for the CAM task."""
+    train_downsampler: str = "simple"
+    """"attention" is FeatUp's JBU recipe; "simple" acts per channel, so the loss runs on the 30
+    projected channels (REFERENCE §4), about 10x cheaper on a CPU."""
+    train_list: str | None = None
+    """A folder dataset's named image list to train on (COCO-Stuff: FeatUp's curated
+    ``Coco164kFull_Stuff_Coarse.txt`` or STEGO's ``Coco164kFull_Stuff_Coarse_7.txt``)."""
     task_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Task name -> overrides of that task's settings (each task declares its own, with defaults)."""
 
@@ -95,6 +102,8 @@ PROFILES.register(Profile(
     name="paper", backbone="vit", image_size=(224, 224), n_train=None, n_val=None,
     seg_data="coco_stuff", depth_data="nyuv2", train_data="coco_stuff",
     probe_steps=2000, probe_lr=5e-3, probe_pixels=None, batch_size=16,
-    train_steps=2000, train_batch=4, train_views=5,
+    # FeatUp's JBU config: one shuffled epoch over its curated list (97,702 ids, ~24.4k steps at batch 4)
+    train_steps=None, train_batch=4, train_views=5, train_downsampler="attention",
+    train_list="Coco164kFull_Stuff_Coarse.txt",
     classify_data="imagenet", task_settings={"cam": {"n_val": 2000}},
 ))
