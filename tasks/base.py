@@ -69,6 +69,10 @@ class Task(ABC):
         name = self.dataset(p)
         return load_dataset(name, split, p.image_size, limit=limit, path=context.data_paths.get(name), seed=p.seed)
 
+    def load_split(self, split: str, context: "RunContext") -> "Dataset":
+        """``split`` with as many items as the task's settings give for it (``n_train``, ``n_val``; None: all)."""
+        return self.load(split, context, getattr(self.settings(context.profile), f"n_{split}", None))
+
     def images(self, context: "RunContext") -> Iterator["torch.Tensor"]:
         """Every (3,H,W) image ``run`` will show an upsampler, so per-image methods are fitted up front."""
         return iter(())

@@ -123,7 +123,7 @@ class Cam(Task):
                 "cam": "ReLU, min-max, bilinear to the image", "coherency": "(Pearson + 1) / 2"}
 
     def images(self, context: RunContext):
-        data = self.load("val", context, self.settings(context.profile).n_val)
+        data = self.load_split("val", context)
         return (data[i]["image"] for i in range(len(data)))
 
     def head(self, backbone: Backbone, context: RunContext) -> LinearHead:
@@ -140,7 +140,7 @@ class Cam(Task):
                 return LinearHead(**torch.load(path, weights_only=True))
             except Exception as exc:  # a damaged file is retrained, never used
                 tqdm.write(f"classifier cache {path} is unreadable ({type(exc).__name__}); retraining it")
-        train = self.load("train", context, s.n_train)
+        train = self.load_split("train", context)
         pooled, labels = [], []
         with torch.no_grad():
             for batch in DataLoader(train, batch_size=s.batch_size):
@@ -153,7 +153,7 @@ class Cam(Task):
     def run(self, upsampler: Upsampler, backbone: Backbone, context: RunContext) -> list[MetricRow]:
         s = self.settings(context.profile)
         head = self.head(backbone, context).to(context.device)
-        val = self.load("val", context, s.n_val)
+        val = self.load_split("val", context)
         truth = getattr(val, "labels_are_truth", False)
         ad, ai, adcc = AverageDrop(s.protocol), AverageIncrease(s.protocol), ADCC()
         scored = 0

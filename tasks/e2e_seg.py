@@ -23,8 +23,6 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 from torch.utils.flop_counter import FlopCounterMode
-from torchmetrics import MetricCollection
-from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
 from tqdm.auto import tqdm
 
 from bench.backbones import Backbone
@@ -34,7 +32,8 @@ from bench.running.context import RunContext
 from bench.running.failures import NotApplicable
 from methods.base import Upsampler
 from tasks.base import MetricRow, Task, TaskSettings
-from tasks.probe_seg import IGNORE, confusion_matrices
+from tasks.metrics import SegmentationScores
+from tasks.probe_seg import IGNORE
 
 HIDDEN = 128
 
@@ -127,10 +126,6 @@ class E2ESeg(Task):
         return {**super().recipe(profile), "decoder": f"standardise, 1x1 conv {HIDDEN}, ReLU, 1x1 conv",
                 "backbone": "frozen", "optimizer": "AdamW", "loss": "cross-entropy, 255 ignored"}
 
-    def load_split(self, split: str, context: RunContext) -> Dataset:
-        s = self.settings(context.profile)
-        return self.load(split, context, s.n_train if split == "train" else s.n_val)
-
     def run(self, upsampler: Upsampler, backbone: Backbone, context: RunContext) -> list[MetricRow]:
         if upsampler.fit == "image":
             raise NotApplicable(f"{upsampler.name} is fitted per image without labels; end-to-end training "
@@ -142,25 +137,14 @@ class E2ESeg(Task):
 
     def evaluate(self, upsampler: Upsampler, backbone: Backbone, decoder: Decoder, val: Dataset,
                  context: RunContext) -> list[MetricRow]:
-        classes = val.num_classes
-        metrics = MetricCollection({
-            "miou": MulticlassJaccardIndex(classes, average="macro", ignore_index=IGNORE),
-            "macc": MulticlassAccuracy(classes, average="macro", ignore_index=IGNORE),
-            "aacc": MulticlassAccuracy(classes, average="micro", ignore_index=IGNORE),
-        })
-        confusions = []
+        scores = SegmentationScores(val.num_classes, {"miou": "miou", "macc": "macc", "aacc": "aacc"})
         loader = torch.utils.data.DataLoader(val, batch_size=self.settings(context.profile).batch_size)
         with torch.no_grad():
             for batch in tqdm(loader, desc="e2e_seg val", leave=False, disable=not context.progress):
                 image, label = batch["image"].to(context.device), batch["label"]
-                pred = segment(upsampler, backbone, decoder, image).argmax(1).cpu()
-                metrics.update(pred, label)
-                confusions.extend(confusion_matrices(pred, label, classes))
+                scores.update(segment(upsampler, backbone, decoder, image).argmax(1).cpu(), label, label != IGNORE)
             gflops = model_gflops(upsampler, backbone, decoder, batch["image"].to(context.device))
         used = [*backbone.feature_parameters(), *upsampler.parameters(), *decoder.parameters()]
         params = sum(p.numel() for p in used) / 1e6
-        values = {k: 100 * v.item() for k, v in metrics.compute().items()}
-        pooled = [c.tolist() for c in confusions]
-        per_image = {"miou": (pooled, "miou_confusion"), "macc": (pooled, "macc_confusion"),
-                     "aacc": ([[int(c.trace()), int(c.sum())] for c in confusions], "percent_sums")}
+        values, per_image = scores.result()
         return self.rows({**values, "gflops": gflops, "params": params}, per_image)

@@ -1,13 +1,16 @@
-"""torchmetrics Metrics the tasks need that torchmetrics does not ship: CAM faithfulness and δ < 1.25.
+"""torchmetrics Metrics the tasks need that torchmetrics does not ship (CAM faithfulness, δ < 1.25),
+and the dense-prediction scores the probe and end-to-end tasks share.
 
-Each keeps summed states (so it accumulates over batches and syncs across processes like any
-torchmetrics Metric) and offers ``per_image``: the per-image (numerator, denominator) pairs the
+Each Metric keeps summed states (so it accumulates over batches and syncs across processes like
+any torchmetrics Metric) and offers ``per_image``: the per-image (numerator, denominator) pairs the
 report's bootstrap pools with ``bench.reporting.stats.percent_from_sums`` / ``ratio_from_sums``.
 """
 from __future__ import annotations
 
 import torch
-from torchmetrics import Metric
+from torchmetrics import MeanSquaredError, Metric, MetricCollection
+from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
+
 
 CAM_PROTOCOLS = ("standard", "relevance")
 """standard: Grad-CAM++'s A.D./A.I. over all images, the image multiplied by its CAM; relevance: the
@@ -123,3 +126,61 @@ def pearson(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     a, b = a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True)
     denominator = (a.norm(dim=1) * b.norm(dim=1))
     return torch.where(denominator > 0, (a * b).sum(1) / denominator.clamp_min(1e-30), torch.zeros_like(denominator))
+
+
+PerImage = dict[str, tuple[list, str]]
+"""Metric name -> (per-image statistics, the ``bench.reporting.stats.STATISTICS`` name that pools them)."""
+
+
+class SegmentationScores:
+    """mIoU, mAcc and aAcc in percent (torchmetrics) over labelled pixels, with each image's confusion
+    matrix kept for the bootstrap. ``names`` maps the task's metric names to "miou", "macc" or "aacc"."""
+
+    KINDS = {"miou": ("macro", MulticlassJaccardIndex, "miou_confusion"),
+             "macc": ("macro", MulticlassAccuracy, "macc_confusion"),
+             "aacc": ("micro", MulticlassAccuracy, "percent_sums")}
+
+    def __init__(self, classes: int, names: dict[str, str]) -> None:
+        self.classes, self.names = classes, names
+        self.metrics = MetricCollection({name: self.KINDS[kind][1](classes, average=self.KINDS[kind][0])
+                                         for name, kind in names.items()}, compute_groups=False)
+        self.confusions: list[torch.Tensor] = []
+
+    def update(self, pred: torch.Tensor, label: torch.Tensor, valid: torch.Tensor) -> None:
+        """(B,H,W) predicted and true class maps, (B,H,W) bool mask of labelled pixels."""
+        self.metrics.update(pred[valid], label[valid])
+        self.confusions.extend(confusion_matrices(pred, label, valid, self.classes))
+
+    def result(self) -> tuple[dict[str, float], PerImage]:
+        values = {k: 100 * v.item() for k, v in self.metrics.compute().items()}
+        confusions = [c.tolist() for c in self.confusions]
+        per_image = {name: ([[int(c.trace()), int(c.sum())] for c in self.confusions] if kind == "aacc" else confusions,
+                            self.KINDS[kind][2]) for name, kind in self.names.items()}
+        return values, per_image
+
+
+def confusion_matrices(pred: torch.Tensor, label: torch.Tensor, valid: torch.Tensor, classes: int) -> torch.Tensor:
+    """(B, K, K) per-image confusion counts [true, predicted] over the ``valid`` pixels: the bootstrap's statistics."""
+    out = torch.zeros(len(label), classes, classes, dtype=torch.int64)
+    for i, (p, t, v) in enumerate(zip(pred, label, valid)):
+        out[i] = torch.bincount(t[v] * classes + p[v], minlength=classes * classes).view(classes, classes)
+    return out
+
+
+class DepthScores:
+    """RMSE (m) and δ < 1.25 over valid pixels, with per-image sums for the bootstrap."""
+
+    def __init__(self) -> None:
+        self.rmse, self.delta = MeanSquaredError(squared=False), DeltaAccuracy(1.25)
+        self.squared: list[list[float]] = []
+
+    def update(self, pred: torch.Tensor, depth: torch.Tensor, valid: torch.Tensor) -> None:
+        """(B,H,W) predicted and true depth, (B,H,W) bool mask of valid pixels."""
+        self.rmse.update(pred[valid], depth[valid])
+        self.delta.update(pred, depth, valid)
+        self.squared += [[float(((p[v] - g[v]) ** 2).double().sum()), int(v.sum())] for p, g, v in zip(pred, depth, valid)]
+
+    def result(self) -> tuple[dict[str, float], PerImage]:
+        return ({"rmse": self.rmse.compute().item(), "delta1.25": self.delta.compute().item()},
+                {"rmse": (self.squared, "rmse_sums"), "delta1.25": (self.delta.per_image(), "ratio_sums")})
+

@@ -1,45 +1,79 @@
 """Linear 1x1 probes on frozen, upsampled features: the machinery both probe tasks share.
 
-Recipe (REFERENCE §2, public FeatUp code): training targets are resized (nearest)
-to the feature grid, so the low-res row is probed on the backbone's own grid; a
-linear layer is trained with Adam; at evaluation the probe's predictions are
-resized to the label grid. Two deliberate CPU-friendly choices, stored in the
-recipe: the probe trains on a fixed random sample of pixels per image (the
-profile's ``probe_pixels``) instead of every pixel, and its inputs are
-standardised per channel with training statistics, so methods whose features
-differ only in per-channel scale are probed alike.
+Recipe (REFERENCE §2, public FeatUp code): training targets are resized (nearest) to the
+feature grid, so the low-res row is probed on the backbone's own grid; a linear layer is
+trained with Adam on minibatches of images over epochs; at evaluation its predictions are
+resized to the label grid. Two choices of ours, stored in the recipe: each step trains on a
+fixed random sample of ``pixels`` valid pixels per image (None: all of them), and the inputs
+are standardised per channel with training statistics (one pass before training), so methods
+whose features differ only in per-channel scale are probed alike.
+
+Training streams: every step upsamples its batch of images again (``feature_cache="none"``;
+memory does not grow with the number of training images, which COCO-Stuff at 224² needs:
+every pixel of one image is 77 MB of 384-d features), or the sampled pixels of each image are
+kept after the first pass (``"memory"``, the embedded profiles: a few MB). Both give the same
+probe: the pixels an image contributes are fixed by the seed and the image's index.
 """
 from __future__ import annotations
 
+import math
 from abc import abstractmethod
-from typing import Any, Callable, ClassVar, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar, Iterator, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from bench.backbones import Backbone
 from bench.running.context import RunContext
 from bench.running.profiles import Profile
 from methods.base import Upsampler
-from tasks.base import MetricRow, Task
+from tasks.base import MetricRow, Task, TaskSettings
+from tasks.metrics import PerImage
 
-PROBE_BATCH_PIXELS = 8192
+FEATURE_CACHES = ("none", "memory")
 
 
-def feature_batches(
-    upsampler: Upsampler, backbone: Backbone, data: Dataset, context: RunContext, desc: str
-) -> Iterator[tuple[torch.Tensor, dict[str, torch.Tensor]]]:
-    """Yield (HR features, batch) over ``data``, features at the image size (or the grid for low_res)."""
-    loader = DataLoader(data, batch_size=context.profile.batch_size, shuffle=False)
-    for batch in tqdm(loader, desc=desc, leave=False, disable=not context.progress):
-        batch = {k: v.to(context.device) for k, v in batch.items()}
-        image = batch["image"]
-        with torch.no_grad():
-            feats = upsampler.upsample(backbone, image, tuple(image.shape[-2:]))
-        yield feats.float(), batch
+@dataclass(frozen=True)
+class ProbeSettings(TaskSettings):
+    """Defaults are the public probe config (train_probe.yaml): Adam 5e-3, batch 2, 200 epochs, every pixel."""
+
+    n_train: int | None = None
+    """Training images (None: the whole split)."""
+    n_val: int | None = None
+    epochs: int = 200
+    batch_size: int = 2
+    """Images per optimiser step (and per upsampling batch at evaluation)."""
+    lr: float = 5e-3
+    pixels: int | None = None
+    """Valid training pixels sampled per image (None: every one)."""
+    feature_cache: str = "none"
+    """"none": upsample each step's images again (memory bounded by one batch); "memory": keep each
+    image's sampled pixels after the first pass."""
+
+    def __post_init__(self) -> None:
+        if self.feature_cache not in FEATURE_CACHES:
+            raise ValueError(f"feature_cache {self.feature_cache!r}: expected one of {', '.join(FEATURE_CACHES)}")
+        if self.epochs < 1 or self.batch_size < 1 or (self.pixels is not None and self.pixels < 1):
+            raise ValueError(f"epochs, batch_size and pixels must be positive, got {self.epochs}, "
+                             f"{self.batch_size}, {self.pixels}")
+
+
+class Scores(Protocol):
+    """A task's validation metrics: fed prediction maps at the label grid, then read once."""
+
+    def update(self, pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> None: ...
+
+    def result(self) -> tuple[dict[str, float], PerImage]: ...
+
+
+def upsampled(upsampler: Upsampler, backbone: Backbone, image: torch.Tensor) -> torch.Tensor:
+    """HR features at the image size (the grid for low_res), float32, no gradients."""
+    with torch.no_grad():
+        return upsampler.upsample(backbone, image, tuple(image.shape[-2:])).float()
 
 
 def resize_target(target: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -52,31 +86,89 @@ def resize_target(target: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 def sample_pixels(
     feats: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, n: int | None, generator: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Up to ``n`` valid pixels per image as rows: (N, C) features and (N,) targets."""
-    xs, ys = [], []
-    for f, t, v in zip(feats, target, valid):
-        idx = v.flatten().nonzero().squeeze(1)
-        if n is not None and idx.numel() > n:
-            idx = idx[torch.randperm(idx.numel(), generator=generator)[:n]]
-        xs.append(f.flatten(1)[:, idx].T)
-        ys.append(t.flatten()[idx])
-    return torch.cat(xs), torch.cat(ys)
+    """Up to ``n`` valid pixels of one image's (C,h,w) features and (h,w) targets as rows: (N, C) and (N,)."""
+    idx = valid.flatten().nonzero().squeeze(1)
+    if n is not None and idx.numel() > n:
+        idx = idx[torch.randperm(idx.numel(), generator=generator)[:n]]
+    return feats.flatten(1)[:, idx].T, target.flatten()[idx]
+
+
+def epoch_order(n: int, epoch: int, seed: int) -> list[int]:
+    """A seeded permutation of ``range(n)`` per epoch: the same batches on every run and after a resume."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch)).tolist()
+
+
+class PixelSource:
+    """The sampled training pixels (features, targets) of any set of training images.
+
+    Pixels are drawn per image from a generator seeded by (seed, image index), so an image gives the
+    same pixels whether it is upsampled once and kept (``cache``) or again in every batch.
+    """
+
+    def __init__(self, task: "ProbeTask", upsampler: Upsampler, backbone: Backbone, data: Dataset,
+                 context: RunContext, settings: ProbeSettings) -> None:
+        self.task, self.upsampler, self.backbone, self.data = task, upsampler, backbone, data
+        self.device, self.settings, self.seed = context.device, settings, context.profile.seed
+        self.cache: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = (
+            {} if settings.feature_cache == "memory" else None)
+
+    def pixels(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        missing = [i for i in indices if self.cache is None or i not in self.cache]
+        fresh = dict(zip(missing, self._sample(missing))) if missing else {}
+        if self.cache is not None:
+            self.cache.update(fresh)
+        got = [fresh[i] if i in fresh else self.cache[i] for i in indices]
+        return torch.cat([x for x, _ in got]), torch.cat([y for _, y in got])
+
+    def _sample(self, indices: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        batch = next(iter(DataLoader(Subset(self.data, indices), batch_size=len(indices))))
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+        feats = upsampled(self.upsampler, self.backbone, batch["image"])
+        target, valid = (resize_target(t, feats.shape[-2:]) for t in self.task.targets(batch))
+        feats, target, valid = feats.cpu(), target.cpu(), valid.cpu()
+        return [sample_pixels(feats[j], target[j], valid[j], self.settings.pixels,
+                              torch.Generator().manual_seed(self.seed * 1_000_003 + i)) for j, i in enumerate(indices)]
+
+    def batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order, size = epoch_order(len(self.data), epoch, self.seed), self.settings.batch_size
+        for start in range(0, len(order), size):
+            yield self.pixels(order[start:start + size])
+
+
+class Moments:
+    """Per-channel mean and sample std of rows seen in chunks (float64 sums; no library keeps
+    per-channel running moments without holding the rows)."""
+
+    def __init__(self) -> None:
+        self.n, self.total, self.squares = 0, 0.0, 0.0
+
+    def add(self, rows: torch.Tensor) -> None:
+        rows = rows.double().reshape(len(rows), -1)
+        self.n += len(rows)
+        self.total = self.total + rows.sum(0)
+        self.squares = self.squares + rows.square().sum(0)
+
+    def mean_std(self) -> tuple[torch.Tensor, torch.Tensor]:
+        mean = self.total / self.n
+        var = (self.squares - self.n * mean.square()) / max(self.n - 1, 1)
+        return mean.float(), var.clamp_min(0).sqrt().float()
 
 
 class LinearProbe(nn.Module):
     """Per-channel standardisation (fitted, frozen) followed by a learned 1x1 linear map.
 
-    Regression targets (``y`` given) are standardised too, so Adam's fixed step size
-    reaches metric depths of any scale within the profile's step budget.
+    Regression targets are standardised too (``y_mean``, ``y_std``), so Adam's fixed step size
+    reaches metric depths of any scale within the step budget.
     """
 
-    def __init__(self, x: torch.Tensor, outputs: int, y: torch.Tensor | None = None) -> None:
+    def __init__(self, mean: torch.Tensor, std: torch.Tensor, outputs: int,
+                 y_mean: float = 0.0, y_std: float = 1.0) -> None:
         super().__init__()
-        self.register_buffer("mean", x.mean(0))
-        self.register_buffer("std", x.std(0).clamp_min(1e-6))
-        self.register_buffer("y_mean", y.float().mean() if y is not None else torch.tensor(0.0))
-        self.register_buffer("y_std", y.float().std().clamp_min(1e-6) if y is not None else torch.tensor(1.0))
-        self.linear = nn.Linear(x.shape[1], outputs)
+        self.register_buffer("mean", mean.clone())
+        self.register_buffer("std", std.clamp_min(1e-6))
+        self.register_buffer("y_mean", torch.tensor(float(y_mean)))
+        self.register_buffer("y_std", torch.tensor(max(float(y_std), 1e-6)))
+        self.linear = nn.Linear(len(mean), outputs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.linear((x - self.mean) / self.std) * self.y_std + self.y_mean
@@ -86,57 +178,48 @@ class LinearProbe(nn.Module):
         return self(feats.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
 
-def train_probe(
-    x: torch.Tensor,
-    y: torch.Tensor,
-    outputs: int,
-    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    steps: int,
-    lr: float,
-    seed: int,
-    regression: bool,
-    progress: bool = False,
-) -> LinearProbe:
-    """Adam on random mini-batches of the sampled pixels (full batch when they are few)."""
+def fit_probe(source: PixelSource, outputs: int, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+              regression: bool, progress: bool = False) -> LinearProbe:
+    """One pass for the standardisation statistics, then Adam, one step per batch of images, over the epochs."""
+    s, seed = source.settings, source.seed
+    x_moments, y_moments = Moments(), Moments()
+    for start in range(0, len(source.data), s.batch_size):
+        x, y = source.pixels(list(range(start, min(start + s.batch_size, len(source.data)))))
+        x_moments.add(x)
+        if regression:
+            y_moments.add(y.float()[:, None])
+    mean, std = x_moments.mean_std()
+    y_mean, y_std = (float(v) for v in y_moments.mean_std()) if regression else (0.0, 1.0)
     torch.manual_seed(seed)
-    probe = LinearProbe(x, outputs, y if regression else None)
-    opt = torch.optim.Adam(probe.parameters(), lr=lr)
-    generator = torch.Generator().manual_seed(seed)
-    for _ in tqdm(range(steps), desc="probe", leave=False, disable=not progress):
-        idx = torch.randint(len(x), (min(len(x), PROBE_BATCH_PIXELS),), generator=generator)
-        loss = loss_fn(probe(x[idx]), y[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    probe = LinearProbe(mean, std, outputs, y_mean, y_std)
+    opt = torch.optim.Adam(probe.parameters(), lr=s.lr)
+    steps = s.epochs * math.ceil(len(source.data) / s.batch_size)
+    bar = tqdm(total=steps, desc="probe", leave=False, disable=not progress)
+    for epoch in range(s.epochs):
+        for x, y in source.batches(epoch):
+            loss = loss_fn(probe(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            bar.update()
+    bar.close()
     return probe.eval()
 
 
-def probe_recipe(p: Profile, kind: str) -> dict[str, Any]:
-    return {
-        "probe": "linear 1x1, inputs standardised per channel",
-        "optimizer": "Adam",
-        "lr": p.probe_lr,
-        "steps": p.probe_steps,
-        "batch_pixels": PROBE_BATCH_PIXELS,
-        "pixels_per_image": p.probe_pixels,
-        "image_size": list(p.image_size),
-        "n_train": p.split_size(kind, "train"),
-        "n_val": p.split_size(kind, "val"),
-        "seed": p.seed,
-        "train_targets": "nearest-resized to the feature grid",
-        "standardised": "inputs per channel; regression targets",
-    }
-
-
 class ProbeTask(Task):
-    """Fit a linear probe on the training split's features, score it on the validation split."""
+    """Fit a linear probe on the training split's features, score it on the validation split.
+
+    The subclasses say only what differs: the targets, the loss, how a probe's output becomes a
+    prediction at the label grid, and the scores.
+    """
 
     metrics: ClassVar[dict[str, bool]]
     regression: ClassVar[bool] = False
+    Settings = ProbeSettings
 
     @abstractmethod
     def targets(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B,H,W) training targets and (B,H,W) bool mask of pixels that count."""
+        """(B,H,W) targets and (B,H,W) bool mask of pixels that count."""
 
     @abstractmethod
     def outputs(self, data: Dataset) -> int:
@@ -146,17 +229,17 @@ class ProbeTask(Task):
     def loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor: ...
 
     @abstractmethod
-    def evaluate(
-        self, probe: LinearProbe, batches: Iterable[tuple[torch.Tensor, dict]]
-    ) -> tuple[dict[str, float], dict[str, tuple[list, str]]]:
-        """Metric values over the validation batches of (features, batch), and per metric the
-        per-image statistics with the name of the ``bench.reporting.stats`` statistic that pools them."""
+    def predict(self, probe: LinearProbe, feats: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """(B,H,W) predictions at the label grid ``size`` from (B,C,h,w) features."""
 
-    def load_split(self, split: str, context: RunContext) -> Dataset:
-        return self.load(split, context, context.profile.split_size(self.data_kind, split))
+    @abstractmethod
+    def scores(self, outputs: int) -> Scores: ...
 
     def recipe(self, profile: Profile) -> dict[str, Any]:
-        return {**super().recipe(profile), **probe_recipe(profile, self.data_kind)}
+        return {**super().recipe(profile), "probe": "linear 1x1, inputs standardised per channel",
+                "optimizer": "Adam", "image_size": list(profile.image_size), "seed": profile.seed,
+                "train_targets": "nearest-resized to the feature grid",
+                "standardised": "inputs per channel" + ("; regression targets" if self.regression else "")}
 
     def images(self, context: RunContext) -> Iterator[torch.Tensor]:
         for split in ("train", "val"):
@@ -164,19 +247,26 @@ class ProbeTask(Task):
             for i in range(len(data)):
                 yield data[i]["image"]
 
+    def evaluate(self, probe: LinearProbe, batches: Iterator[tuple[torch.Tensor, dict]]) -> tuple[dict[str, float], PerImage]:
+        """Metric values over the validation batches of (features, batch) and their per-image statistics."""
+        scores = self.scores(probe.linear.out_features)
+        with torch.no_grad():
+            for feats, batch in batches:
+                target, valid = (t.cpu() for t in self.targets(batch))
+                scores.update(self.predict(probe, feats, tuple(target.shape[-2:])).cpu(), target, valid)
+        return scores.result()
+
     def run(self, upsampler: Upsampler, backbone: Backbone, context: RunContext) -> list[MetricRow]:
-        p = context.profile
-        generator = torch.Generator().manual_seed(p.seed)
-        xs, ys = [], []
+        s = self.settings(context.profile)
         train = self.load_split("train", context)
-        for feats, batch in feature_batches(upsampler, backbone, train, context, f"{self.name} train"):
-            target, valid = (resize_target(t, feats.shape[-2:]) for t in self.targets(batch))
-            x, y = sample_pixels(feats, target, valid, p.probe_pixels, generator)
-            xs.append(x.cpu())
-            ys.append(y.cpu())
-        probe = train_probe(
-            torch.cat(xs), torch.cat(ys), self.outputs(train), self.loss, p.probe_steps, p.probe_lr, p.seed,
-            self.regression, context.progress,
-        ).to(context.device)
+        source = PixelSource(self, upsampler, backbone, train, context, s)
+        probe = fit_probe(source, self.outputs(train), self.loss, self.regression, context.progress).to(context.device)
         val = self.load_split("val", context)
-        return self.rows(*self.evaluate(probe, feature_batches(upsampler, backbone, val, context, f"{self.name} val")))
+        loader = DataLoader(val, batch_size=s.batch_size, shuffle=False)
+
+        def batches() -> Iterator[tuple[torch.Tensor, dict]]:
+            for batch in tqdm(loader, desc=f"{self.name} val", leave=False, disable=not context.progress):
+                batch = {k: v.to(context.device) for k, v in batch.items()}
+                yield upsampled(upsampler, backbone, batch["image"]), batch
+
+        return self.rows(*self.evaluate(probe, batches()))

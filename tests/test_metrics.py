@@ -10,8 +10,7 @@ from tasks.probe_seg import IGNORE, ProbeSeg
 
 def identity_probe(channels: int) -> LinearProbe:
     """A probe that passes features straight through (zero mean, unit std, identity weights)."""
-    probe = LinearProbe(torch.zeros(2, channels), channels)
-    probe.std.fill_(1.0)
+    probe = LinearProbe(torch.zeros(channels), torch.ones(channels), channels)
     with torch.no_grad():
         probe.linear.weight.copy_(torch.eye(channels))
         probe.linear.bias.zero_()

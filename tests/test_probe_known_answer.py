@@ -46,7 +46,9 @@ class ImageAsFeatures(Upsampler):
 
 def run(task):
     task.load_split = lambda split, context: ColourScenes(4 if split == "train" else 3, hash(split) % 100)
-    context = RunContext(profile=PROFILES.get("smoke").with_overrides(probe_steps=200), progress=False)
+    settings = {"epochs": 100, "batch_size": 2, "pixels": 256, "feature_cache": "memory"}
+    profile = PROFILES.get("smoke").with_overrides(task_settings={"probe_seg": settings, "probe_depth": settings})
+    context = RunContext(profile=profile, progress=False)
     return {r.metric: r.value for r in task.run(ImageAsFeatures(), None, context)}
 
 

@@ -95,12 +95,12 @@ def test_unknown_method_fails_before_any_work(context):
         cells(context, ("bilinaer",))
 
 
-def test_depth_split_sizes_override_the_profile_sizes_and_are_recorded():
+def test_probe_settings_are_the_tasks_own_and_recorded_in_their_recipes():
     p = PROFILES.get("default")
-    assert (p.split_size("seg", "train"), p.split_size("seg", "val")) == (p.n_train, p.n_val)
-    assert (p.split_size("depth", "train"), p.split_size("depth", "val")) == (p.depth_n_train, p.depth_n_val)
-    assert p.depth_n_val != p.n_val
-    depth, seg = TASKS.get("probe_depth")().recipe(p), TASKS.get("probe_seg")().recipe(p)
-    assert (depth["n_train"], depth["n_val"], seg["n_val"]) == (p.depth_n_train, p.depth_n_val, p.n_val)
-    smoke = PROFILES.get("smoke")
-    assert smoke.split_size("depth", "val") == smoke.n_val  # no override: the shared size
+    depth, seg = TASKS.get("probe_depth")(), TASKS.get("probe_seg")()
+    assert (depth.settings(p).n_train, depth.settings(p).n_val, seg.settings(p).n_val) == (96, 96, 24)
+    assert depth.recipe(p)["settings"]["n_val"] == 96 and seg.recipe(p)["settings"]["n_val"] == 24
+    assert PROFILES.get("paper").task_settings.get("probe_seg") is None  # the paper: the task's defaults
+    assert seg.settings(PROFILES.get("paper")) == seg.Settings()
+    with pytest.raises(ValueError, match="feature_cache 'disc'"):
+        seg.Settings(feature_cache="disc")
