@@ -220,8 +220,12 @@ def _padded(size: torch.Size, model: nn.Module) -> tuple[int, int]:
     return tuple(math.ceil(s / p) * p for s, p in zip(size, patch))
 
 
+def _timm_kwargs(spec: BackboneSpec) -> dict:
+    return dict(dynamic_img_size=True, dynamic_img_pad=True) if spec.is_vit else {}
+
+
 def _build_timm(spec: BackboneSpec, weights: str | None) -> nn.Module:
-    kwargs = dict(dynamic_img_size=True, dynamic_img_pad=True) if spec.is_vit else {}
+    kwargs = _timm_kwargs(spec)
     if spec.weights_package and weights is None:
         return _timm_from_package(spec)
     if weights is not None:
@@ -283,10 +287,17 @@ def _timm_from_package(spec: BackboneSpec) -> nn.Module:
     return model
 
 
-def load_backbone(name: str, weights: str | None = None, device: str | torch.device = "cpu") -> Backbone:
-    """Build a registered backbone with pretrained weights (see module docstring for sources)."""
+def load_backbone(name: str, weights: str | None = None, device: str | torch.device = "cpu",
+                  random_weights: bool = False) -> Backbone:
+    """Build a registered backbone with pretrained weights (see module docstring for sources).
+
+    ``random_weights``: the same network untrained, for timing a plan where the weights are missing.
+    """
     spec: BackboneSpec = BACKBONES.get(name)
-    model = _build_timm(spec, weights)
+    if random_weights:
+        model = timm.create_model(spec.timm_id, pretrained=False, **_timm_kwargs(spec))
+    else:
+        model = _build_timm(spec, weights)
     return Backbone(spec.name, model, spec.stride, spec.dim, spec.is_vit, spec.pre_head, spec.stages).to(device)
 
 

@@ -150,9 +150,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     BACKBONES.get(backbone_name)
     methods = csv_list(args.methods) if args.methods else METHODS.names()
     tasks = csv_list(args.tasks) if args.tasks else TASKS.names()
+
+    def out_for(cells: list) -> Path:
+        return Path(args.out) if args.out else default_run_dir(args.profile, backbone_name, cells,
+                                                               context.profile.task_settings)
+
+    if args.dry_run:
+        from bench.running.dry_run import dry_run
+
+        text, status = dry_run(methods, tasks, backbone_name, args.weights, context, args.seeds, out_for)
+        print(text)
+        return status
     cells = plan(methods, tasks, backbone_name, context, args.seeds)
-    out = Path(args.out) if args.out else default_run_dir(args.profile, backbone_name, cells,
-                                                          context.profile.task_settings)
+    out = out_for(cells)
     ResultStore(out)  # refuses an --out that names a file before the backbone loads
     backbone = load_backbone(backbone_name, args.weights, context.device)
     t0 = time.perf_counter()
@@ -277,6 +287,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "tables show mean and sd over seeds (default: the profile's seed)")
     run.add_argument("--cam-protocol", choices=("standard", "relevance"),
                      help="CAM A.D./A.I. protocol (default: the profile's, standard); stored with every number")
+    run.add_argument("--dry-run", action="store_true",
+                     help="print the plan (recipe, cells, what is cached, images per stage, an estimate timed "
+                          "on this device) and score nothing")
     run.add_argument("--cam-images", type=positive_int, help="CAM validation images (paper: 2000)")
     run.add_argument("--rerun", default="missing", choices=("missing", "failed", "all"),
                      help="which finished cells to score again (default: missing)")

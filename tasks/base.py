@@ -27,6 +27,14 @@ class MetricRow:
 
 
 @dataclass(frozen=True)
+class Workload:
+    images: int
+    """Distinct images an upsampler is shown (each is one fit for a per-image method)."""
+    passes: int
+    """Backbone + upsampler passes, forward-equivalents (a backward pass counts two)."""
+
+
+@dataclass(frozen=True)
 class TaskSettings:
     """A task's own settings: subclass with fields and their defaults (the paper's recipe where it has one)."""
 
@@ -76,6 +84,10 @@ class Task(ABC):
     def images(self, context: "RunContext") -> Iterator["torch.Tensor"]:
         """Every (3,H,W) image ``run`` will show an upsampler, so per-image methods are fitted up front."""
         return iter(())
+
+    def workload(self, context: "RunContext") -> Workload | None:
+        """What one cell of this task costs, for ``run --dry-run``'s estimate; None where the task cannot say."""
+        return None
 
     @abstractmethod
     def run(self, upsampler: "Upsampler", backbone: "Backbone", context: "RunContext") -> list[MetricRow]:

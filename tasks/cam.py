@@ -34,7 +34,7 @@ from bench.registry import TASKS
 from bench.running.context import RunContext
 from bench.running.store import atomic_write
 from methods.base import Upsampler
-from tasks.base import MetricRow, Task, TaskSettings
+from tasks.base import MetricRow, Task, TaskSettings, Workload
 from tasks.metrics import ADCC, AverageDrop, AverageIncrease, check_protocol, pearson
 
 
@@ -125,6 +125,11 @@ class Cam(Task):
     def images(self, context: RunContext):
         data = self.load_split("val", context)
         return (data[i]["image"] for i in range(len(data)))
+
+    def workload(self, context: RunContext) -> Workload:
+        """Per validation image: its CAM, then the masked image's score and CAM (coherency)."""
+        n = len(self.load_split("val", context))
+        return Workload(2 * n, 3 * n)
 
     def head(self, backbone: Backbone, context: RunContext) -> LinearHead:
         """The cached linear classifier of this backbone and data, trained on first use."""

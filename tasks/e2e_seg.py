@@ -31,7 +31,7 @@ from bench.registry import TASKS
 from bench.running.context import RunContext
 from bench.running.failures import NotApplicable
 from methods.base import Upsampler
-from tasks.base import MetricRow, Task, TaskSettings
+from tasks.base import MetricRow, Task, TaskSettings, Workload
 from tasks.metrics import SegmentationScores
 from tasks.probe_seg import IGNORE
 
@@ -125,6 +125,12 @@ class E2ESeg(Task):
     def recipe(self, profile) -> dict[str, Any]:
         return {**super().recipe(profile), "decoder": f"standardise, 1x1 conv {HIDDEN}, ReLU, 1x1 conv",
                 "backbone": "frozen", "optimizer": "AdamW", "loss": "cross-entropy, 255 ignored"}
+
+    def workload(self, context: RunContext) -> Workload:
+        """Training steps count three passes (forward and backward), validation images one."""
+        s = self.settings(context.profile)
+        train, val = (len(self.load_split(split, context)) for split in ("train", "val"))
+        return Workload(train + val, 3 * s.steps * s.batch_size + val)
 
     def run(self, upsampler: Upsampler, backbone: Backbone, context: RunContext) -> list[MetricRow]:
         if upsampler.fit == "image":

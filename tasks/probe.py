@@ -28,10 +28,11 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from bench.backbones import Backbone
+from bench.data.common import epoch_order
 from bench.running.context import RunContext
 from bench.running.profiles import Profile
 from methods.base import Upsampler
-from tasks.base import MetricRow, Task, TaskSettings
+from tasks.base import MetricRow, Task, TaskSettings, Workload
 from tasks.metrics import PerImage
 
 FEATURE_CACHES = ("none", "memory")
@@ -91,11 +92,6 @@ def sample_pixels(
     if n is not None and idx.numel() > n:
         idx = idx[torch.randperm(idx.numel(), generator=generator)[:n]]
     return feats.flatten(1)[:, idx].T, target.flatten()[idx]
-
-
-def epoch_order(n: int, epoch: int, seed: int) -> list[int]:
-    """A seeded permutation of ``range(n)`` per epoch: the same batches on every run and after a resume."""
-    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch)).tolist()
 
 
 class PixelSource:
@@ -246,6 +242,11 @@ class ProbeTask(Task):
             data = self.load_split(split, context)
             for i in range(len(data)):
                 yield data[i]["image"]
+
+    def workload(self, context: RunContext) -> Workload:
+        s = self.settings(context.profile)
+        train, val = (len(self.load_split(split, context)) for split in ("train", "val"))
+        return Workload(train + val, train * (1 if s.feature_cache == "memory" else s.epochs + 1) + val)
 
     def evaluate(self, probe: LinearProbe, batches: Iterator[tuple[torch.Tensor, dict]]) -> tuple[dict[str, float], PerImage]:
         """Metric values over the validation batches of (features, batch) and their per-image statistics."""

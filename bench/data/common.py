@@ -134,3 +134,8 @@ class ItemDataset(Dataset, ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r}, {self.split!r}, {self.length} items at {self.image_size})"
+
+
+def epoch_order(n: int, epoch: int, seed: int) -> list[int]:
+    """A seeded permutation of ``range(n)`` per epoch: the same batches on every run and after a resume."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch)).tolist()

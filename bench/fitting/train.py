@@ -8,7 +8,7 @@ profile picks the downsampler (``train_downsampler``), the training list
 (``train_list``) and the length (``train_steps``; None: one shuffled epoch, as
 FeatUp's config). Weights live in
 
-    <cache_dir>/weights/<method>-v<version>-<backbone>-<train data label>-<profile>-seed<seed>/
+    <cache_dir>/weights/<method>-v<version>-<backbone>-<train data label>-<profile>-seed<seed>-<recipe digest>/
         weights.pt        the upsampler's state dict
         provenance.json   what made them; written last, so it marks a finished run
         resume.pt         periodic training state while a run is in progress
@@ -19,6 +19,7 @@ names the folder to delete: trained weights are never silently overwritten.
 from __future__ import annotations
 
 import datetime
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -31,6 +32,7 @@ from bench.backbones import Backbone
 from bench.running.context import RunContext
 from bench.running.profiles import Profile
 from bench.data import load_dataset
+from bench.data.common import epoch_order
 from bench.data.identity import dataset_identity, slug
 from bench.fitting.multiview import PROJ_DIM, Jitter, MultiViewLoss, random_projection
 from bench.running.provenance import git_commit
@@ -52,14 +54,14 @@ class CheckpointError(RuntimeError):
 def checkpoint(upsampler: Upsampler, backbone: Backbone, context: RunContext) -> tuple[Path, dict[str, Any]]:
     """The weights' folder and the recipe a cached checkpoint must match exactly.
 
-    One folder per (method, version, backbone, training data, profile, seed); the training data's
-    identity (a folder's fingerprint walks every file) is taken once for both.
+    One folder per recipe: its name says the method, version, backbone, training data, profile and
+    seed, and ends with a digest of the whole recipe, so a changed recipe trains into a new folder
+    and never meets another's weights. The training data's identity (a folder's fingerprint walks
+    every file) is taken once for both.
     """
     p = context.profile
     data = dataset_identity(p.train_data, context.data_paths.get(p.train_data))
     steps = p.train_steps if p.train_steps is not None else "one epoch"
-    folder = (Path(context.cache_dir) / "weights"
-              / f"{upsampler.name}-v{upsampler.version}-{backbone.name}-{slug(data['label'])}-{p.name}-seed{p.seed}")
     recipe = {
         "method": upsampler.name, "version": upsampler.version, "backbone": backbone.name, "dim": backbone.dim,
         "stride": backbone.stride, "dataset": p.train_data, "data": data, "profile": p.name,
@@ -68,7 +70,22 @@ def checkpoint(upsampler: Upsampler, backbone: Backbone, context: RunContext) ->
         "optimizer": "NAdam", "lr": LR, "clip": [CLIP_STEPS, CLIP_NORM], "downsampler": p.train_downsampler,
         "proj_dim": PROJ_DIM, "crf_weight": CRF_WEIGHT, "uncertainty_init": "weight and bias x0.1",
     }
+    digest = hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    folder = (Path(context.cache_dir) / "weights" / f"{upsampler.name}-v{upsampler.version}-{backbone.name}-"
+              f"{slug(data['label'])}-{p.name}-seed{p.seed}-{digest}")
     return folder, recipe
+
+
+def trained_status(upsampler: Upsampler, backbone: Backbone, context: RunContext) -> str:
+    """"cached" when this recipe's weights are stored, "to train" when none are, else what blocks them."""
+    folder, recipe = checkpoint(upsampler, backbone, context)
+    if not (folder / "provenance.json").is_file():
+        return "to train"
+    try:
+        _check_recipe(_read_json(folder / "provenance.json", folder), recipe, folder / "provenance.json", folder)
+    except CheckpointError as exc:
+        return f"blocked: {exc}"
+    return "cached"
 
 
 def ensure_trained(upsampler: Upsampler, backbone: Backbone, context: RunContext) -> None:
@@ -102,9 +119,7 @@ def train_method(upsampler: Upsampler, backbone: Backbone, context: RunContext) 
     generator = torch.Generator().manual_seed(p.seed)
     upsampler.to(device).train()
     backbone.to(device)
-    objective = MultiViewLoss(backbone.dim, backbone.stride, p.train_downsampler, crf_weight=CRF_WEIGHT).to(device)
-    params = [*upsampler.parameters(), *objective.parameters()]
-    optimizer = torch.optim.NAdam(params, lr=LR)
+    objective, optimizer = training_objective(upsampler, backbone, p.train_downsampler)
     state = {"step": 0, "seconds": 0.0, "losses": []}
     if (folder / "resume.pt").is_file():
         state = _resume(folder, recipe, upsampler, objective, optimizer, generator, device)
@@ -114,18 +129,8 @@ def train_method(upsampler: Upsampler, backbone: Backbone, context: RunContext) 
     started = time.perf_counter() - state["seconds"]
     for step in bar:
         image = _batch(data, step, p.train_batch, p.seed).to(device)
-        with torch.no_grad():
-            lr_feats = upsampler.features(backbone, image)
-        jitters = [Jitter.sample(tuple(image.shape[-2:]), generator) for _ in range(p.train_views)]
-        with torch.no_grad():
-            view_lrs = [upsampler.features(backbone, jitter(image)) for jitter in jitters]
-        projs = [random_projection(image.shape[0], backbone.dim, generator).to(device) for _ in jitters]
-        optimizer.zero_grad(set_to_none=True)
-        loss = objective(upsampler, lr_feats, image, jitters, view_lrs, projs)
-        loss.backward()
-        if step < CLIP_STEPS:
-            torch.nn.utils.clip_grad_norm_(params, CLIP_NORM)
-        optimizer.step()
+        loss = train_step(upsampler, backbone, objective, optimizer, image, p.train_views, generator,
+                          clip=step < CLIP_STEPS)
         state["losses"].append(loss.item())
         bar.set_postfix(loss=f"{loss.item():.4f}")
         if (step + 1) % every == 0 and step + 1 < total:
@@ -142,6 +147,32 @@ def train_method(upsampler: Upsampler, backbone: Backbone, context: RunContext) 
     (folder / "resume.pt").unlink(missing_ok=True)
     upsampler.eval()
     return folder
+
+
+def training_objective(upsampler: Upsampler, backbone: Backbone,
+                       downsampler: str) -> tuple[MultiViewLoss, torch.optim.Optimizer]:
+    """The multi-view loss (with its downsampler and uncertainty net) and NAdam over it and the upsampler."""
+    objective = MultiViewLoss(backbone.dim, backbone.stride, downsampler, crf_weight=CRF_WEIGHT).to(
+        next(upsampler.parameters()).device)
+    return objective, torch.optim.NAdam([*upsampler.parameters(), *objective.parameters()], lr=LR)
+
+
+def train_step(upsampler: Upsampler, backbone: Backbone, objective: MultiViewLoss, optimizer: torch.optim.Optimizer,
+               image: torch.Tensor, views: int, generator: torch.Generator, clip: bool) -> torch.Tensor:
+    """One optimiser step on a batch of images and ``views`` jittered views of it; returns the loss."""
+    with torch.no_grad():
+        lr_feats = upsampler.features(backbone, image)
+        jitters = [Jitter.sample(tuple(image.shape[-2:]), generator) for _ in range(views)]
+        view_lrs = [upsampler.features(backbone, jitter(image)) for jitter in jitters]
+    projs = [random_projection(image.shape[0], backbone.dim, generator).to(image.device) for _ in jitters]
+    optimizer.zero_grad(set_to_none=True)
+    loss = objective(upsampler, lr_feats, image, jitters, view_lrs, projs)
+    loss.backward()
+    if clip:
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        torch.nn.utils.clip_grad_norm_(params, CLIP_NORM)
+    optimizer.step()
+    return loss.detach()
 
 
 def training_images(context: RunContext) -> Any:
@@ -162,11 +193,8 @@ def training_steps(profile: Profile, images: int) -> int:
 
 def _batch(data: Any, step: int, batch: int, seed: int) -> torch.Tensor:
     """Images of ``step``: epochs are seeded permutations, so a resumed run sees the same batches."""
-    n, images = len(data), []
-    for q in range(step * batch, (step + 1) * batch):
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + q // n))
-        images.append(data[int(order[q % n])]["image"])
-    return torch.stack(images)
+    n = len(data)
+    return torch.stack([data[epoch_order(n, q // n, seed)[q % n]]["image"] for q in range(step * batch, (step + 1) * batch)])
 
 
 def _save_resume(folder: Path, recipe: dict, state: dict, upsampler: Upsampler, objective: MultiViewLoss,
