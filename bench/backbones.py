@@ -1,10 +1,11 @@
-"""Frozen timm featurizers: the EfficientNet-Lites (default lite0) and the paper's backbones.
+"""Frozen timm featurizers: the EfficientNet-Lites (default lite0), the paper's backbones, any timm model.
 
 Every backbone is a timm model wrapped to one shape contract: ``features`` maps an
 image in [0,1] to (B, dim, ceil(H/stride), ceil(W/stride)). Weights never
 download in tests: the default ships inside a pip package, the others come from
 ``--weights PATH`` or the Hugging Face cache, and a missing or unreadable file is
-reported at once with what to provide.
+reported at once with what to provide. ``timm:NAME[@stage]`` names are resolved in
+``bench.backbone_names``.
 """
 from __future__ import annotations
 
@@ -13,10 +14,12 @@ import importlib
 import math
 import os
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Any, Iterator, Mapping
 
 import timm
 import torch
+import torch.nn.functional as F
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 
 from bench.registry import BACKBONES
@@ -49,6 +52,12 @@ class BackboneSpec:
     before a stride-2 stage gives a finer grid from the same weights, e.g. stride 16 like ViT-S/16."""
     weights_package: str | None = None
     """Import name of the pip package that ships the ImageNet weights (used when no --weights)."""
+    stage: int | None = None
+    """Index into timm's ``feature_info`` the features are read at, by timm's ``forward_intermediates``
+    with the image padded to a multiple of the stride (convnets named ``timm:NAME[@stage]``); None:
+    the model's own feature output."""
+    random_init: bool = False
+    """No pretrained weights: a randomly initialised model (seed 0), for examples and offline tests."""
 
 
 def _efficientnet_lite_specs(variant: int, dim: int, dim_s16: int) -> list[BackboneSpec]:
@@ -78,22 +87,44 @@ for _spec in SPECS:
     BACKBONES.register(_spec)
 
 
+NORMALISATIONS = ("config", "imagenet")
+
+
+def input_stats(cfg: Mapping[str, Any], normalisation: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Mean and std a backbone's input is normalised with.
+
+    "config": the model's own (timm pretrained config ``cfg``); "imagenet": ImageNet's for every
+    backbone, as the public FeatUp code does (even for ViTs whose config says 0.5).
+    """
+    if normalisation == "config":
+        return tuple(cfg["mean"]), tuple(cfg["std"])
+    if normalisation == "imagenet":
+        return IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+    raise ValueError(f"normalisation {normalisation!r}: expected one of {', '.join(NORMALISATIONS)}")
+
+
 class Backbone(nn.Module):
     """A frozen timm model with ImageNet-style normalisation and a feature-grid output."""
 
     def __init__(
         self, name: str, model: nn.Module, stride: int, dim: int, is_vit: bool, pre_head: bool = False,
-        stages: int | None = None,
+        stages: int | None = None, stage: int | None = None, normalisation: str = "config",
     ) -> None:
         super().__init__()
         if stages is not None and not pre_head:
             raise ValueError(f"backbone {name!r}: stages={stages} needs pre_head (an EfficientNet-style model)")
         self.name, self.stride, self.dim, self.is_vit, self.pre_head = name, stride, dim, is_vit, pre_head
-        self.stages = stages
+        self.stages, self.stage, self.normalisation = stages, stage, normalisation
         self.model = model.eval().requires_grad_(False)
-        cfg = model.pretrained_cfg
-        self.register_buffer("mean", torch.tensor(cfg["mean"]).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(cfg["std"]).view(1, 3, 1, 1), persistent=False)
+        mean, std = input_stats(model.pretrained_cfg, normalisation)
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+
+    @property
+    def key(self) -> str:
+        """The backbone's identity in cache keys: its name, plus its input normalisation where that is
+        not the model's own (so keys made before the choice existed stay valid)."""
+        return self.name if self.normalisation == "config" else f"{self.name}+{self.normalisation}-norm"
 
     def train(self, mode: bool = True) -> "Backbone":
         """Stay in eval mode: the backbone is frozen, its BatchNorm/Dropout must not change."""
@@ -120,7 +151,8 @@ class Backbone(nn.Module):
         if not self.is_vit:
             return self._convnet_grid(x)
         tokens = self.model.forward_features(x)[:, self.model.num_prefix_tokens:]
-        h, w = self.model.patch_embed.proj(torch.empty(1, 3, *_padded(image.shape[-2:], self.model), device="meta")).shape[-2:]
+        padded = _padded(image.shape[-2:], self.model.patch_embed.patch_size)
+        h, w = self.model.patch_embed.proj(torch.empty(1, 3, *padded, device="meta")).shape[-2:]
         return tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], h, w)
 
     def _convnet_grid(self, x: torch.Tensor) -> torch.Tensor:
@@ -130,6 +162,11 @@ class Backbone(nn.Module):
         """
         if self.pre_head:
             return self.model.blocks[: self.stages](self.model.bn1(self.model.conv_stem(x)))
+        if self.stage is not None:
+            h, w = _padded(x.shape[-2:], (self.stride, self.stride))
+            x = F.pad(x, (0, w - x.shape[-1], 0, h - x.shape[-2]))  # zeros, as timm's dynamic_img_pad for ViTs
+            return self.model.forward_intermediates(x, indices=[self.stage], intermediates_only=True,
+                                                    stop_early=True)[0]
         return self.model.forward_features(x)
 
     def classify(self, feats: torch.Tensor) -> torch.Tensor:
@@ -163,6 +200,11 @@ class Backbone(nn.Module):
         head = self.model.get_classifier()
         if not isinstance(head, nn.Linear):
             raise RuntimeError(f"backbone {self.name!r} has no linear classifier head")
+        if head.in_features != self.dim:
+            raise RuntimeError(
+                f"backbone {self.name!r} has no per-pixel classifier: its {self.dim}-d features are not what "
+                f"the {head.in_features}-d linear head reads (the model has layers between them)"
+            )
         return head
 
     def feature_parameters(self) -> list[nn.Parameter]:
@@ -215,15 +257,18 @@ class Backbone(nn.Module):
         return found
 
 
-def _padded(size: torch.Size, model: nn.Module) -> tuple[int, int]:
-    patch = model.patch_embed.patch_size
-    return tuple(math.ceil(s / p) * p for s, p in zip(size, patch))
+def _padded(size: torch.Size, multiple: tuple[int, int]) -> tuple[int, int]:
+    return tuple(math.ceil(s / p) * p for s, p in zip(size, multiple))
 
 
 def _build_timm(spec: BackboneSpec, weights: str | None) -> nn.Module:
     kwargs = dict(dynamic_img_size=True, dynamic_img_pad=True) if spec.is_vit else {}
     if spec.weights_package and weights is None:
         return _timm_from_package(spec)
+    if spec.random_init and weights is None:
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            return timm.create_model(spec.timm_id, pretrained=False, **kwargs)
     if weights is not None:
         if not os.path.isfile(weights):
             raise BackboneWeightsError(f"--weights {weights!r} for backbone {spec.name!r} is not a file")
@@ -245,22 +290,27 @@ def _build_timm(spec: BackboneSpec, weights: str | None) -> nn.Module:
         raise BackboneWeightsError(f"{_missing_weights_message(spec)} ({type(exc).__name__}: {exc})") from exc
 
 
+def _hf_repo(timm_id: str) -> str | None:
+    """The Hugging Face repository timm downloads ``timm_id``'s weights from (None: timm names none)."""
+    cfg = timm.models.get_pretrained_cfg(timm_id)
+    return cfg.hf_hub_id if cfg is not None else None
+
+
 def _in_hf_cache(timm_id: str) -> bool:
     from huggingface_hub import try_to_load_from_cache
 
-    repo = timm.models.get_pretrained_cfg(timm_id).hf_hub_id
+    repo = _hf_repo(timm_id)
     return bool(repo) and any(
         isinstance(try_to_load_from_cache(repo, f), str) for f in ("model.safetensors", "pytorch_model.bin")
     )
 
 
 def _missing_weights_message(spec: BackboneSpec) -> str:
-    repo = timm.models.get_pretrained_cfg(spec.timm_id).hf_hub_id
-    return (
-        f"backbone {spec.name!r} (timm {spec.timm_id!r}) has no weights available offline. "
-        f"Pass --weights PATH to its .safetensors/.pth file, or fill the Hugging Face cache on a "
-        f"machine with network: huggingface-cli download {repo}"
-    )
+    repo = _hf_repo(spec.timm_id)
+    where = (f", or fill the Hugging Face cache on a machine with network: huggingface-cli download {repo}"
+             if repo else " (timm names no download for it)")
+    return (f"backbone {spec.name!r} (timm {spec.timm_id!r}) has no weights available offline. "
+            f"Pass --weights PATH to its .safetensors/.pth file{where}")
 
 
 def _timm_from_package(spec: BackboneSpec) -> nn.Module:
@@ -283,11 +333,22 @@ def _timm_from_package(spec: BackboneSpec) -> nn.Module:
     return model
 
 
-def load_backbone(name: str, weights: str | None = None, device: str | torch.device = "cpu") -> Backbone:
-    """Build a registered backbone with pretrained weights (see module docstring for sources)."""
-    spec: BackboneSpec = BACKBONES.get(name)
+def load_backbone(
+    name: str, weights: str | None = None, device: str | torch.device = "cpu", normalisation: str = "config"
+) -> Backbone:
+    """A registered backbone or ``timm:NAME[@stage]`` with its weights (see module docstring for sources)."""
+    from bench.backbone_names import resolve_spec  # it builds on BackboneSpec, defined here
+
+    return build_backbone(resolve_spec(name), weights, device, normalisation)
+
+
+def build_backbone(
+    spec: BackboneSpec, weights: str | None = None, device: str | torch.device = "cpu", normalisation: str = "config"
+) -> Backbone:
+    """The backbone a spec describes, with its weights (``weights``, a package, the HF cache, or random init)."""
     model = _build_timm(spec, weights)
-    return Backbone(spec.name, model, spec.stride, spec.dim, spec.is_vit, spec.pre_head, spec.stages).to(device)
+    return Backbone(spec.name, model, spec.stride, spec.dim, spec.is_vit, spec.pre_head, spec.stages,
+                    spec.stage, normalisation).to(device)
 
 
 def backbone_from_model(name: str, model: nn.Module, stride: int, dim: int, is_vit: bool) -> Backbone:

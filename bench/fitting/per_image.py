@@ -212,6 +212,6 @@ def fit_images(
 def fit_recipe(method: "PerImageUpsampler", backbone: "Backbone", profile: "Profile") -> dict[str, Any]:
     """Everything a cached fit must match besides the image: method, backbone, sizes, priors, seed."""
     return {"method": method.name, "version": method.version, "method_config": method.fit_config(),
-            "backbone": backbone.name, "dim": backbone.dim, "stride": backbone.stride,
+            "backbone": backbone.key, "dim": backbone.dim, "stride": backbone.stride,
             "settings": asdict(fit_settings(profile)), "seed": profile.seed, "optimizer": "NAdam",
             "downsampler": "simple", "loss": "gaussian nll + priors"}

@@ -49,15 +49,16 @@ class CheckpointError(RuntimeError):
 def checkpoint(upsampler: Upsampler, backbone: Backbone, context: RunContext) -> tuple[Path, dict[str, Any]]:
     """The weights' folder and the recipe a cached checkpoint must match exactly.
 
-    One folder per (method, version, backbone, training data, profile, seed); the training data's
+    One folder per (method, version, backbone, training data, profile, seed), the backbone being its
+    ``key`` (name with any @stage, and its input normalisation where not the model's own); the training data's
     identity (a folder's fingerprint walks every file) is taken once for both.
     """
     p = context.profile
     data = dataset_identity(p.train_data, context.data_paths.get(p.train_data))
     folder = (Path(context.cache_dir) / "weights"
-              / f"{upsampler.name}-v{upsampler.version}-{backbone.name}-{slug(data['label'])}-{p.name}-seed{p.seed}")
+              / f"{upsampler.name}-v{upsampler.version}-{slug(backbone.key)}-{slug(data['label'])}-{p.name}-seed{p.seed}")
     recipe = {
-        "method": upsampler.name, "version": upsampler.version, "backbone": backbone.name, "dim": backbone.dim,
+        "method": upsampler.name, "version": upsampler.version, "backbone": backbone.key, "dim": backbone.dim,
         "stride": backbone.stride, "dataset": p.train_data, "data": data, "profile": p.name,
         "image_size": list(p.image_size),
         "steps": p.train_steps, "batch": p.train_batch, "views": p.train_views, "seed": p.seed,

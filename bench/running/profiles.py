@@ -42,6 +42,8 @@ class Profile:
     """Images with ImageNet class labels, for the CAM task."""
     task_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Task name -> overrides of that task's settings (each task declares its own, with defaults)."""
+    normalisation: str = "config"
+    """Backbone input mean/std: "config" (the model's own timm config) or "imagenet" (FeatUp's code)."""
 
     def recipe(self) -> dict[str, Any]:
         """The profile as a plain dict, stored with every result.
@@ -96,5 +98,5 @@ PROFILES.register(Profile(
     seg_data="coco_stuff", depth_data="nyuv2", train_data="coco_stuff",
     probe_steps=2000, probe_lr=5e-3, probe_pixels=None, batch_size=16,
     train_steps=2000, train_batch=4, train_views=5,
-    classify_data="imagenet", task_settings={"cam": {"n_val": 2000}},
+    classify_data="imagenet", task_settings={"cam": {"n_val": 2000}}, normalisation="imagenet",
 ))
