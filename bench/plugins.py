@@ -1,6 +1,7 @@
 """Where methods, tasks and backbones come from: built-in modules, installed packages, one-file plugins."""
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 import pkgutil
@@ -27,11 +28,21 @@ def import_package_modules(package: str) -> None:
 
 
 def load_plugin_file(path: str) -> list[str]:
-    """Import a user's file of upsamplers, backbones or tasks; returns the names it registered."""
+    """Import a user's file of upsamplers, backbones or tasks; returns the names it registered.
+
+    A file is imported once per process (a second import would register its names again, which the
+    registries refuse); loading it again returns the same names.
+    """
     file = Path(path)
     if not file.is_file():
         raise PluginError(f"--plugin {path!r}: no such file (expected a .py file defining an Upsampler, "
                           f"a backbone or a task)")
+    return _import_plugin(file.resolve())
+
+
+@functools.cache
+def _import_plugin(file: Path) -> list[str]:
+    path = str(file)
     before = {registry.kind: set(registry.names()) for registry in PLUGIN_REGISTRIES}
     module_name = f"featup_bench_plugin_{file.stem}"
     spec = importlib.util.spec_from_file_location(module_name, file)
