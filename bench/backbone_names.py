@@ -45,6 +45,7 @@ def timm_spec(
         if stage is not None:
             raise RegistryError(f"timm {model!r} is a ViT: it takes no @stage (its features are the last "
                                 f"block's patch tokens); use timm:{model}")
+        _check_dynamic_size(model)
         patch = tuple(net.patch_embed.patch_size)
         if patch[0] != patch[1]:
             raise RegistryError(f"timm {model!r} has non-square {patch[0]}x{patch[1]} patches; expected square ones")
@@ -60,9 +61,9 @@ def timm_spec(
     )
 
 
-def describe(spec: BackboneSpec, normalisation: str = "config") -> str:
-    """One line for ``list --backbones``: stride, dim, input mean/std and the summary, without weights."""
-    mean, std = input_stats(timm.models.get_pretrained_cfg(spec.timm_id).to_dict(), normalisation)
+def describe(spec: BackboneSpec) -> str:
+    """One line for ``list --backbones``: stride, dim, its config's input mean/std and the summary, without weights."""
+    mean, std = input_stats(timm.models.get_pretrained_cfg(spec.timm_id).to_dict(), "config")
     stats = f"mean {_short(mean)} std {_short(std)}"
     return f"{spec.name:24s} stride {spec.stride:2d}  dim {spec.dim:4d}  {stats}  {spec.summary}"
 
@@ -88,6 +89,16 @@ def _meta_model(model: str) -> nn.Module:
                             f"Known: {', '.join(timm.list_pretrained(f'{arch}.*')) or 'none'}.")
     with torch.device("meta"):
         return timm.create_model(model, pretrained=False)
+
+
+def _check_dynamic_size(model: str) -> None:
+    """ViTs run at any image size through timm's dynamic_img_size; a family without it is refused."""
+    try:
+        with torch.device("meta"):
+            timm.create_model(model, pretrained=False, dynamic_img_size=True, dynamic_img_pad=True)
+    except TypeError as exc:
+        raise RegistryError(f"timm {model!r} is a ViT without timm's dynamic_img_size, so it takes only its "
+                            f"training image size; use a ViT family that has it (vit_*, eva02_*, deit_*)") from exc
 
 
 def _stage_index(model: str, feature_info: list[dict], stage: int | str | None) -> int:

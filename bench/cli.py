@@ -9,7 +9,7 @@ from typing import Callable
 
 import torch
 
-from bench.backbones import NORMALISATIONS, Backbone
+from bench.backbones import NORMALISATIONS, Backbone, load_backbone
 from bench.data.identity import slug
 from bench.plugins import load_all
 from bench.registry import BACKBONES, DATASETS, METHODS, TASKS, RegistryError
@@ -93,8 +93,6 @@ def make_context(args: argparse.Namespace) -> RunContext:
 
 def context_backbone(args: argparse.Namespace, context: RunContext) -> Backbone:
     """The backbone a command names (default: the profile's) with its weights and the profile's normalisation."""
-    from bench.backbones import load_backbone
-
     return load_backbone(args.backbone or context.profile.backbone, args.weights, context.device,
                          context.profile.normalisation)
 

@@ -83,6 +83,7 @@ def test_a_stage_by_index_and_by_module_name_is_the_same_stage():
     ("timm:resnet18@layr3", "no stage 'layr3'. Did you mean 'layer3'"),
     ("timm:resnet18@9", "no stage '9'. Its stages: 0 (act1: stride 2, 64 ch), 1 (layer1"),
     ("timm:vit_small_patch16_224@3", "is a ViT: it takes no @stage"),
+    ("timm:beit_base_patch16_224", "is a ViT without timm's dynamic_img_size"),
     ("vitt", "unknown backbone 'vitt'. Did you mean 'vit'?"),
 ])
 def test_a_wrong_model_or_stage_is_a_clear_error_with_a_suggestion(name, expected):
