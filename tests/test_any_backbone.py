@@ -156,9 +156,9 @@ def test_train_command_caches_weights_per_stage_and_normalisation(tmp_path, monk
     assert [b.key for b in backbones] == ["timm:test_resnet@3", "timm:test_resnet@4", "timm:test_resnet@3+imagenet-norm"]
     assert len(set(folders)) == 3 and all(slug(b.key) in f for b, f in zip(backbones, folders))
     monkeypatch.setattr(cli, "CACHE_DIR", tmp_path / "cache")
-    assert cli.main(["--no-progress", "train", "featup_jbu", "--backbone", "_any_resnet_s16", "--profile", "smoke"]) == 0
+    assert cli.main(["--no-progress", "train", "featup_jbu", "--backbone", "_any_vit16", "--profile", "smoke"]) == 0
     [trained] = (tmp_path / "cache" / "weights").iterdir()
-    assert trained.name.startswith(f"featup_jbu-v{METHODS.get('featup_jbu').version}-_any_resnet_s16-photos")
+    assert trained.name.startswith(f"featup_jbu-v{METHODS.get('featup_jbu').version}-_any_vit16-photos")
     assert (trained / "weights.pt").is_file()
 
 
