@@ -206,6 +206,9 @@ class Backbone(nn.Module):
         if self.pre_head:
             used = [self.model.conv_stem, self.model.bn1, self.model.blocks[: self.stages]]
             return [p for module in used for p in module.parameters()]
+        if self.stage is not None:  # the modules a pass up to the stage runs; later stages never run
+            ran = dict.fromkeys(module for module, _ in self._probe_pass())
+            return list(dict.fromkeys(p for module in ran for p in module.parameters(recurse=False)))
         head = {id(p) for p in self.model.get_classifier().parameters()}
         return [p for p in self.model.parameters() if id(p) not in head]
 
@@ -235,20 +238,22 @@ class Backbone(nn.Module):
         return [self.model.patch_embed.proj]
 
     def _last_stage_strided_convs(self) -> list[nn.Conv2d]:
-        """Strided convs whose output is already the final grid: found by one probe pass."""
-        found: list[nn.Conv2d] = []
-        probe = torch.zeros(1, 3, 4 * self.stride, 4 * self.stride)
-        hooks = [
-            m.register_forward_hook(lambda mod, _i, out: found.append(mod) if out.shape[-1] == 4 else None)
-            for m in self.model.modules()
-            if isinstance(m, nn.Conv2d) and max(m.stride) > 1
-        ]
+        """Strided convs whose output is already the final grid (4 wide on the probe)."""
+        return [m for m, width in self._probe_pass()
+                if isinstance(m, nn.Conv2d) and max(m.stride) > 1 and width == 4]
+
+    def _probe_pass(self) -> list[tuple[nn.Module, int | None]]:
+        """Every module one convnet pass on a 4-stride square image runs, with its output's width."""
+        ran: list[tuple[nn.Module, int | None]] = []
+        hooks = [m.register_forward_hook(
+            lambda mod, _i, out: ran.append((mod, out.shape[-1] if isinstance(out, torch.Tensor) else None)))
+            for m in self.model.modules()]
         try:
-            self._convnet_grid(probe)
+            self._convnet_grid(torch.zeros(1, 3, 4 * self.stride, 4 * self.stride, device=self.mean.device))
         finally:
             for h in hooks:
                 h.remove()
-        return found
+        return ran
 
 
 def _padded(size: torch.Size, multiple: tuple[int, int]) -> tuple[int, int]:

@@ -192,3 +192,9 @@ def test_normalisation_on_the_command_line_gets_its_own_run_folder():
     assert cli.default_run_dir("smoke", "timm:resnet18@3", [], None, "imagenet").name == \
         "smoke-timm-resnet18-3-normalisation-imagenet"
     assert cli.default_run_dir("smoke", "timm:resnet18@3", [], None, "config").name == "smoke-timm-resnet18-3"
+
+
+def test_a_stage_cut_counts_only_the_parameters_it_runs(backbones):
+    cut = backbones["_any_resnet_s16"]  # test_resnet up to layer3: neither layer4 nor the classifier
+    expected = [p for name, p in cut.model.named_parameters() if not name.startswith(("layer4.", "fc."))]
+    assert {id(p) for p in cut.feature_parameters()} == {id(p) for p in expected}
