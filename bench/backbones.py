@@ -97,6 +97,13 @@ def input_stats(cfg: Mapping[str, Any], normalisation: str) -> tuple[tuple[float
     raise ValueError(f"normalisation {normalisation!r}: expected one of {', '.join(NORMALISATIONS)}")
 
 
+def cache_key(backbone: Any) -> str:
+    """A backbone's identity in cache keys: its name, plus its input normalisation where that is not the
+    model's own (so keys made before the choice existed stay valid). A stand-in backbone needs only a name."""
+    normalisation = getattr(backbone, "normalisation", "config")
+    return backbone.name if normalisation == "config" else f"{backbone.name}+{normalisation}-norm"
+
+
 class Backbone(nn.Module):
     """A frozen timm model with ImageNet-style normalisation and a feature-grid output."""
 
@@ -113,12 +120,6 @@ class Backbone(nn.Module):
         mean, std = input_stats(model.pretrained_cfg, normalisation)
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
-
-    @property
-    def key(self) -> str:
-        """The backbone's identity in cache keys: its name, plus its input normalisation where that is
-        not the model's own (so keys made before the choice existed stay valid)."""
-        return self.name if self.normalisation == "config" else f"{self.name}+{self.normalisation}-norm"
 
     def train(self, mode: bool = True) -> "Backbone":
         """Stay in eval mode: the backbone is frozen, its BatchNorm/Dropout must not change."""

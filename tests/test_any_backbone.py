@@ -15,7 +15,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 import bench.cli as cli
 from bench.backbone_names import resolve_spec, timm_spec
-from bench.backbones import build_backbone, load_backbone
+from bench.backbones import build_backbone, cache_key, load_backbone
 from bench.data.identity import slug
 from bench.fitting import train
 from bench.plugins import PluginError, load_plugin_file
@@ -153,8 +153,8 @@ def test_train_command_caches_weights_per_stage_and_normalisation(tmp_path, monk
     context = RunContext(PROFILES.get("smoke"), cache_dir=tmp_path, progress=False)
     backbones = [build_backbone(specs[0]), build_backbone(specs[1]), build_backbone(specs[0], normalisation="imagenet")]
     folders = [train.checkpoint(METHODS.get("featup_jbu").create(b), b, context)[0].name for b in backbones]
-    assert [b.key for b in backbones] == ["timm:test_resnet@3", "timm:test_resnet@4", "timm:test_resnet@3+imagenet-norm"]
-    assert len(set(folders)) == 3 and all(slug(b.key) in f for b, f in zip(backbones, folders))
+    assert [cache_key(b) for b in backbones] == ["timm:test_resnet@3", "timm:test_resnet@4", "timm:test_resnet@3+imagenet-norm"]
+    assert len(set(folders)) == 3 and all(slug(cache_key(b)) in f for b, f in zip(backbones, folders))
     monkeypatch.setattr(cli, "CACHE_DIR", tmp_path / "cache")
     assert cli.main(["--no-progress", "train", "featup_jbu", "--backbone", "_any_vit16", "--profile", "smoke"]) == 0
     [trained] = (tmp_path / "cache" / "weights").iterdir()

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from bench.backbones import Backbone
+from bench.backbones import Backbone, cache_key
 from bench.running.context import RunContext
 from bench.data import load_dataset
 from bench.data.identity import dataset_identity, slug
@@ -56,9 +56,9 @@ def checkpoint(upsampler: Upsampler, backbone: Backbone, context: RunContext) ->
     p = context.profile
     data = dataset_identity(p.train_data, context.data_paths.get(p.train_data))
     folder = (Path(context.cache_dir) / "weights"
-              / f"{upsampler.name}-v{upsampler.version}-{slug(backbone.key)}-{slug(data['label'])}-{p.name}-seed{p.seed}")
+              / f"{upsampler.name}-v{upsampler.version}-{slug(cache_key(backbone))}-{slug(data['label'])}-{p.name}-seed{p.seed}")
     recipe = {
-        "method": upsampler.name, "version": upsampler.version, "backbone": backbone.key, "dim": backbone.dim,
+        "method": upsampler.name, "version": upsampler.version, "backbone": cache_key(backbone), "dim": backbone.dim,
         "stride": backbone.stride, "dataset": p.train_data, "data": data, "profile": p.name,
         "image_size": list(p.image_size),
         "steps": p.train_steps, "batch": p.train_batch, "views": p.train_views, "seed": p.seed,
