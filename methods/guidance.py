@@ -2,9 +2,7 @@
 from __future__ import annotations
 
 import torch
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 
 def imagenet_normalised(image: torch.Tensor) -> torch.Tensor:
@@ -13,6 +11,6 @@ def imagenet_normalised(image: torch.Tensor) -> torch.Tensor:
     SAPA's query LayerNorm over 3 channels maps a grey [0,1] pixel to 0 (its channels are equal);
     in these units grey is not grey any more, which is what FeatUp's comparison fed it (REFERENCE §5).
     """
-    mean = image.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = image.new_tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    mean = image.new_tensor(IMAGENET_DEFAULT_MEAN).view(1, 3, 1, 1)
+    std = image.new_tensor(IMAGENET_DEFAULT_STD).view(1, 3, 1, 1)
     return (image - mean) / std

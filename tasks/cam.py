@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from bench.backbones import Backbone
+from bench.backbones import Backbone, cache_key
 from bench.data.identity import dataset_identity, slug
 from bench.fitting.multiview import standardise
 from bench.registry import TASKS
@@ -136,10 +136,10 @@ class Cam(Task):
         s, p = self.settings(context.profile), context.profile
         name = self.dataset(p)
         data = dataset_identity(name, context.data_paths.get(name))  # a changed folder gets a new classifier
-        key = {"backbone": backbone.name, "data": data, "seed": p.seed, "image_size": list(p.image_size),
+        key = {"backbone": cache_key(backbone), "data": data, "seed": p.seed, "image_size": list(p.image_size),
                "n_train": s.n_train, "steps": s.head_steps, "lr": s.head_lr}
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-        path = Path(context.cache_dir) / "classifiers" / f"{backbone.name}-{slug(data['label'])}-{digest}.pt"
+        path = Path(context.cache_dir) / "classifiers" / f"{slug(cache_key(backbone))}-{slug(data['label'])}-{digest}.pt"
         if path.is_file():
             try:
                 return LinearHead(**torch.load(path, weights_only=True))

@@ -9,7 +9,8 @@ import timm
 import torch
 import torch.nn.functional as F
 
-from bench.backbones import BackboneWeightsError, ImageError, backbone_from_model, load_backbone
+from bench.backbone_weights import BackboneWeightsError
+from bench.backbones import ImageError, backbone_from_model, load_backbone
 
 LITES = ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
 
@@ -83,11 +84,12 @@ def test_feature_grid_is_ceil_of_size_over_stride(lite0, images):
     assert lite0.grid_size((70, 100)) == (3, 4)
 
 
-def test_missing_weights_fail_fast_and_say_how(monkeypatch):
+@pytest.mark.parametrize("name", ["vit", "timm:vit_small_patch16_224"])
+def test_missing_weights_fail_fast_and_say_how(monkeypatch, name):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     start = time.perf_counter()
-    with pytest.raises(BackboneWeightsError, match="--weights PATH"):
-        load_backbone("vit")
+    with pytest.raises(BackboneWeightsError, match=f"backbone '{name}' .*--weights PATH"):
+        load_backbone(name)
     assert time.perf_counter() - start < 10
 
 

@@ -31,7 +31,7 @@ def test_missing_plugin_file():
 def test_plugin_that_registers_nothing(tmp_path):
     empty = tmp_path / "empty.py"
     empty.write_text("X = 1\n")
-    with pytest.raises(PluginError, match="registered no method"):
+    with pytest.raises(PluginError, match="registered nothing"):
         load_plugin_file(str(empty))
 
 

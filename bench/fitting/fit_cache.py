@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 import torch
 from tqdm.auto import tqdm
 
+from bench.data.identity import slug
 from bench.fitting.per_image import fit_images, fit_recipe, fit_settings, image_hash, image_seed
 from bench.running.store import atomic_write
 
@@ -55,7 +56,7 @@ class FitCache:
         self.root = Path(root)
         self.recipe = recipe
         self.recipe_hash = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
-        self.folder = self.root / f"{recipe['method']}-v{recipe['version']}-{recipe['backbone']}" / self.recipe_hash
+        self.folder = self.root / f"{recipe['method']}-v{recipe['version']}-{slug(recipe['backbone'])}" / self.recipe_hash
         self.max_bytes = max_mb * 2**20
 
     def path(self, content_hash: str) -> Path:

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 
+from bench.backbones import cache_key
 from bench.fitting.batched import GroupedLinear
 from bench.fitting.multiview import Jitter, SimpleDownsampler, gaussian_blur, gaussian_nll, replay, total_variation
 
@@ -212,6 +213,6 @@ def fit_images(
 def fit_recipe(method: "PerImageUpsampler", backbone: "Backbone", profile: "Profile") -> dict[str, Any]:
     """Everything a cached fit must match besides the image: method, backbone, sizes, priors, seed."""
     return {"method": method.name, "version": method.version, "method_config": method.fit_config(),
-            "backbone": backbone.name, "dim": backbone.dim, "stride": backbone.stride,
+            "backbone": cache_key(backbone), "dim": backbone.dim, "stride": backbone.stride,
             "settings": asdict(fit_settings(profile)), "seed": profile.seed, "optimizer": "NAdam",
             "downsampler": "simple", "loss": "gaussian nll + priors"}

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from bench.backbones import Backbone
+from bench.backbones import Backbone, cache_key
 from bench.running.context import RunContext
 from bench.running.profiles import Profile
 from bench.data import load_dataset
@@ -54,7 +54,8 @@ class CheckpointError(RuntimeError):
 def checkpoint(upsampler: Upsampler, backbone: Backbone, context: RunContext) -> tuple[Path, dict[str, Any]]:
     """The weights' folder and the recipe a cached checkpoint must match exactly.
 
-    One folder per recipe: its name says the method, version, backbone, training data, profile and
+    One folder per recipe: its name says the method, version, backbone (its ``cache_key``: name with
+    any @stage, and its input normalisation where not the model's own), training data, profile and
     seed, and ends with a digest of the whole recipe, so a changed recipe trains into a new folder
     and never meets another's weights. The training data's identity (a folder's fingerprint walks
     every file) is taken once for both.
@@ -63,7 +64,7 @@ def checkpoint(upsampler: Upsampler, backbone: Backbone, context: RunContext) ->
     data = dataset_identity(p.train_data, context.data_paths.get(p.train_data))
     steps = p.train_steps if p.train_steps is not None else "one epoch"
     recipe = {
-        "method": upsampler.name, "version": upsampler.version, "backbone": backbone.name, "dim": backbone.dim,
+        "method": upsampler.name, "version": upsampler.version, "backbone": cache_key(backbone), "dim": backbone.dim,
         "stride": backbone.stride, "dataset": p.train_data, "data": data, "profile": p.name,
         "image_size": list(p.image_size),
         "train_list": p.train_list, "steps": steps, "batch": p.train_batch, "views": p.train_views, "seed": p.seed,
@@ -71,7 +72,7 @@ def checkpoint(upsampler: Upsampler, backbone: Backbone, context: RunContext) ->
         "proj_dim": PROJ_DIM, "crf_weight": CRF_WEIGHT, "uncertainty_init": "weight and bias x0.1",
     }
     digest = hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()[:8]
-    folder = (Path(context.cache_dir) / "weights" / f"{upsampler.name}-v{upsampler.version}-{backbone.name}-"
+    folder = (Path(context.cache_dir) / "weights" / f"{upsampler.name}-v{upsampler.version}-{slug(cache_key(backbone))}-"
               f"{slug(data['label'])}-{p.name}-seed{p.seed}-{digest}")
     return folder, recipe
 

@@ -1,7 +1,7 @@
 """Inference time and peak memory of whole upsamplers, one image at a time.
 
 The input mimics the paper's ViT setting (stride 16: 14^2 features for a 224^2
-image) with random features and a random image: timing does not depend on weight
+image; or a given backbone's stride and dim) with random features and a random image: timing does not depend on weight
 values, so untrained weights serve. A method entry may name a kernel variant,
 ``featup_jbu:reference``, to time the same stack on another adaptive-conv
 implementation. A failure (out of memory, error) is recorded on its row and the
@@ -33,10 +33,10 @@ class SyntheticBackbone:
     name: str = "synthetic"
 
 
-def build(spec: str, channels: int) -> torch.nn.Module:
+def build(spec: str, channels: int, stride: int = STRIDE) -> torch.nn.Module:
     """A method from ``name`` or ``name:kernel_impl``, with untrained weights, in eval mode."""
     name, _, impl = spec.partition(":")
-    upsampler = METHODS.get(name).create(SyntheticBackbone(channels))
+    upsampler = METHODS.get(name).create(SyntheticBackbone(channels, stride))
     if impl:
         if not hasattr(upsampler, "kernel_impl"):
             raise ValueError(f"method {name!r} has no kernel_impl to set (from {spec!r})")
@@ -44,11 +44,11 @@ def build(spec: str, channels: int) -> torch.nn.Module:
     return upsampler.eval()
 
 
-def profile_one(spec: str, size: int, channels: int, device: str, repeats: int) -> dict:
-    row = {"method": spec, "size": size, "channels": channels, "lr_size": math.ceil(size / STRIDE), "device": device,
+def profile_one(spec: str, size: int, channels: int, device: str, repeats: int, stride: int = STRIDE) -> dict:
+    row = {"method": spec, "size": size, "channels": channels, "lr_size": math.ceil(size / stride), "device": device,
            "ms": float("nan"), "peak_mb": float("nan"), "status": "ok", "message": ""}
     try:
-        upsampler = build(spec, channels).to(device)
+        upsampler = build(spec, channels, stride).to(device)
         generator = torch.Generator().manual_seed(0)
         lr_feats = torch.randn(1, channels, row["lr_size"], row["lr_size"], generator=generator).to(device)
         image = torch.rand(1, 3, size, size, generator=generator).to(device)
@@ -70,10 +70,10 @@ def profile_one(spec: str, size: int, channels: int, device: str, repeats: int) 
 
 def profile_methods(
     methods: list[str], sizes: list[int], channels: int, device: str = "cpu", repeats: int = 3,
-    progress: bool = True,
+    progress: bool = True, stride: int = STRIDE,
 ) -> pd.DataFrame:
     """One row per (method, size): ms and peak MB per image, status ok / oom / error with its message."""
     jobs = [(m, s) for m in methods for s in sizes]
-    rows = [profile_one(m, s, channels, device, repeats)
+    rows = [profile_one(m, s, channels, device, repeats, stride)
             for m, s in tqdm(jobs, desc="profile methods", disable=not progress)]
     return pd.DataFrame(rows, columns=COLUMNS)

@@ -6,6 +6,12 @@ import json
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from bench.data.identity import slug
+
+HASH_NEUTRAL = {"normalisation": "config"}
+"""Profile fields added after results were stored, at the value every earlier result was made with:
+left out of the hash at that value, so those results stay valid, yet stored in the recipe like any field."""
+
 
 @dataclass(frozen=True)
 class Cell:
@@ -18,8 +24,11 @@ class Cell:
 
     def config_hash(self, recipe: dict[str, Any]) -> str:
         """Hash of the cell and everything that changes its numbers (versions, recipe)."""
+        if "profile" in recipe:
+            profile = {k: v for k, v in recipe["profile"].items() if k not in HASH_NEUTRAL or HASH_NEUTRAL[k] != v}
+            recipe = {**recipe, "profile": profile}
         payload = json.dumps({"cell": asdict(self), "recipe": recipe}, sort_keys=True, default=str)
         return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
     def filename(self, recipe: dict[str, Any]) -> str:
-        return f"{self.method}--{self.task}--{self.backbone}--{self.config_hash(recipe)}.json"
+        return f"{self.method}--{self.task}--{slug(self.backbone)}--{self.config_hash(recipe)}.json"

@@ -21,7 +21,8 @@ from typing import Any, Callable
 import pandas as pd
 import torch
 
-from bench.backbones import Backbone, BackboneWeightsError, load_backbone
+from bench.backbone_weights import BackboneWeightsError
+from bench.backbones import Backbone, load_backbone
 from bench.data import load_dataset
 from bench.data.common import DatasetError
 from bench.fitting.per_image import fit_images, fit_settings
@@ -104,7 +105,7 @@ def recipe_lines(context: RunContext, backbone: Backbone, tasks: list[str]) -> l
     mean, std = (tuple(round(float(v), 3) for v in t.flatten()) for t in (backbone.mean, backbone.std))
     lines = [f"profile {p.name}: backbone {backbone.name} (stride {backbone.stride}, dim {backbone.dim}), "
              f"images {p.image_size[0]}x{p.image_size[1]}, seed {p.seed}, device {context.device}",
-             f"input normalisation: mean {mean}, std {std}",
+             f"input normalisation: {p.normalisation}, mean {mean}, std {std}",
              f"upsampler training: data {p.train_data}, list {p.train_list or '(all images)'}, "
              f"{'one shuffled epoch' if p.train_steps is None else f'{p.train_steps} steps'} of batch {p.train_batch}, "
              f"{p.train_views} views, {p.train_downsampler} downsampler, CRF weight {CRF_WEIGHT}",
@@ -160,10 +161,11 @@ def dry_run(methods: list[str], tasks: list[str], backbone_name: str, weights: s
     out = out_for(planned.cells)
     stand_in = ""
     try:
-        backbone = load_backbone(backbone_name, weights, context.device)
+        backbone = load_backbone(backbone_name, weights, context.device, context.profile.normalisation)
     except BackboneWeightsError as exc:
         planned.problems.append(f"backbone weights missing: {exc}")
-        backbone = load_backbone(backbone_name, device=context.device, random_weights=True)
+        backbone = load_backbone(backbone_name, device=context.device, normalisation=context.profile.normalisation,
+                                 random_weights=True)
         stand_in = " (the backbone timed untrained: its weights are missing)"
     lines = [f"DRY RUN: nothing is scored or written; run folder {out}", *recipe_lines(context, backbone, tasks)]
     timings = measure(backbone, methods, context)

@@ -38,6 +38,8 @@ class Profile:
     ``Coco164kFull_Stuff_Coarse.txt`` or STEGO's ``Coco164kFull_Stuff_Coarse_7.txt``)."""
     task_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Task name -> overrides of that task's settings (each task declares its own, with defaults)."""
+    normalisation: str = "config"
+    """Backbone input mean/std: "config" (the model's own timm config) or "imagenet" (FeatUp's code)."""
 
     def recipe(self) -> dict[str, Any]:
         """The profile as a plain dict, stored with every result.
@@ -91,5 +93,5 @@ PROFILES.register(Profile(
     # FeatUp's JBU config: one shuffled epoch over its curated list (97,702 ids, ~24.4k steps at batch 4)
     train_steps=None, train_batch=4, train_views=5, train_downsampler="attention",
     train_list="Coco164kFull_Stuff_Coarse.txt",
-    classify_data="imagenet", task_settings={"cam": {"n_val": 2000}},
+    classify_data="imagenet", task_settings={"cam": {"n_val": 2000}}, normalisation="imagenet",
 ))
