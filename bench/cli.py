@@ -142,9 +142,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     from bench.backbones import load_backbone
     from bench.reporting.report import table_text
     from bench.running.failures import SETTLED
+    from bench.running.ray_executor import ray_executor
     from bench.running.runner import plan, run_cells
+    from bench.running.shards import parse_shard, shard_cells
     from bench.running.store import ResultStore
 
+    if args.ray_address and args.executor != "ray":
+        raise UsageError("--ray-address is for --executor ray")
+    shard = parse_shard(args.shard) if args.shard else None
     context = make_context(args)
     backbone_name = args.backbone or context.profile.backbone
     BACKBONES.get(backbone_name)
@@ -154,16 +159,33 @@ def cmd_run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else default_run_dir(args.profile, backbone_name, cells,
                                                           context.profile.task_settings)
     ResultStore(out)  # refuses an --out that names a file before the backbone loads
-    backbone = load_backbone(backbone_name, args.weights, context.device)
+    if shard:
+        cells = shard_cells(cells, *shard)
+        print(f"shard {args.shard}: {len(cells)} cells", file=sys.stderr)
+    if args.executor == "ray":
+        executor = ray_executor(backbone_name, args.weights, args.plugin, args.ray_address)
+        backbone = None
+    else:
+        executor, backbone = None, load_backbone(backbone_name, args.weights, context.device)
     t0 = time.perf_counter()
-    summary = run_cells(cells, backbone, context, out, args.rerun)
+    summary = run_cells(cells, backbone, context, out, args.rerun, executor, args.shard)
     print(f"{len(summary.done)} cells scored, {len(summary.skipped)} already done, {len(summary.failed)} failed "
           f"in {time.perf_counter() - t0:.0f} s; results in {out}")
     if summary.kept_failed:
         print(f"kept {len(summary.kept_failed)} failed cell(s) from an earlier run; "
               f"`--rerun failed` retries them")
+    if not ResultStore(out).cells_dir.is_dir():
+        return 0  # a shard with no cells
     print(table_text(out, "md"))
     return 1 if (~ResultStore(out).rows()["status"].isin(SETTLED)).any() else 0
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from bench.running.shards import merge_runs
+
+    count = merge_runs([run_dir(d) for d in args.runs], Path(args.out))
+    print(f"merged {count} cell files from {len(args.runs)} folders into {args.out}", file=sys.stderr)
+    return 0
 
 
 def cmd_table(args: argparse.Namespace) -> int:
@@ -280,9 +302,20 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--cam-images", type=positive_int, help="CAM validation images (paper: 2000)")
     run.add_argument("--rerun", default="missing", choices=("missing", "failed", "all"),
                      help="which finished cells to score again (default: missing)")
+    run.add_argument("--executor", default="local", choices=("local", "ray"),
+                     help="local: cells one after another here; ray: cells as Ray tasks (one GPU per cell on "
+                          "CUDA, else one CPU), on a local 2-CPU Ray instance or --ray-address")
+    run.add_argument("--ray-address", help="an existing Ray cluster (e.g. auto, or ray://head:10001); "
+                                           "default: start a local instance and shut it down after")
+    run.add_argument("--shard", help="k/N: score only the k-th of N deterministic shares of the cells "
+                                     "(Slurm job arrays); join the folders with `merge`")
     add_common_arguments(run, "a dataset (with its local folder where it is not embedded), e.g. "
                               "coco_stuff=/data/cocostuff; it replaces the profile's dataset of its kind")
     run.set_defaults(fn=cmd_run)
+    merge = sub.add_parser("merge", help="join the run folders of shards (run --shard k/N) into one")
+    merge.add_argument("runs", nargs="+", help="shard run folders")
+    merge.add_argument("--out", required=True, help="the merged run folder")
+    merge.set_defaults(fn=cmd_merge)
     table = sub.add_parser("table", help="print a run's results table")
     table.add_argument("--run", required=True, help="run folder, or a name under results/runs")
     table.add_argument("--format", default="md", choices=("md", "csv", "latex"))

@@ -1,0 +1,119 @@
+"""Cells as Ray tasks, on a small local Ray instance or an existing cluster (``--ray-address``).
+
+Fitting comes first and once: the cells of one (method, seed) that need trained weights or
+per-image fits share one fit task, which trains the weights or fits every image those cells
+will score into the caches (``<cache_dir>/weights``, ``<cache_dir>/fits``); the cells depend on it
+and then only load. So no two workers ever train or fit the same thing. Methods with nothing to
+fit start scoring at once. Records come back to the driver, which writes each one to the run's
+store as it arrives (the same atomic writes as a local run), so a killed run loses only the
+cells in flight. On a cluster, every node must see the same repository and cache folder (a shared
+filesystem) and have the package installed.
+"""
+from __future__ import annotations
+
+import functools
+import os
+from collections import defaultdict
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any, Iterator
+
+from bench.running.cells import Cell
+from bench.running.context import RunContext
+
+if TYPE_CHECKING:
+    from bench.backbones import Backbone
+    from bench.running.runner import Executor
+
+LOCAL_CPUS = 2
+OBJECT_STORE_BYTES = 100 * 2**20
+"""Records are a few KB; Ray refuses less than 75 MB."""
+
+
+@functools.lru_cache(maxsize=2)
+def _worker_backbone(name: str, weights: str | None, device: str, plugins: tuple[str, ...]) -> "Backbone":
+    """Load the plugins and the backbone once per worker process (Ray reuses workers)."""
+    from bench.backbones import load_backbone
+    from bench.plugins import load_all
+
+    load_all(list(plugins))
+    return load_backbone(name, weights, device)
+
+
+def _fit_group(spec: tuple, group: list[tuple[Cell, dict]], context: RunContext) -> tuple[str, str] | None:
+    """Train or fit what the cells of one (method, seed) need; the failure (status, message) or None."""
+    from bench.fitting import fit_method
+    from bench.registry import METHODS, TASKS
+    from bench.running.runner import cell_context, failure
+
+    backbone = _worker_backbone(*spec)
+    try:
+        for cell, recipe in group:
+            cell_ctx = cell_context(cell, recipe, context)
+            method = METHODS.get(cell.method).create(backbone).to(cell_ctx.device)
+            images = TASKS.get(cell.task)().images(cell_ctx) if method.fit == "image" else ()
+            fit_method(method, backbone, cell_ctx, images)
+    except Exception as exc:  # the group's cells are recorded with this failure, the run goes on
+        return failure(exc)
+    return None
+
+
+def _score(spec: tuple, cell: Cell, recipe: dict, context: RunContext,
+           fit_failed: tuple[str, str] | None) -> dict[str, Any]:
+    """One cell's record; a failed fit is the cell's failure, without trying to fit again."""
+    from bench.running.runner import cell_record, execute_cell
+
+    if fit_failed:
+        now = datetime.now(timezone.utc).isoformat()
+        return cell_record(cell, recipe, context, (*fit_failed, []), now, 0.0, 0.0)
+    return execute_cell(cell, recipe, _worker_backbone(*spec), context)
+
+
+def fit_groups(todo: list[tuple[Cell, dict]]) -> dict[tuple[str, int], list[tuple[Cell, dict]]]:
+    """The cells of each (method, seed) whose method is fitted (weights or per image), in plan order."""
+    from bench.registry import METHODS
+
+    groups: dict[tuple[str, int], list[tuple[Cell, dict]]] = defaultdict(list)
+    for cell, recipe in todo:
+        if METHODS.get(cell.method).fit != "none":
+            groups[(cell.method, cell.seed)].append((cell, recipe))
+    return dict(groups)
+
+
+def start_ray(address: str | None) -> Any:
+    """Connect to ``address``, or start a small local instance: LOCAL_CPUS CPUs, no dashboard, a small object store."""
+    try:
+        import ray
+    except ImportError:
+        raise ImportError("--executor ray needs Ray: pip install 'featup-bench[ray]' (or pip install ray)") from None
+    if address:
+        ray.init(address=address, include_dashboard=False, log_to_driver=True)
+    else:
+        ray.init(num_cpus=LOCAL_CPUS, include_dashboard=False, object_store_memory=OBJECT_STORE_BYTES,
+                 log_to_driver=True, runtime_env={"env_vars": {"HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "0")}})
+    return ray
+
+
+def ray_executor(backbone: str, weights: str | None, plugins: list[str], address: str | None = None) -> "Executor":
+    """An executor that scores cells as Ray tasks: one GPU per cell when the run's device is CUDA, else one CPU."""
+
+    def execute(todo: list[tuple[Cell, dict]], context: RunContext) -> Iterator[tuple[Cell, dict, dict]]:
+        if not todo:
+            return
+        ray = start_ray(address)
+        try:
+            remote = {"num_gpus": 1, "num_cpus": 0} if context.device.type == "cuda" else {"num_cpus": 1}
+            fit_task = ray.remote(**remote, max_retries=0)(_fit_group)
+            score_task = ray.remote(**remote, max_retries=0)(_score)
+            spec = (backbone, weights, str(context.device), tuple(plugins))
+            worker_context = context.__class__(**{**vars(context), "progress": False})
+            fits = {key: fit_task.remote(spec, group, worker_context) for key, group in fit_groups(todo).items()}
+            pending = {score_task.remote(spec, cell, recipe, worker_context, fits.get((cell.method, cell.seed))):
+                       (cell, recipe) for cell, recipe in todo}
+            while pending:
+                done, _ = ray.wait(list(pending), num_returns=1)
+                cell, recipe = pending.pop(done[0])
+                yield cell, recipe, ray.get(done[0])
+        finally:
+            ray.shutdown()
+
+    return execute
