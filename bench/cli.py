@@ -195,6 +195,18 @@ def cmd_table(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    """Markdown and self-contained HTML report of a run, with its figures."""
+    from bench.reporting.document import write_report
+
+    run = run_dir(args.run)
+    out = Path(args.out) if args.out else run / "report"
+    md, page = write_report(run, out, resolve_device(args.device), args.weights, tuple(args.sizes), args.photos,
+                            progress=not args.no_progress)
+    print(f"wrote {md} and {page} (figures in {out / 'figures'}, embedded in the HTML)")
+    return 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from bench.backbones import load_backbone
     from bench.fitting.train import train_method
@@ -321,6 +333,16 @@ def build_parser() -> argparse.ArgumentParser:
     table.add_argument("--format", default="md", choices=("md", "csv", "latex"))
     table.add_argument("--vs-paper", action="store_true", help="add the paper's numbers beside ours")
     table.set_defaults(fn=cmd_table)
+    report = sub.add_parser("report", help="a run's report: Markdown and one HTML page with the table, figures, "
+                                           "failures, recipes and provenance")
+    report.add_argument("--run", required=True, help="run folder, or a name under results/runs")
+    report.add_argument("--out", help="report folder (default: <run>/report)")
+    report.add_argument("--weights", help="local weights file for the run's backbone (.safetensors/.pth)")
+    report.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    report.add_argument("--sizes", type=int_list(1, "positive integers", "56,112,224"), default=[56, 112, 224],
+                        help="output sizes to profile the methods at when the run has no <run>/profile/profile.csv")
+    report.add_argument("--photos", type=positive_int, default=3, help="photographs in the PCA figure (default 3)")
+    report.set_defaults(fn=cmd_report)
     train = sub.add_parser("train", help="fit a trainable method's weights (run does this when they are missing)")
     train.add_argument("method")
     add_common_arguments(train, "images to train on, e.g. photos or coco_stuff=/data/cocostuff "
