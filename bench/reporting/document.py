@@ -119,7 +119,8 @@ def figures_section(run_dir: Path, out_dir: Path, records: list[dict[str, Any]],
     profile_name, backbone_name, seed = run_settings(records)
     methods = list(dict.fromkeys(r["cell"]["method"] for r in records))
     profile = PROFILES.get(profile_name).with_overrides(seed=seed)
-    context = RunContext(profile=profile, device=device, progress=progress)
+    folders = {d["name"]: d["path"] for d in ResultStore(run_dir).manifest()["data"].values() if "path" in d}
+    context = RunContext(profile=profile, device=device, data_paths=folders, progress=progress)
     backbone = load_backbone(backbone_name, weights, device)
     data = load_dataset("photos", "val", profile.image_size, limit=photos)
     images = torch.stack([data[i]["image"] for i in range(len(data))])

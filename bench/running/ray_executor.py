@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import os
 from collections import defaultdict
+from dataclasses import replace
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Iterator
 
@@ -57,14 +58,20 @@ def _fit_group(spec: tuple, group: list[tuple[Cell, dict]], context: RunContext)
     return None
 
 
+def failed_record(cell: Cell, recipe: dict, context: RunContext, failed: tuple[str, str]) -> dict[str, Any]:
+    """The record of a cell that failed before scoring (its fit, or its Ray task)."""
+    from bench.running.runner import cell_record
+
+    return cell_record(cell, recipe, context, (*failed, []), datetime.now(timezone.utc).isoformat(), 0.0, 0.0)
+
+
 def _score(spec: tuple, cell: Cell, recipe: dict, context: RunContext,
            fit_failed: tuple[str, str] | None) -> dict[str, Any]:
     """One cell's record; a failed fit is the cell's failure, without trying to fit again."""
-    from bench.running.runner import cell_record, execute_cell
+    from bench.running.runner import execute_cell
 
     if fit_failed:
-        now = datetime.now(timezone.utc).isoformat()
-        return cell_record(cell, recipe, context, (*fit_failed, []), now, 0.0, 0.0)
+        return failed_record(cell, recipe, context, fit_failed)
     return execute_cell(cell, recipe, _worker_backbone(*spec), context)
 
 
@@ -97,6 +104,8 @@ def ray_executor(backbone: str, weights: str | None, plugins: list[str], address
     """An executor that scores cells as Ray tasks: one GPU per cell when the run's device is CUDA, else one CPU."""
 
     def execute(todo: list[tuple[Cell, dict]], context: RunContext) -> Iterator[tuple[Cell, dict, dict]]:
+        from bench.running.runner import failure
+
         if not todo:
             return
         ray = start_ray(address)
@@ -105,14 +114,18 @@ def ray_executor(backbone: str, weights: str | None, plugins: list[str], address
             fit_task = ray.remote(**remote, max_retries=0)(_fit_group)
             score_task = ray.remote(**remote, max_retries=0)(_score)
             spec = (backbone, weights, str(context.device), tuple(plugins))
-            worker_context = context.__class__(**{**vars(context), "progress": False})
+            worker_context = replace(context, progress=False)
             fits = {key: fit_task.remote(spec, group, worker_context) for key, group in fit_groups(todo).items()}
             pending = {score_task.remote(spec, cell, recipe, worker_context, fits.get((cell.method, cell.seed))):
                        (cell, recipe) for cell, recipe in todo}
             while pending:
                 done, _ = ray.wait(list(pending), num_returns=1)
                 cell, recipe = pending.pop(done[0])
-                yield cell, recipe, ray.get(done[0])
+                try:
+                    record = ray.get(done[0])
+                except Exception as exc:  # a worker lost (killed, out of memory): this cell fails, the run goes on
+                    record = failed_record(cell, recipe, context, failure(exc))
+                yield cell, recipe, record
         finally:
             ray.shutdown()
 
