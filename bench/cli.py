@@ -158,10 +158,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     cells = plan(methods, tasks, backbone_name, context, args.seeds)
     out = Path(args.out) if args.out else default_run_dir(args.profile, backbone_name, cells,
                                                           context.profile.task_settings)
-    ResultStore(out)  # refuses an --out that names a file before the backbone loads
     if shard:
         cells = shard_cells(cells, *shard)
+        out = out if args.out else out.with_name(f"{out.name}-shard{shard[0]}of{shard[1]}")
         print(f"shard {args.shard}: {len(cells)} cells", file=sys.stderr)
+    ResultStore(out)  # refuses an --out that names a file before the backbone loads
     if args.executor == "ray":
         executor = ray_executor(backbone_name, args.weights, args.plugin, args.ray_address)
         backbone = None
