@@ -73,6 +73,13 @@ class Task(ABC):
         """Every (3,H,W) image ``run`` will show an upsampler, so per-image methods are fitted up front."""
         return iter(())
 
+    def prepare(self, backbone: "Backbone", context: "RunContext") -> None:
+        """Train or load what every method's cell of this task shares (e.g. CAM's classifier) into the cache.
+
+        ``run`` does it on first use too; a parallel executor calls this once before the cells, so
+        workers never train the same thing side by side.
+        """
+
     @abstractmethod
     def run(self, upsampler: "Upsampler", backbone: "Backbone", context: "RunContext") -> list[MetricRow]:
         """Score ``upsampler`` (already fitted) on ``backbone`` features."""

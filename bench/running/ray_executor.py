@@ -2,9 +2,9 @@
 
 Fitting comes first and once: the cells of one (method, seed) that need trained weights or
 per-image fits share one fit task, which trains the weights or fits every image those cells
-will score into the caches (``<cache_dir>/weights``, ``<cache_dir>/fits``); the cells depend on it
-and then only load. So no two workers ever train or fit the same thing. Methods with nothing to
-fit start scoring at once. Records come back to the driver, which writes each one to the run's
+will score into the caches (``<cache_dir>/weights``, ``<cache_dir>/fits``); likewise one task per
+(task, dataset, seed) prepares what its cells share (``Task.prepare``: CAM's classifier). The cells
+depend on both and then only load, so no two workers ever train or fit the same thing. Records come back to the driver, which writes each one to the run's
 store as it arrives (the same atomic writes as a local run), so a killed run loses only the
 cells in flight. On a cluster, every node must see the same repository and cache folder (a shared
 filesystem) and have the package installed.
@@ -12,10 +12,10 @@ filesystem) and have the package installed.
 from __future__ import annotations
 
 import functools
-import os
 from collections import defaultdict
 from dataclasses import replace
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 from bench.running.cells import Cell
@@ -65,13 +65,26 @@ def failed_record(cell: Cell, recipe: dict, context: RunContext, failed: tuple[s
     return cell_record(cell, recipe, context, (*failed, []), datetime.now(timezone.utc).isoformat(), 0.0, 0.0)
 
 
+def _prepare(spec: tuple, cell: Cell, recipe: dict, context: RunContext) -> tuple[str, str] | None:
+    """Train or load what the task's cells share (Task.prepare); the failure (status, message) or None."""
+    from bench.registry import TASKS
+    from bench.running.runner import cell_context, failure
+
+    try:
+        TASKS.get(cell.task)().prepare(_worker_backbone(*spec), cell_context(cell, recipe, context))
+    except Exception as exc:  # the task's cells are recorded with this failure, the run goes on
+        return failure(exc)
+    return None
+
+
 def _score(spec: tuple, cell: Cell, recipe: dict, context: RunContext,
-           fit_failed: tuple[str, str] | None) -> dict[str, Any]:
-    """One cell's record; a failed fit is the cell's failure, without trying to fit again."""
+           *stages_failed: tuple[str, str] | None) -> dict[str, Any]:
+    """One cell's record; a failed fit or task preparation is the cell's failure, without trying again."""
     from bench.running.runner import execute_cell
 
-    if fit_failed:
-        return failed_record(cell, recipe, context, fit_failed)
+    failed = next((f for f in stages_failed if f), None)
+    if failed:
+        return failed_record(cell, recipe, context, failed)
     return execute_cell(cell, recipe, _worker_backbone(*spec), context)
 
 
@@ -86,6 +99,10 @@ def fit_groups(todo: list[tuple[Cell, dict]]) -> dict[tuple[str, int], list[tupl
     return dict(groups)
 
 
+def absolute(path: str | None) -> str | None:
+    return str(Path(path).resolve()) if path else path
+
+
 def start_ray(address: str | None) -> Any:
     """Connect to ``address``, or start a small local instance: LOCAL_CPUS CPUs, no dashboard, a small object store."""
     try:
@@ -95,8 +112,9 @@ def start_ray(address: str | None) -> Any:
     if address:
         ray.init(address=address, include_dashboard=False, log_to_driver=True)
     else:
+        # local workers inherit this process's environment (PYTHONPATH, HF_HUB_OFFLINE, ...)
         ray.init(num_cpus=LOCAL_CPUS, include_dashboard=False, object_store_memory=OBJECT_STORE_BYTES,
-                 log_to_driver=True, runtime_env={"env_vars": {"HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "0")}})
+                 log_to_driver=True)
     return ray
 
 
@@ -113,10 +131,16 @@ def ray_executor(backbone: str, weights: str | None, plugins: list[str], address
             remote = {"num_gpus": 1, "num_cpus": 0} if context.device.type == "cuda" else {"num_cpus": 1}
             fit_task = ray.remote(**remote, max_retries=0)(_fit_group)
             score_task = ray.remote(**remote, max_retries=0)(_score)
-            spec = (backbone, weights, str(context.device), tuple(plugins))
-            worker_context = replace(context, progress=False)
+            prepare_task = ray.remote(**remote, max_retries=0)(_prepare)
+            spec = (backbone, absolute(weights), str(context.device), tuple(map(absolute, plugins)))
+            # workers may start in another folder: every path they read or write is made absolute here
+            worker_context = replace(context, progress=False, cache_dir=Path(context.cache_dir).resolve(),
+                                     data_paths={k: absolute(v) for k, v in context.data_paths.items()})
             fits = {key: fit_task.remote(spec, group, worker_context) for key, group in fit_groups(todo).items()}
-            pending = {score_task.remote(spec, cell, recipe, worker_context, fits.get((cell.method, cell.seed))):
+            tasks = {(c.task, c.dataset, c.seed): (c, r) for c, r in todo}
+            prepared = {key: prepare_task.remote(spec, *first, worker_context) for key, first in tasks.items()}
+            pending = {score_task.remote(spec, cell, recipe, worker_context, fits.get((cell.method, cell.seed)),
+                                         prepared[(cell.task, cell.dataset, cell.seed)]):
                        (cell, recipe) for cell, recipe in todo}
             while pending:
                 done, _ = ray.wait(list(pending), num_returns=1)
