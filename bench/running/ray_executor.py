@@ -4,9 +4,9 @@ Fitting comes first and once: the cells of one (method, seed) that need trained 
 per-image fits share one fit task, which trains the weights or fits every image those cells
 will score into the caches (``<cache_dir>/weights``, ``<cache_dir>/fits``); likewise one task per
 (task, dataset, seed) prepares what its cells share (``Task.prepare``: CAM's classifier). The cells
-depend on both and then only load, so no two workers ever train or fit the same thing. Records come back to the driver, which writes each one to the run's
-store as it arrives (the same atomic writes as a local run), so a killed run loses only the
-cells in flight. On a cluster, every node must see the same repository and cache folder (a shared
+depend on both and then only load, so no two workers ever train or fit the same thing. Records
+come back to the driver, which writes each one to the run's store as it arrives (the same atomic
+writes as a local run), so a killed run loses only the cells in flight. On a cluster, every node must see the same repository and cache folder (a shared
 filesystem) and have the package installed.
 """
 from __future__ import annotations
@@ -40,22 +40,27 @@ def _worker_backbone(name: str, weights: str | None, device: str, plugins: tuple
     return load_backbone(name, weights, device)
 
 
-def _fit_group(spec: tuple, group: list[tuple[Cell, dict]], context: RunContext) -> tuple[str, str] | None:
-    """Train or fit what the cells of one (method, seed) need; the failure (status, message) or None."""
+def _fit_group(spec: tuple, group: list[tuple[Cell, dict]], context: RunContext) -> list[tuple[str, str] | None]:
+    """Train or fit what each cell of one (method, seed) needs, in order; per cell its failure (status, message) or None.
+
+    A failed cell does not stop the others: like a local run, the next cell tries again.
+    """
     from bench.fitting import fit_method
     from bench.registry import METHODS, TASKS
     from bench.running.runner import cell_context, failure
 
-    backbone = _worker_backbone(*spec)
-    try:
-        for cell, recipe in group:
+    outcomes: list[tuple[str, str] | None] = []
+    for cell, recipe in group:
+        try:
+            backbone = _worker_backbone(*spec)
             cell_ctx = cell_context(cell, recipe, context)
             method = METHODS.get(cell.method).create(backbone).to(cell_ctx.device)
             images = TASKS.get(cell.task)().images(cell_ctx) if method.fit == "image" else ()
             fit_method(method, backbone, cell_ctx, images)
-    except Exception as exc:  # the group's cells are recorded with this failure, the run goes on
-        return failure(exc)
-    return None
+            outcomes.append(None)
+        except Exception as exc:  # the cell is recorded with this failure, the others go on
+            outcomes.append(failure(exc))
+    return outcomes
 
 
 def failed_record(cell: Cell, recipe: dict, context: RunContext, failed: tuple[str, str]) -> dict[str, Any]:
@@ -77,12 +82,12 @@ def _prepare(spec: tuple, cell: Cell, recipe: dict, context: RunContext) -> tupl
     return None
 
 
-def _score(spec: tuple, cell: Cell, recipe: dict, context: RunContext,
-           *stages_failed: tuple[str, str] | None) -> dict[str, Any]:
-    """One cell's record; a failed fit or task preparation is the cell's failure, without trying again."""
+def _score(spec: tuple, cell: Cell, recipe: dict, context: RunContext, prepared: tuple[str, str] | None,
+           fitted: list[tuple[str, str] | None] | None = None, index: int = 0) -> dict[str, Any]:
+    """One cell's record; a failed task preparation or fit (``fitted[index]``) is the cell's failure, not retried."""
     from bench.running.runner import execute_cell
 
-    failed = next((f for f in stages_failed if f), None)
+    failed = prepared or (fitted[index] if fitted else None)
     if failed:
         return failed_record(cell, recipe, context, failed)
     return execute_cell(cell, recipe, _worker_backbone(*spec), context)
@@ -136,11 +141,14 @@ def ray_executor(backbone: str, weights: str | None, plugins: list[str], address
             # workers may start in another folder: every path they read or write is made absolute here
             worker_context = replace(context, progress=False, cache_dir=Path(context.cache_dir).resolve(),
                                      data_paths={k: absolute(v) for k, v in context.data_paths.items()})
-            fits = {key: fit_task.remote(spec, group, worker_context) for key, group in fit_groups(todo).items()}
             tasks = {(c.task, c.dataset, c.seed): (c, r) for c, r in todo}
             prepared = {key: prepare_task.remote(spec, *first, worker_context) for key, first in tasks.items()}
-            pending = {score_task.remote(spec, cell, recipe, worker_context, fits.get((cell.method, cell.seed)),
-                                         prepared[(cell.task, cell.dataset, cell.seed)]):
+            fitted = {}  # cell -> (its group's fit task, its place in the group)
+            for group in fit_groups(todo).values():
+                ref = fit_task.remote(spec, group, worker_context)
+                fitted.update({cell: (ref, i) for i, (cell, _) in enumerate(group)})
+            pending = {score_task.remote(spec, cell, recipe, worker_context,
+                                         prepared[(cell.task, cell.dataset, cell.seed)], *fitted.get(cell, ())):
                        (cell, recipe) for cell, recipe in todo}
             while pending:
                 done, _ = ray.wait(list(pending), num_returns=1)
