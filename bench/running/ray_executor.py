@@ -32,7 +32,8 @@ OBJECT_STORE_BYTES = 100 * 2**20
 
 @functools.lru_cache(maxsize=2)
 def _worker_backbone(name: str, weights: str | None, device: str, plugins: tuple[str, ...]) -> "Backbone":
-    """Load the plugins and the backbone once per worker process (Ray reuses workers)."""
+    """Load the registries (built-ins and plugins) and the backbone once per worker process (Ray reuses
+    workers); every task calls it before it looks a name up."""
     from bench.backbones import load_backbone
     from bench.plugins import load_all
 
@@ -76,7 +77,8 @@ def _prepare(spec: tuple, cell: Cell, recipe: dict, context: RunContext) -> tupl
     from bench.running.runner import cell_context, failure
 
     try:
-        TASKS.get(cell.task)().prepare(_worker_backbone(*spec), cell_context(cell, recipe, context))
+        backbone = _worker_backbone(*spec)  # first: it loads the registries in this worker
+        TASKS.get(cell.task)().prepare(backbone, cell_context(cell, recipe, context))
     except Exception as exc:  # the task's cells are recorded with this failure, the run goes on
         return failure(exc)
     return None
