@@ -69,3 +69,12 @@ def test_ray_run_matches_local_and_resumes_after_a_failure(tmp_path, lite0):
     local, ray = rows(tmp_path / "local"), rows(tmp_path / "ray")
     assert (ray["status"] == "ok").all() and local.index.equals(ray.index)
     assert ray["value"].to_numpy() == pytest.approx(local["value"].to_numpy(), rel=1e-4, abs=1e-4)
+
+
+def test_a_worker_killed_for_memory_is_an_oom_cell_without_terminal_colours():
+    ray = pytest.importorskip("ray")
+    from bench.running.ray_executor import lost_worker
+
+    killed = ray.exceptions.OutOfMemoryError("\x1b[36mray::_score()\x1b[39m killed: the node ran low on memory")
+    assert lost_worker(killed, ray) == ("oom", "OutOfMemoryError: ray::_score() killed: the node ran low on memory")
+    assert lost_worker(ValueError("bad"), ray) == ("error", "ValueError: bad")

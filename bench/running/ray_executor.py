@@ -12,6 +12,7 @@ filesystem) and have the package installed.
 from __future__ import annotations
 
 import functools
+import re
 from collections import defaultdict
 from dataclasses import replace
 from datetime import datetime, timezone
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
     from bench.running.runner import Executor
 
 LOCAL_CPUS = 2
+ANSI_COLOUR = re.compile(r"\x1b\[[0-9;]*m")
 OBJECT_STORE_BYTES = 100 * 2**20
 """Records are a few KB; Ray refuses less than 75 MB."""
 
@@ -110,6 +112,14 @@ def absolute(path: str | None) -> str | None:
     return str(Path(path).resolve()) if path else path
 
 
+def lost_worker(exc: Exception, ray: Any) -> tuple[str, str]:
+    """(status, message) of a Ray task that did not return: "oom" when Ray's memory monitor killed it
+    (or what it waited for), "error" otherwise; the message without Ray's terminal colours."""
+    cause = getattr(exc, "cause", None) or exc
+    status = "oom" if isinstance(cause, ray.exceptions.OutOfMemoryError) else "error"
+    return status, ANSI_COLOUR.sub("", f"{type(cause).__name__}: {cause}")
+
+
 def start_ray(address: str | None) -> Any:
     """Connect to ``address``, or start a small local instance: LOCAL_CPUS CPUs, no dashboard, a small object store."""
     try:
@@ -129,8 +139,6 @@ def ray_executor(backbone: str, weights: str | None, plugins: list[str], address
     """An executor that scores cells as Ray tasks: one GPU per cell when the run's device is CUDA, else one CPU."""
 
     def execute(todo: list[tuple[Cell, dict]], context: RunContext) -> Iterator[tuple[Cell, dict, dict]]:
-        from bench.running.runner import failure
-
         if not todo:
             return
         ray = start_ray(address)
@@ -158,7 +166,7 @@ def ray_executor(backbone: str, weights: str | None, plugins: list[str], address
                 try:
                     record = ray.get(done[0])
                 except Exception as exc:  # a worker lost (killed, out of memory): this cell fails, the run goes on
-                    record = failed_record(cell, recipe, context, failure(exc))
+                    record = failed_record(cell, recipe, context, lost_worker(exc, ray))
                 yield cell, recipe, record
         finally:
             ray.shutdown()
