@@ -48,18 +48,12 @@ def _fit_group(spec: tuple, group: list[tuple[Cell, dict]], context: RunContext)
 
     A failed cell does not stop the others: like a local run, the next cell tries again.
     """
-    from bench.fitting import fit_method
-    from bench.registry import METHODS, TASKS
-    from bench.running.runner import cell_context, failure
+    from bench.running.runner import cell_context, failure, fitted_method
 
     outcomes: list[tuple[str, str] | None] = []
     for cell, recipe in group:
         try:
-            backbone = _worker_backbone(*spec)
-            cell_ctx = cell_context(cell, recipe, context)
-            method = METHODS.get(cell.method).create(backbone).to(cell_ctx.device)
-            images = TASKS.get(cell.task)().images(cell_ctx) if method.fit == "image" else ()
-            fit_method(method, backbone, cell_ctx, images)
+            fitted_method(cell, _worker_backbone(*spec), cell_context(cell, recipe, context))
             outcomes.append(None)
         except Exception as exc:  # the cell is recorded with this failure, the others go on
             outcomes.append(failure(exc))

@@ -6,7 +6,7 @@ import traceback
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 import torch
 from tqdm.auto import tqdm
@@ -21,6 +21,9 @@ from bench.running.context import RunContext
 from bench.running.failures import SETTLED, describe_failure
 from bench.running.provenance import provenance
 from bench.running.store import ResultStore
+
+if TYPE_CHECKING:
+    from methods.base import Upsampler
 
 RERUN_POLICIES = ("missing", "failed", "all")
 
@@ -86,14 +89,23 @@ def cell_context(cell: Cell, recipe: dict[str, Any], context: RunContext) -> Run
                                                                    seed=cell.seed))
 
 
-def score_cell(cell: Cell, recipe: dict[str, Any], backbone: Backbone, context: RunContext) -> list[dict[str, Any]]:
-    context = cell_context(cell, recipe, context)
+def fitted_method(cell: Cell, backbone: Backbone, context: RunContext) -> Upsampler:
+    """The cell's method, created under the cell's seed (its initial weights) and fitted as it declares.
+
+    ``context`` is the cell's (``cell_context``). Ray's fit stage calls this too, so weights it
+    trains start from the same initial weights as a local run's.
+    """
     torch.manual_seed(cell.seed)
     method = METHODS.get(cell.method).create(backbone).to(context.device)
-    task = TASKS.get(cell.task)()
-    fit_method(method, backbone, context, task.images(context) if method.fit == "image" else ())
+    fit_method(method, backbone, context, TASKS.get(cell.task)().images(context) if method.fit == "image" else ())
+    return method
+
+
+def score_cell(cell: Cell, recipe: dict[str, Any], backbone: Backbone, context: RunContext) -> list[dict[str, Any]]:
+    context = cell_context(cell, recipe, context)
+    method = fitted_method(cell, backbone, context)
     method.eval()
-    rows = task.run(method, backbone, context)
+    rows = TASKS.get(cell.task)().run(method, backbone, context)
     return [vars(r) for r in rows]
 
 
