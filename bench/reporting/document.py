@@ -49,13 +49,14 @@ def summary_section(run_dir: Path, records: list[dict[str, Any]]) -> str:
 
 
 def table_section(run_dir: Path, rows: pd.DataFrame) -> str:
-    deltas = paper_deltas(wide_table(rows))
+    deltas = paper_deltas(wide_table(rows)).dropna(how="all")
     parts = ["## Results beside the paper", "",
              "Each cell: our number, then the paper's in the `(paper)` column beside it.", "",
              table_text(run_dir, "md", vs_paper=True)]
     if not deltas.empty:
         parts += ["", "Ours minus the paper (same columns as above; the paper used ViT-S/16 on COCO-Stuff, "
-                      "NYUv2 and ImageNet at 224 px, so a difference measures the setting as much as the method):",
+                      "NYUv2 and ImageNet at 224 px, so a difference measures the setting as much as the method; "
+                      "methods the paper does not have are left out):",
                   "", render(deltas, "md")]
     return "\n".join(parts)
 
@@ -133,14 +134,15 @@ def figures_section(run_dir: Path, out_dir: Path, records: list[dict[str, Any]],
              "all its panels: the components and colour range (1st–99th percentile) of the backbone's own "
              "low-resolution features of it, so within a row equal colours mean equal feature directions "
              "across methods."]
-    parts += [f"- left out: {m}: {msg}" for m, msg in left_out.items()]
+    parts += [""] + [f"- left out: {m}: {msg}" for m, msg in left_out.items()]
     df, source = profile_results(run_dir, out_dir, methods, sizes, backbone.dim, str(device), progress)
     plot_profile(df, figures / "profile.png")
     parts += ["", "### Time and memory against resolution", "", "![Time and memory per method](figures/profile.png)",
               "", f"Per image, ×16 upsampling from the stride-16 grid; {source}. Timings on a shared machine "
                   "are noisy: compare methods measured together, not with other machines."]
     failed = df[df["status"] != "ok"].drop_duplicates("method")
-    parts += [f"- {r.method}: {r.status}: {str(r.message).splitlines()[0]}" for r in failed.itertuples()]
+    parts += [""] + [f"- not profiled: {r.method}: {r.status}: {str(r.message).splitlines()[0]}"
+                     for r in failed.itertuples()]
     ablation = run_dir / "ablate-fourier"
     parts += ["", "### Fourier ablation", ""]
     if (ablation / "loss_curves.csv").is_file():

@@ -79,23 +79,23 @@ def method_features(name: str, backbone: "Backbone", images: torch.Tensor,
 
 
 def plot_pca(images: torch.Tensor, colours: dict[str, torch.Tensor], path: Path) -> None:
-    """One row per photograph: the photograph, then each method's PCA colours."""
+    """One column per photograph, one row per method (the photograph first), each row named on its left."""
     import matplotlib.pyplot as plt
 
-    n, cols = images.shape[0], 1 + len(colours)
+    n, rows = images.shape[0], 1 + len(colours)
     height, width = images.shape[-2:]
-    panel = 2.0
-    fig, axes = plt.subplots(n, cols, figsize=(panel * cols, panel * n * height / width + 0.4), squeeze=False)
-    for row in range(n):
-        pictures = {"image": images[row].permute(1, 2, 0).clamp(0, 1), **{m: c[row] for m, c in colours.items()}}
-        for ax, (title, picture) in zip(axes[row], pictures.items()):
-            ax.imshow(picture.numpy(), interpolation="nearest")
+    panel = 2.2
+    fig, axes = plt.subplots(rows, n, figsize=(panel * n + 1.2, panel * rows * height / width), squeeze=False)
+    pictures = {"image": images.permute(0, 2, 3, 1).clamp(0, 1), **colours}
+    for row, (title, picture) in enumerate(pictures.items()):
+        for col in range(n):
+            ax = axes[row, col]
+            ax.imshow(picture[col].numpy(), interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
-            if row == 0:
-                ax.set_title(title, fontsize=9)
+        axes[row, 0].set_ylabel(title, fontsize=10, rotation=0, ha="right", va="center")
     fig.tight_layout(pad=0.3)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
