@@ -132,8 +132,8 @@ def figures_section(run_dir: Path, out_dir: Path, records: list[dict[str, Any]],
              "fits it (trained weights and per-image fits come from the cache). Features are channel-standardised "
              "per pixel and shown as their first three principal components (RGB). One basis per photograph for "
              "all its panels: the components and colour range (1st–99th percentile) of the backbone's own "
-             "low-resolution features of it, so within a row equal colours mean equal feature directions "
-             "across methods."]
+             "low-resolution features of it, so within a column (one photograph) equal colours mean equal "
+             "feature directions across methods."]
     parts += [""] + [f"- left out: {m}: {msg}" for m, msg in left_out.items()]
     df, source = profile_results(run_dir, out_dir, methods, sizes, backbone.dim, str(device), progress)
     plot_profile(df, figures / "profile.png")

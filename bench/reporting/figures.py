@@ -4,7 +4,7 @@ The PCA picture is FeatUp's: each method's features of a photograph, channel-sta
 pixel (fitted methods already output them so), projected on the first three principal
 components as RGB. The components and the colour range of a photograph come from the backbone's
 own low-resolution features of it, one basis for every method, so a colour means the same
-direction of feature space in every panel of a row. (One basis over all photographs would spend
+direction of feature space in every panel of its column. (One basis over all photographs would spend
 its three components on what tells the photographs apart, not on the detail within each.)
 """
 from __future__ import annotations
