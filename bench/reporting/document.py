@@ -32,7 +32,8 @@ pre{background:#f6f6f6;padding:.6em;overflow-x:auto;font-size:12px}summary{curso
 
 def run_settings(records: list[dict[str, Any]]) -> tuple[str, str, int]:
     """The (profile, backbone, seed) most of the run's cells used: what the figures are made with."""
-    return Counter((r["cell"]["profile"], r["cell"]["backbone"], r["cell"]["seed"]) for r in records).most_common(1)[0][0]
+    counts = Counter((r["cell"]["profile"], r["cell"]["backbone"], r["cell"]["seed"]) for r in records)
+    return counts.most_common(1)[0][0]
 
 
 def summary_section(run_dir: Path, records: list[dict[str, Any]]) -> str:

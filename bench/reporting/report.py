@@ -142,7 +142,7 @@ def with_paper(table: pd.DataFrame, paper_csv: Path = PAPER_TABLE) -> pd.DataFra
 
 
 def paper_deltas(means: pd.DataFrame, paper_csv: Path = PAPER_TABLE) -> pd.DataFrame:
-    """Our mean minus the paper's number, for each of our columns that has a paper column (NaN where a method has none)."""
+    """Our mean minus the paper's number for each of our columns with a paper column (NaN: a method it lacks)."""
     paper = pd.read_csv(paper_csv).set_index("method")
     methods = means.index.get_level_values(0)
     deltas = {ours: means[ours].to_numpy() - paper[theirs].reindex(methods).to_numpy()

@@ -6,8 +6,8 @@ will score into the caches (``<cache_dir>/weights``, ``<cache_dir>/fits``); like
 (task, dataset, seed) prepares what its cells share (``Task.prepare``: CAM's classifier). The cells
 depend on both and then only load, so no two workers ever train or fit the same thing. Records
 come back to the driver, which writes each one to the run's store as it arrives (the same atomic
-writes as a local run), so a killed run loses only the cells in flight. On a cluster, every node must see the same repository and cache folder (a shared
-filesystem) and have the package installed.
+writes as a local run), so a killed run loses only the cells in flight. On a cluster, every node
+must see the same repository and cache folder (a shared filesystem) and have the package installed.
 """
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ def _worker_backbone(name: str, weights: str | None, device: str, plugins: tuple
 
 
 def _fit_group(spec: tuple, group: list[tuple[Cell, dict]], context: RunContext) -> list[tuple[str, str] | None]:
-    """Train or fit what each cell of one (method, seed) needs, in order; per cell its failure (status, message) or None.
+    """Train or fit what each cell of one (method, seed) needs, in order; per cell its failure or None.
 
     A failed cell does not stop the others: like a local run, the next cell tries again.
     """

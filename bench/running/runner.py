@@ -161,7 +161,7 @@ def run_cells(
     cells: list[tuple[Cell, dict]], backbone: Backbone | None, context: RunContext, out_dir: Path,
     rerun: str = "missing", executor: Executor | None = None, shard: str | None = None,
 ) -> RunSummary:
-    """Score the cells ``rerun`` selects with ``executor`` (default: here, on ``backbone``), each written as it finishes.
+    """Score the cells ``rerun`` selects with ``executor`` (default: here, on ``backbone``), writing each as it ends.
 
     ``shard`` ("k/N") is recorded in ``run.json`` so ``merge`` can tell which shards it was given.
     """

@@ -87,7 +87,7 @@ class ResultStore:
         return {"data": {}, "shards": [], **(json.loads(path.read_text()) if path.is_file() else {})}
 
     def record_data(self, identities: list[dict[str, Any]], shard: str | None = None) -> None:
-        """Add the data identities a run used (and its shard) to ``run.json``, so the folder says what it was made from."""
+        """Add the data identities a run used (and its shard) to ``run.json``: what the folder was made from."""
         manifest = self.manifest()
         for identity in identities:
             manifest["data"][identity["label"]] = identity
