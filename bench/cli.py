@@ -159,9 +159,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     from bench.backbone_names import resolve_spec
     from bench.reporting.report import table_text
     from bench.running.failures import SETTLED
+    from bench.running.ray_executor import ray_executor
     from bench.running.runner import plan, run_cells
+    from bench.running.shards import parse_shard, shard_cells
     from bench.running.store import ResultStore
 
+    if args.ray_address and args.executor != "ray":
+        raise UsageError("--ray-address is for --executor ray")
+    shard = parse_shard(args.shard) if args.shard else None
     context = make_context(args)
     backbone_name = args.backbone or context.profile.backbone
     resolve_spec(backbone_name)  # an unknown name or stage fails before any data is read
@@ -181,23 +186,53 @@ def cmd_run(args: argparse.Namespace) -> int:
         return status
     cells = plan(methods, tasks, backbone_name, context, args.seeds)
     out = out_for(cells)
+    if shard:
+        cells = shard_cells(cells, *shard)
+        out = out if args.out else out.with_name(f"{out.name}-shard{shard[0]}of{shard[1]}")
+        print(f"shard {args.shard}: {len(cells)} cells", file=sys.stderr)
     ResultStore(out)  # refuses an --out that names a file before the backbone loads
-    backbone = context_backbone(args, context)
+    if args.executor == "ray":
+        executor = ray_executor(backbone_name, args.weights, args.plugin, args.ray_address)
+        backbone = None
+    else:
+        executor, backbone = None, context_backbone(args, context)
     t0 = time.perf_counter()
-    summary = run_cells(cells, backbone, context, out, args.rerun)
+    summary = run_cells(cells, backbone, context, out, args.rerun, executor, args.shard)
     print(f"{len(summary.done)} cells scored, {len(summary.skipped)} already done, {len(summary.failed)} failed "
           f"in {time.perf_counter() - t0:.0f} s; results in {out}")
     if summary.kept_failed:
         print(f"kept {len(summary.kept_failed)} failed cell(s) from an earlier run; "
               f"`--rerun failed` retries them")
+    if not ResultStore(out).cells_dir.is_dir():
+        return 0  # a shard with no cells
     print(table_text(out, "md"))
     return 1 if (~ResultStore(out).rows()["status"].isin(SETTLED)).any() else 0
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from bench.running.shards import merge_runs
+
+    count = merge_runs([run_dir(d) for d in args.runs], Path(args.out))
+    print(f"merged {count} cell files from {len(args.runs)} folders into {args.out}", file=sys.stderr)
+    return 0
 
 
 def cmd_table(args: argparse.Namespace) -> int:
     from bench.reporting.report import table_text
 
     print(table_text(run_dir(args.run), args.format, args.vs_paper))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Markdown and self-contained HTML report of a run, with its figures."""
+    from bench.reporting.document import write_report
+
+    run = run_dir(args.run)
+    out = Path(args.out) if args.out else run / "report"
+    md, page = write_report(run, out, resolve_device(args.device), args.weights, tuple(args.sizes), args.photos,
+                            progress=not args.no_progress)
+    print(f"wrote {md} and {page} (figures in {out / 'figures'}, embedded in the HTML)")
     return 0
 
 
@@ -320,14 +355,35 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--cam-images", type=positive_int, help="CAM validation images (paper: 2000)")
     run.add_argument("--rerun", default="missing", choices=("missing", "failed", "all"),
                      help="which finished cells to score again (default: missing)")
+    run.add_argument("--executor", default="local", choices=("local", "ray"),
+                     help="local: cells one after another here; ray: cells as Ray tasks (one GPU per cell on "
+                          "CUDA, else one CPU), on a local 2-CPU Ray instance or --ray-address")
+    run.add_argument("--ray-address", help="an existing Ray cluster (e.g. auto, or ray://head:10001); "
+                                           "default: start a local instance and shut it down after")
+    run.add_argument("--shard", help="k/N: score only the k-th of N deterministic shares of the cells "
+                                     "(Slurm job arrays); join the folders with `merge`")
     add_common_arguments(run, "a dataset (with its local folder where it is not embedded), e.g. "
                               "coco_stuff=/data/cocostuff; it replaces the profile's dataset of its kind")
     run.set_defaults(fn=cmd_run)
+    merge = sub.add_parser("merge", help="join the run folders of shards (run --shard k/N) into one")
+    merge.add_argument("runs", nargs="+", help="shard run folders")
+    merge.add_argument("--out", required=True, help="the merged run folder")
+    merge.set_defaults(fn=cmd_merge)
     table = sub.add_parser("table", help="print a run's results table")
     table.add_argument("--run", required=True, help="run folder, or a name under results/runs")
     table.add_argument("--format", default="md", choices=("md", "csv", "latex"))
     table.add_argument("--vs-paper", action="store_true", help="add the paper's numbers beside ours")
     table.set_defaults(fn=cmd_table)
+    report = sub.add_parser("report", help="a run's report: Markdown and one HTML page with the table, figures, "
+                                           "failures, recipes and provenance")
+    report.add_argument("--run", required=True, help="run folder, or a name under results/runs")
+    report.add_argument("--out", help="report folder (default: <run>/report)")
+    report.add_argument("--weights", help="local weights file for the run's backbone (.safetensors/.pth)")
+    report.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    report.add_argument("--sizes", type=int_list(1, "positive integers", "56,112,224"), default=[56, 112, 224],
+                        help="output sizes to profile the methods at when the run has no <run>/profile/profile.csv")
+    report.add_argument("--photos", type=positive_int, default=3, help="photographs in the PCA figure (default 3)")
+    report.set_defaults(fn=cmd_report)
     train = sub.add_parser("train", help="fit a trainable method's weights (run does this when they are missing)")
     train.add_argument("method")
     add_common_arguments(train, "images to train on, e.g. photos or coco_stuff=/data/cocostuff "

@@ -89,6 +89,13 @@ class Task(ABC):
         """What one cell of this task costs, for ``run --dry-run``'s estimate; None where the task cannot say."""
         return None
 
+    def prepare(self, backbone: "Backbone", context: "RunContext") -> None:
+        """Train or load what every method's cell of this task shares (e.g. CAM's classifier) into the cache.
+
+        ``run`` does it on first use too; a parallel executor calls this once before the cells, so
+        workers never train the same thing side by side.
+        """
+
     @abstractmethod
     def run(self, upsampler: "Upsampler", backbone: "Backbone", context: "RunContext") -> list[MetricRow]:
         """Score ``upsampler`` (already fitted) on ``backbone`` features."""

@@ -155,6 +155,9 @@ class Cam(Task):
         atomic_write(path, lambda tmp: torch.save(asdict(head), tmp))
         return head
 
+    def prepare(self, backbone: Backbone, context: RunContext) -> None:
+        self.head(backbone, context)
+
     def run(self, upsampler: Upsampler, backbone: Backbone, context: RunContext) -> list[MetricRow]:
         s = self.settings(context.profile)
         head = self.head(backbone, context).to(context.device)

@@ -80,6 +80,7 @@ def test_intervals_come_from_a_bootstrap_over_images_and_mark_significant_differ
     assert detail.loc["featup_jbu", "probe_seg.miou hi"] == pytest.approx(hi)
     assert detail.loc["featup_jbu", "probe_seg.miou diff_lo"] > 0
     assert detail.loc["carafe", "probe_seg.miou diff_lo"] == detail.loc["carafe", "probe_seg.miou diff_hi"] == 0
+    assert detail.loc["bilinear", "probe_seg.miou diff_lo"] == detail.loc["bilinear", "probe_seg.miou diff_hi"] == 0
     md = table_text(tmp_path, "md")
     jbu_line = next(line for line in md.splitlines() if line.startswith("| featup_jbu"))
     carafe_line = next(line for line in md.splitlines() if line.startswith("| carafe"))

@@ -198,14 +198,14 @@ def plot_profile(df: pd.DataFrame, path: str | Path) -> None:
 
     keys = [k for k in ("impl", "method", "pass", "channels") if k in df.columns]
     ok = df[df["status"] == "ok"]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.2))
     for ax, col, label in zip(axes, ("ms", "peak_mb"), ("time per call (ms)", "peak extra memory (MB)")):
         for name, group in ok.groupby(keys):
             group = group.sort_values("size")
             ax.plot(group["size"], group[col].clip(lower=1e-3), marker="o", label=" ".join(map(str, name)))
         ax.set(xlabel="output size (pixels per side)", ylabel=label, yscale="log")
         ax.grid(True, which="both", alpha=0.3)
-    axes[0].legend(fontsize="small")
+    axes[1].legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1))  # beside the curves, not over them
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -43,7 +43,7 @@ def interval_table(rows: pd.DataFrame, n_boot: int = N_BOOT, level: float = LEVE
         base = reps.get(BASELINE)
         for method, rep in reps.items():
             lo, hi = percentile_interval(rep, level)
-            paired = base is not None and method != BASELINE and seeds[method] == seeds[BASELINE]
+            paired = base is not None and seeds[method] == seeds[BASELINE]  # the baseline's own: [0, 0]
             diff = percentile_interval(rep - base, level) if paired else (np.nan, np.nan)
             out.append({"method": method, "column": column, "lo": lo, "hi": hi, "diff_lo": diff[0], "diff_hi": diff[1]})
     return pd.DataFrame(out, columns=["method", "column", "lo", "hi", "diff_lo", "diff_hi"])

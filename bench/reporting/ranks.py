@@ -40,7 +40,7 @@ def rank_agreement(table: pd.DataFrame, paper: pd.DataFrame, columns: dict[str, 
 
 def agreement_text(agreement: pd.DataFrame) -> str:
     """Markdown lines: τ per metric and the pairs of methods ordered unlike the paper."""
-    lines = ["Rank agreement with the paper (Kendall τ-b; 1 = same order):"]
+    lines = ["Rank agreement with the paper (Kendall τ-b; 1 = same order):", ""]
     for r in agreement.itertuples():
         pairs = ", ".join(f"{a} > {b}" for a, b in r.discordant) or "none"
         lines.append(f"- {r.column}: τ {r.tau_all:+.2f} over {r.n_all} methods, {r.tau_same_features:+.2f} over the "

@@ -141,6 +141,15 @@ def with_paper(table: pd.DataFrame, paper_csv: Path = PAPER_TABLE) -> pd.DataFra
     return out
 
 
+def paper_deltas(means: pd.DataFrame, paper_csv: Path = PAPER_TABLE) -> pd.DataFrame:
+    """Our mean minus the paper's number for each of our columns with a paper column (NaN: a method it lacks)."""
+    paper = pd.read_csv(paper_csv).set_index("method")
+    methods = means.index.get_level_values(0)
+    deltas = {ours: means[ours].to_numpy() - paper[theirs].reindex(methods).to_numpy()
+              for ours, theirs in paper_columns().items() if ours in means.columns}
+    return pd.DataFrame(deltas, index=means.index)
+
+
 def failures(rows: pd.DataFrame, status: str | None = None) -> pd.DataFrame:
     """Cells that did not score: failed ones (any status but ok and n/a), or those of one ``status``."""
     picked = rows["status"] == status if status else ~rows["status"].isin(SETTLED)
@@ -193,7 +202,7 @@ def table_text(run_dir: str | Path, fmt: str = "md", vs_paper: bool = False) -> 
     notes = [interval_note(detail)]
     bad = failures(rows)
     if not bad.empty:
-        notes.append("Failed cells:\n" + "\n".join(
+        notes.append("Failed cells:\n\n" + "\n".join(
             f"- {r.method} / {r.task} ({r.backbone}): {r.status}: {str(r.message).splitlines()[0]}"
             for r in bad.itertuples()))
     skipped = failures(rows, "n/a")

@@ -6,7 +6,7 @@ import traceback
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 import torch
 from tqdm.auto import tqdm
@@ -21,6 +21,9 @@ from bench.running.context import RunContext
 from bench.running.failures import SETTLED, describe_failure
 from bench.running.provenance import provenance
 from bench.running.store import ResultStore
+
+if TYPE_CHECKING:
+    from methods.base import Upsampler
 
 RERUN_POLICIES = ("missing", "failed", "all")
 
@@ -86,29 +89,91 @@ def cell_context(cell: Cell, recipe: dict[str, Any], context: RunContext) -> Run
                                                                    seed=cell.seed))
 
 
-def score_cell(cell: Cell, recipe: dict[str, Any], backbone: Backbone, context: RunContext) -> list[dict[str, Any]]:
-    context = cell_context(cell, recipe, context)
+def fitted_method(cell: Cell, backbone: Backbone, context: RunContext) -> Upsampler:
+    """The cell's method, created under the cell's seed (its initial weights) and fitted as it declares.
+
+    ``context`` is the cell's (``cell_context``). Ray's fit stage calls this too, so weights it
+    trains start from the same initial weights as a local run's.
+    """
     torch.manual_seed(cell.seed)
     method = METHODS.get(cell.method).create(backbone).to(context.device)
-    task = TASKS.get(cell.task)()
-    fit_method(method, backbone, context, task.images(context) if method.fit == "image" else ())
+    fit_method(method, backbone, context, TASKS.get(cell.task)().images(context) if method.fit == "image" else ())
+    return method
+
+
+def score_cell(cell: Cell, recipe: dict[str, Any], backbone: Backbone, context: RunContext) -> list[dict[str, Any]]:
+    context = cell_context(cell, recipe, context)
+    method = fitted_method(cell, backbone, context)
     method.eval()
-    rows = task.run(method, backbone, context)
+    rows = TASKS.get(cell.task)().run(method, backbone, context)
     return [vars(r) for r in rows]
 
 
+Executor = Callable[[list[tuple[Cell, dict]], RunContext], Iterable[tuple[Cell, dict, dict]]]
+"""Scores the cells to do and yields (cell, recipe, record) as each finishes, in any order."""
+
+
+def failure(exc: Exception) -> tuple[str, str]:
+    """(status, message) of a failed cell or fit: describe_failure, plus the traceback's tail for errors."""
+    status, message = describe_failure(exc)
+    if status == "error":
+        message += f"\n{traceback.format_exc(limit=-3)}"
+    return status, message
+
+
+def cell_record(cell: Cell, recipe: dict[str, Any], context: RunContext, outcome: tuple[str, str, list],
+                started: str, wall_s: float, peak_mb: float) -> dict[str, Any]:
+    """The stored record of one cell: its (status, message, metrics) outcome, recipe and provenance."""
+    status, message, metrics = outcome
+    return {
+        "cell": vars(cell), "status": status, "message": message, "metrics": metrics, "recipe": recipe,
+        "config_hash": cell.config_hash(recipe),
+        "provenance": {**provenance(context.device), "method_version": recipe["method_version"],
+                       "task_version": recipe["task_version"], "started": started,
+                       "wall_s": round(wall_s, 3), "peak_mb": round(peak_mb, 1)},
+    }
+
+
+def execute_cell(cell: Cell, recipe: dict[str, Any], backbone: Backbone, context: RunContext) -> dict[str, Any]:
+    """Score one cell, timed and with its peak memory; a failure becomes the record's status and message."""
+    started = datetime.now(timezone.utc).isoformat()
+    t0 = time.perf_counter()
+    outcome: tuple[str, str, list] = ("ok", "", [])
+    with peak_memory(context.device) as peak:
+        try:
+            outcome = ("ok", "", score_cell(cell, recipe, backbone, context))
+        except Exception as exc:  # a broken cell is recorded, the run goes on
+            outcome = (*failure(exc), [])
+    return cell_record(cell, recipe, context, outcome, started, time.perf_counter() - t0, peak.mb)
+
+
+def local_executor(backbone: Backbone) -> Executor:
+    """Cells one after the other in this process."""
+
+    def execute(todo: list[tuple[Cell, dict]], context: RunContext) -> Iterator[tuple[Cell, dict, dict]]:
+        for cell, recipe in todo:
+            yield cell, recipe, execute_cell(cell, recipe, backbone, context)
+
+    return execute
+
+
 def run_cells(
-    cells: list[tuple[Cell, dict]], backbone: Backbone, context: RunContext, out_dir: Path, rerun: str = "missing"
+    cells: list[tuple[Cell, dict]], backbone: Backbone | None, context: RunContext, out_dir: Path,
+    rerun: str = "missing", executor: Executor | None = None, shard: str | None = None,
 ) -> RunSummary:
+    """Score the cells ``rerun`` selects with ``executor`` (default: here, on ``backbone``), writing each as it ends.
+
+    ``shard`` ("k/N") is recorded in ``run.json`` so ``merge`` can tell which shards it was given.
+    """
     store = ResultStore(out_dir)
     with store.lock():
         identities = [r[k] for _, r in cells for k in ("data", "train_data") if k in r]
-        store.record_data(identities)
-        return _run_locked(cells, backbone, context, store, rerun)
+        store.record_data(identities, shard)
+        return _run_locked(cells, executor or local_executor(backbone), context, store, rerun)
 
 
 def _run_locked(
-    cells: list[tuple[Cell, dict]], backbone: Backbone, context: RunContext, store: ResultStore, rerun: str
+    cells: list[tuple[Cell, dict]], execute: Executor, context: RunContext, store: ResultStore, rerun: str
 ) -> RunSummary:
     summary = RunSummary()
     todo = []
@@ -120,30 +185,16 @@ def _run_locked(
             summary.skipped.append(cell)
             if status not in SETTLED:
                 summary.kept_failed.append(cell)
-    bar = tqdm(todo, desc="cells", disable=not context.progress)
-    for cell, recipe in bar:
-        bar.set_postfix_str(f"{cell.method} / {cell.task}")
-        started = datetime.now(timezone.utc).isoformat()
-        t0 = time.perf_counter()
-        status, message, metrics = "ok", "", []
-        with peak_memory(context.device) as peak:
-            try:
-                metrics = score_cell(cell, recipe, backbone, context)
-            except Exception as exc:  # a broken cell is recorded, the run goes on
-                status, message = describe_failure(exc)
-                if status == "error":
-                    message += f"\n{traceback.format_exc(limit=-3)}"
-        record = {
-            "cell": vars(cell), "status": status, "message": message, "metrics": metrics, "recipe": recipe,
-            "config_hash": cell.config_hash(recipe),
-            "provenance": {**provenance(context.device), "method_version": recipe["method_version"],
-                           "task_version": recipe["task_version"], "started": started,
-                           "wall_s": round(time.perf_counter() - t0, 3), "peak_mb": round(peak.mb, 1)},
-        }
+    bar = tqdm(total=len(todo), desc="cells", disable=not context.progress)
+    for cell, recipe, record in execute(todo, context):
         store.write(cell, recipe, record)
-        if status in SETTLED:
+        bar.update(1)
+        bar.set_postfix_str(f"{cell.method} / {cell.task}")
+        if record["status"] in SETTLED:
             summary.done.append(cell)
         else:
-            summary.failed.append((cell, message.splitlines()[0]))
-            tqdm.write(f"[{status}] {cell.method} / {cell.task}: {message.splitlines()[0]}")
+            first_line = record["message"].splitlines()[0]
+            summary.failed.append((cell, first_line))
+            tqdm.write(f"[{record['status']}] {cell.method} / {cell.task}: {first_line}")
+    bar.close()
     return summary

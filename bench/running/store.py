@@ -81,13 +81,19 @@ class ResultStore:
                 handle.truncate(0)
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
-    def record_data(self, identities: list[dict[str, Any]]) -> None:
-        """Add the data identities a run used to ``run.json``, so the folder says what it was made from."""
-        manifest_path = self.run_dir / "run.json"
-        manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {"data": {}}
+    def manifest(self) -> dict[str, Any]:
+        """``run.json``: the data identities the run used (by label) and the shards ("k/N") it holds."""
+        path = self.run_dir / "run.json"
+        return {"data": {}, "shards": [], **(json.loads(path.read_text()) if path.is_file() else {})}
+
+    def record_data(self, identities: list[dict[str, Any]], shard: str | None = None) -> None:
+        """Add the data identities a run used (and its shard) to ``run.json``: what the folder was made from."""
+        manifest = self.manifest()
         for identity in identities:
             manifest["data"][identity["label"]] = identity
-        atomic_write_json(manifest_path, manifest)
+        if shard and shard not in manifest["shards"]:
+            manifest["shards"].append(shard)
+        atomic_write_json(self.run_dir / "run.json", manifest)
 
     def path(self, cell: Cell, recipe: dict[str, Any]) -> Path:
         return self.cells_dir / cell.filename(recipe)
