@@ -86,7 +86,8 @@ def make_context(args: argparse.Namespace) -> RunContext:
     overrides = {f"{DATASETS.get(n).kind}_data": n for n in data if hasattr(profile, f"{DATASETS.get(n).kind}_data")}
     profile = profile.with_overrides(**overrides, task_settings=task_overrides(profile, args))
     return RunContext(profile=profile, device=resolve_device(args.device), cache_dir=CACHE_DIR,
-                      data_paths={n: p for n, p in data.items() if p}, progress=not args.no_progress)
+                      data_paths={n: p for n, p in data.items() if p}, progress=not args.no_progress,
+                      tile=getattr(args, "tile", None))
 
 
 def run_dir(text: str) -> Path:
@@ -206,12 +207,17 @@ def cmd_profile(args: argparse.Namespace) -> int:
         methods = csv_list(args.methods) if args.methods else METHODS.names()
         for name in methods:
             METHODS.get(name.partition(":")[0])  # "featup_jbu:reference" picks a kernel impl
-        df = profile_methods(methods, args.sizes, args.channels[0], device, progress=not args.no_progress)
+        df = profile_methods(methods, args.sizes, args.channels[0], device, progress=not args.no_progress,
+                             tile=args.tile)
     out = Path(args.out) if args.out else RUNS_DIR / f"profile-{args.what}-{device}-{time.strftime('%Y%m%d-%H%M%S')}"
     out.mkdir(parents=True, exist_ok=True)
     df.to_csv(out / "profile.csv", index=False)
     plot_profile(df, out / "profile.png")
     print(render(df.set_index(df.columns[0]), args.format))
+    if "matmul_gflops" in df.attrs:
+        print(f"practical peak: a 2048² float32 torch matmul reached {df.attrs['matmul_gflops']:.1f} GFLOP/s "
+              f"(copy bandwidth {df.attrs['copy_gbps']:.1f} GB/s); peak_fraction = a row's GFLOP/s over it",
+              file=sys.stderr)
     print(f"saved {out / 'profile.csv'} and {out / 'profile.png'}", file=sys.stderr)
     return 0 if df["status"].isin(["ok", "oom", "skipped"]).all() else 1
 
@@ -261,6 +267,12 @@ def add_common_arguments(p: argparse.ArgumentParser, data_help: str | None) -> N
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
 
 
+def add_tile_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tile", type=positive_int, metavar="N",
+                   help="compute upsampled maps in N x N tiles (inference only; equal results, memory bounded by the "
+                        "tile beyond the output itself); methods that cannot tile run whole and say why")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="run_bench.py", description=__doc__)
     parser.add_argument("--plugin", action="append", default=[], metavar="FILE.py",
@@ -278,6 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--cam-protocol", choices=("standard", "relevance"),
                      help="CAM A.D./A.I. protocol (default: the profile's, standard); stored with every number")
     run.add_argument("--cam-images", type=positive_int, help="CAM validation images (paper: 2000)")
+    add_tile_argument(run)
     run.add_argument("--rerun", default="missing", choices=("missing", "failed", "all"),
                      help="which finished cells to score again (default: missing)")
     add_common_arguments(run, "a dataset (with its local folder where it is not embedded), e.g. "
@@ -301,6 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     prof.add_argument("--channels", type=int_list(1, "positive integers", "64,384"), default=[384],
                       help="channel counts, e.g. 64,384")
     prof.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    add_tile_argument(prof)
     prof.add_argument("--format", default="md", choices=("md", "csv", "latex"))
     prof.add_argument("--out", help="folder for profile.csv and profile.png")
     prof.set_defaults(fn=cmd_profile)

@@ -90,6 +90,7 @@ def score_cell(cell: Cell, recipe: dict[str, Any], backbone: Backbone, context: 
     context = cell_context(cell, recipe, context)
     torch.manual_seed(cell.seed)
     method = METHODS.get(cell.method).create(backbone).to(context.device)
+    method.tile = context.tile
     task = TASKS.get(cell.task)()
     fit_method(method, backbone, context, task.images(context) if method.fit == "image" else ())
     method.eval()
