@@ -23,20 +23,22 @@ def _resample(x, row_index, row_weight, col_index, col_weight, out):
     H, W = out.shape[1], out.shape[2]
     ta, tb = row_index.shape[1], col_index.shape[1]
     for n in prange(N):
-        across = np.empty((h, W), x.dtype)  # the columns resampled, every source row
+        across = np.zeros((h, W), x.dtype)  # the columns resampled, every source row
         for i in range(h):
-            for c in range(W):
-                s = x.dtype.type(0)
-                for b in range(tb):
-                    s += col_weight[c, b] * x[n, i, col_index[c, b]]
-                across[i, c] = s
+            row = x[n, i]
+            for b in range(tb):
+                for c in range(W):
+                    across[i, c] += col_weight[c, b] * row[col_index[c, b]]
         for r in range(H):
+            dst = out[n, r]
+            a0 = across[row_index[r, 0]]
+            w0 = row_weight[r, 0]
             for c in range(W):
-                out[n, r, c] = 0
-            for a in range(ta):
+                dst[c] = w0 * a0[c]
+            for a in range(1, ta):
                 w, src = row_weight[r, a], across[row_index[r, a]]
                 for c in range(W):
-                    out[n, r, c] += w * src[c]
+                    dst[c] += w * src[c]
 
 
 def resample(x: torch.Tensor, rows: tuple[torch.Tensor, torch.Tensor], cols: tuple[torch.Tensor, torch.Tensor],

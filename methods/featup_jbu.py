@@ -183,8 +183,8 @@ class FeatUpJBU(Upsampler):
         return resize_to(x, output_size).add_(bias[:, :, None, None])
 
     def refined(self, lr_feats: torch.Tensor) -> torch.Tensor:
-        """X + 0.1 * Conv1x1(Dropout2d(X)) without the conv's bias (added to the output)."""
-        return lr_feats + 0.1 * F.conv2d(self.refine_dropout(lr_feats), self.refine.weight)
+        """X + 0.1 * Conv1x1(Dropout2d(X)) without the conv's bias (added to the output), the conv as a matmul."""
+        return lr_feats + 0.1 * torch.einsum("oc,bchw->bohw", self.refine.weight.flatten(1), self.refine_dropout(lr_feats))
 
     def guidance(self, image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """The ImageNet-normalised image pooled to a stage's output size."""

@@ -1,6 +1,5 @@
 """Tiled inference: equal to the whole map, at borders and odd sizes; memory bounded by the tile."""
 import gc
-import warnings
 
 import pandas as pd
 import pytest
