@@ -23,6 +23,7 @@ from torch import nn
 from bench.backbones import Backbone
 from bench.fitting.multiview import project
 from bench.registry import METHODS
+from kernels import numba_cpu
 from kernels.adaptive_conv import adaptive_conv
 from kernels.resample import resample
 from kernels.window_dot import window_dot
@@ -50,15 +51,25 @@ def pad(x: torch.Tensor, radius: int, sides: Sides = ALL_SIDES, full: tuple[int,
     return F.pad(x, [radius * side for side in sides], mode=mode)
 
 
+def inference_on_cpu(x: torch.Tensor) -> bool:
+    """Whether the one-pass Numba paths apply: float CPU tensors and no gradient to keep."""
+    return (x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
+            and not (torch.is_grad_enabled() and x.requires_grad))
+
+
+def value_taps(x: torch.Tensor, radius: int, sides: Sides = ALL_SIDES, full: tuple[int, int] | None = None):
+    """The (rows, cols) tap tables of ``pad(bicubic x2 of x)`` (kernels.resample)."""
+    mode = "reflect" if min(full or (2 * x.shape[-2], 2 * x.shape[-1])) > radius else "replicate"
+    left, right, top, bottom = (radius * side for side in sides)
+    return (padded_bicubic_taps(x.shape[-2], top, bottom, mode), padded_bicubic_taps(x.shape[-1], left, right, mode))
+
+
 def padded_values(x: torch.Tensor, radius: int, sides: Sides = ALL_SIDES,
                   full: tuple[int, int] | None = None) -> torch.Tensor:
     """``pad(bicubic x2 of x)``: in one pass (kernels.resample) where no gradient is needed, on the CPU."""
-    if x.device.type != "cpu" or (torch.is_grad_enabled() and x.requires_grad):
+    if not inference_on_cpu(x):
         return pad(F.interpolate(x, scale_factor=2, mode="bicubic", align_corners=False), radius, sides, full)
-    mode = "reflect" if min(full or (2 * x.shape[-2], 2 * x.shape[-1])) > radius else "replicate"
-    left, right, top, bottom = (radius * side for side in sides)
-    return resample(x, padded_bicubic_taps(x.shape[-2], top, bottom, mode),
-                    padded_bicubic_taps(x.shape[-1], left, right, mode))
+    return resample(x, *value_taps(x, radius, sides, full))
 
 
 @lru_cache(maxsize=128)
@@ -134,7 +145,12 @@ class JBUStage(nn.Module):
 
     def apply(self, x: torch.Tensor, kernel: torch.Tensor, impl: str, sides: Sides = ALL_SIDES,
               full: tuple[int, int] | None = None) -> torch.Tensor:
-        """Bicubic x2 of ``x``, then the adaptive conv with ``kernel``: the ``inner`` pixels of the x2 map."""
+        """Bicubic x2 of ``x``, then the adaptive conv with ``kernel``: the ``inner`` pixels of the x2 map.
+
+        Inference on the CPU with the Numba kernel does both in one pass (the x2 map is never stored).
+        """
+        if impl in ("auto", "numba") and inference_on_cpu(x) and kernel.dtype == x.dtype:
+            return numba_cpu.forward_resampled(x, *value_taps(x, self.radius, sides, full), kernel)
         return adaptive_conv(padded_values(x, self.radius, sides, full), kernel, impl=impl)
 
     def forward(self, x: torch.Tensor, guidance: torch.Tensor, impl: str) -> torch.Tensor:

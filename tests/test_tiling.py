@@ -138,3 +138,13 @@ def test_profile_methods_reports_the_tile_and_predicts_oom(monkeypatch):
     assert (carafe["tile"] == "").all() and carafe.loc[32, "message"].startswith("untiled: ")
     assert carafe.loc[1024, "status"] == "oom" and "predicted" in carafe.loc[1024, "message"]
     assert pd.isna(carafe.loc[1024, "ms"])
+
+
+def test_tile_option_reaches_the_run_context_and_refuses_nonsense(capsys):
+    from bench.cli import make_context, parse
+
+    assert make_context(parse(["run", "--tile", "256", "--device", "cpu"])).tile == 256
+    assert make_context(parse(["run", "--device", "cpu"])).tile is None
+    with pytest.raises(SystemExit):
+        parse(["profile", "methods", "--tile", "0"])
+    assert "--tile" in capsys.readouterr().err
