@@ -200,7 +200,8 @@ class FeatUpJBU(Upsampler):
 
     def refined(self, lr_feats: torch.Tensor) -> torch.Tensor:
         """X + 0.1 * Conv1x1(Dropout2d(X)) without the conv's bias (added to the output), the conv as a matmul."""
-        return lr_feats + 0.1 * torch.einsum("oc,bchw->bohw", self.refine.weight.flatten(1), self.refine_dropout(lr_feats))
+        mixed = torch.einsum("oc,bchw->bohw", self.refine.weight.flatten(1), self.refine_dropout(lr_feats))
+        return lr_feats + 0.1 * mixed
 
     def guidance(self, image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """The ImageNet-normalised image pooled to a stage's output size."""

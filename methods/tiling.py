@@ -7,10 +7,11 @@ it computes a crop of its input widened by the halo its stages read, applies the
 image-border rules (reflect padding, clamping) only on sides that are image borders,
 and keeps the interior of what it computed.
 
-Resizes whose scale is not a whole number of pixels (bilinear to any size) cannot be
-cropped and run through ``F.interpolate`` (the crop would change the sampling grid), so
-``resize_region`` uses torch's own interpolation weights, read off once per size from
-``F.interpolate`` of an identity matrix, and applies them as a few gathers.
+A resize to any size (bilinear 14 -> 223) cannot simply run ``F.interpolate`` on a crop:
+the crop's sizes would change the sampling grid. ``resize_region`` interpolates a crop that
+starts where the grid repeats, with the image's scale (short periods), or applies torch's own
+interpolation weights, read off once per size from ``F.interpolate`` of an identity matrix,
+as gathers.
 """
 from __future__ import annotations
 
@@ -28,6 +29,9 @@ Region = Callable[[Span, Span, torch.Tensor], torch.Tensor]
 CHUNK_BYTES = 128 * 2**20
 """Working memory a region may use per channel chunk (methods whose channels are independent
 compute a region a few channels at a time): peak memory stays the output plus a few of these."""
+MAX_PERIOD = 8
+"""Resizes whose sampling grid repeats every MAX_PERIOD input pixels or fewer run as torch's
+interpolation of an aligned crop (fast); others as gathers of torch's weights (exact, slower)."""
 
 
 def channel_chunks(channels: int, bytes_per_channel: int) -> list[slice]:
@@ -125,11 +129,6 @@ def resize_region(
     resize = getattr(torch.ops.aten, f"upsample_{mode}2d")
     local = resize(x[..., r0:r1, c0:c1], [rows[1] - ro, cols[1] - co], False, rs, cs)
     return local[..., rows[0] - ro:, cols[0] - co:]
-
-
-MAX_PERIOD = 8
-"""Resizes whose sampling grid repeats every MAX_PERIOD input pixels or fewer run as ``F.interpolate``
-on an aligned crop (fast); others as gathers of torch's weights (exact, slower)."""
 
 
 def _aligned_crop(span: Span, origin: int, n_in: int, n_out: int, mode: str) -> tuple[int, int, int, float] | None:

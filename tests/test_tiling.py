@@ -41,7 +41,8 @@ def test_resize_region_equals_the_same_region_of_interpolate(mode, in_size, out_
     full = F.interpolate(x, size=out_size, mode=mode, align_corners=False)
     for rows in [(0, 5), (3, out_size[0] - 2), (out_size[0] - 4, out_size[0])]:
         for cols in [(0, out_size[1]), (out_size[1] // 3, out_size[1] // 2)]:
-            src_r, src_c = source_span(rows, in_size[0], out_size[0], mode), source_span(cols, in_size[1], out_size[1], mode)
+            src_r = source_span(rows, in_size[0], out_size[0], mode)
+            src_c = source_span(cols, in_size[1], out_size[1], mode)
             crop = x[..., src_r[0]:src_r[1], src_c[0]:src_c[1]]
             got = resize_region(crop, (src_r[0], src_c[0]), in_size, out_size, rows, cols, mode)
             torch.testing.assert_close(got, full[..., rows[0]:rows[1], cols[0]:cols[1]], atol=1e-5, rtol=1e-5)
