@@ -88,7 +88,8 @@ def make_context(args: argparse.Namespace) -> RunContext:
     profile = profile.with_overrides(**overrides, task_settings=task_overrides(profile, args),
                                      normalisation=getattr(args, "normalisation", None))
     return RunContext(profile=profile, device=resolve_device(args.device), cache_dir=CACHE_DIR,
-                      data_paths={n: p for n, p in data.items() if p}, progress=not args.no_progress)
+                      data_paths={n: p for n, p in data.items() if p}, progress=not args.no_progress,
+                      tile=getattr(args, "tile", None))
 
 
 def context_backbone(args: argparse.Namespace, context: RunContext) -> Backbone:
@@ -272,12 +273,17 @@ def cmd_profile(args: argparse.Namespace) -> int:
             METHODS.get(name.partition(":")[0])  # "featup_jbu:reference" picks a kernel impl
         spec = resolve_spec(args.backbone) if args.backbone else None
         channels, stride = (spec.dim, spec.stride) if spec else (args.channels[0], STRIDE)
-        df = profile_methods(methods, args.sizes, channels, device, stride=stride, progress=not args.no_progress)
+        df = profile_methods(methods, args.sizes, channels, device, stride=stride, progress=not args.no_progress,
+                             tile=args.tile)
     out = Path(args.out) if args.out else RUNS_DIR / f"profile-{args.what}-{device}-{time.strftime('%Y%m%d-%H%M%S')}"
     out.mkdir(parents=True, exist_ok=True)
     df.to_csv(out / "profile.csv", index=False)
     plot_profile(df, out / "profile.png")
     print(render(df.set_index(df.columns[0]), args.format))
+    if "matmul_gflops" in df.attrs:
+        print(f"practical peak: a 2048² float32 torch matmul reached {df.attrs['matmul_gflops']:.1f} GFLOP/s "
+              f"(copy bandwidth {df.attrs['copy_gbps']:.1f} GB/s); peak_fraction = a row's GFLOP/s over it",
+              file=sys.stderr)
     print(f"saved {out / 'profile.csv'} and {out / 'profile.png'}", file=sys.stderr)
     return 0 if df["status"].isin(["ok", "oom", "skipped"]).all() else 1
 
@@ -329,6 +335,12 @@ def add_common_arguments(p: argparse.ArgumentParser, data_help: str | None) -> N
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
 
 
+def add_tile_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tile", type=positive_int, metavar="N",
+                   help="compute upsampled maps in N x N tiles (inference only; equal results, memory bounded by the "
+                        "tile beyond the output itself); methods that cannot tile run whole and say why")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="run_bench.py", description=__doc__)
     parser.add_argument("--plugin", action="append", default=[], metavar="FILE.py",
@@ -353,6 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="print the plan (recipe, cells, what is cached, images per stage, an estimate timed "
                           "on this device) and score nothing")
     run.add_argument("--cam-images", type=positive_int, help="CAM validation images (paper: 2000)")
+    add_tile_argument(run)
     run.add_argument("--rerun", default="missing", choices=("missing", "failed", "all"),
                      help="which finished cells to score again (default: missing)")
     run.add_argument("--executor", default="local", choices=("local", "ray"),
@@ -399,6 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
     prof.add_argument("--backbone", help="profile methods: take channels and stride from this backbone "
                                          "(e.g. timm:vit_base_patch14_dinov2; no weights are loaded)")
     prof.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    add_tile_argument(prof)
     prof.add_argument("--format", default="md", choices=("md", "csv", "latex"))
     prof.add_argument("--out", help="folder for profile.csv and profile.png")
     prof.set_defaults(fn=cmd_profile)

@@ -84,3 +84,22 @@ def adaptive_conv(V: torch.Tensor, K: torch.Tensor, impl: str = "auto") -> torch
         return reference.unfold_reference(V, K)
     backend = _TORCH if impl == "torch" else _numba_backend(V.device)
     return AdaptiveConv.apply(V, K, backend)
+
+
+def filter_grad(V: torch.Tensor, dY: torch.Tensor, impl: str = "auto") -> torch.Tensor:
+    """dL/dK (B,H,W,2r+1,2r+1) of ``adaptive_conv(V, K, impl)`` for the output gradient dY (B,C,H,W).
+
+    Straight from the backend's grad-K kernel (no forward pass on a dummy K); "reference"
+    differentiates the unfold oracle.
+    """
+    T = V.shape[-1] - dY.shape[-1] + 1
+    K = V.new_zeros(1).expand(dY.shape[0], *dY.shape[-2:], T, T)  # checked like a kernel, never filled
+    check_inputs(V, K)
+    if impl == "reference":
+        with torch.enable_grad():
+            K = K.contiguous().requires_grad_()
+            return torch.autograd.grad(reference.unfold_reference(V.detach(), K), K, dY)[0]
+    if impl not in ("auto", *IMPLS):
+        raise ValueError(f"unknown impl {impl!r}; expected 'auto' or one of {', '.join(IMPLS)}")
+    backend = _TORCH if impl == "torch" else _numba_backend(V.device)
+    return backend.grad_k(dY.detach().contiguous(), V.detach().contiguous())

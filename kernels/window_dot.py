@@ -5,20 +5,13 @@ kernels compute it and its backward without ever holding a (2r+1)^2-fold copy
 of A (an unfold of 32 channels at 224^2, batch 4, is 1.3 GB). FeatUp's range
 kernel (A = reflect-padded guidance, Q = the guidance) and SAPA's query-key
 logits (A = zero-padded keys, Q = queries) are both this operation. Only the
-public ``adaptive_conv`` is used, so every impl works; reaching its filter and
-value gradients costs one extra forward pass on the (few) channels of A.
+public ``adaptive_conv`` and its ``filter_grad`` are used, so every impl works.
 """
 from __future__ import annotations
 
 import torch
 
-from kernels.adaptive_conv import adaptive_conv
-
-
-def _filter_grad(values: torch.Tensor, dy: torch.Tensor, shape: tuple[int, ...], impl: str) -> torch.Tensor:
-    with torch.enable_grad():
-        kernel = values.new_zeros(shape, requires_grad=True)
-        return torch.autograd.grad(adaptive_conv(values.detach(), kernel, impl=impl), kernel, dy)[0]
+from kernels.adaptive_conv import adaptive_conv, filter_grad
 
 
 class WindowDot(torch.autograd.Function):
@@ -28,8 +21,7 @@ class WindowDot(torch.autograd.Function):
     def forward(ctx, padded: torch.Tensor, q: torch.Tensor, impl: str) -> torch.Tensor:
         ctx.save_for_backward(padded, q)
         ctx.impl = impl
-        d = padded.shape[-1] - q.shape[-1] + 1
-        return _filter_grad(padded, q, (q.shape[0], *q.shape[-2:], d, d), impl)
+        return filter_grad(padded, q, impl)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:

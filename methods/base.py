@@ -9,6 +9,7 @@ scoring (bench.fitting), so no method imports the trainer. Tasks only ever call
 """
 from __future__ import annotations
 
+import warnings
 from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
@@ -18,6 +19,7 @@ from torch import nn
 
 from bench.fitting.multiview import standardise
 from bench.fitting.per_image import from_pca
+from methods.tiling import Region, Span, assemble
 
 if TYPE_CHECKING:
     from bench.backbones import Backbone
@@ -47,6 +49,11 @@ class Upsampler(nn.Module, ABC):
     keeps_grid: ClassVar[bool] = False
     """True for methods that return the backbone's own grid (low_res): tasks then
     resize labels to the features, as the paper's low-res row does."""
+    untiled_reason: ClassVar[str] = "it has no forward_region yet"
+    """Why ``upsample(..., tile=N)`` computes this method untiled; methods that override
+    ``forward_region`` tile instead. The reason is warned and stored with profiles."""
+    tile: int | None = None
+    """Default tile of ``upsample`` (the runner sets it from ``--tile``); None computes whole maps."""
 
     @classmethod
     def create(cls, backbone: "Backbone") -> "Upsampler":
@@ -69,13 +76,52 @@ class Upsampler(nn.Module, ABC):
     ) -> torch.Tensor:
         """(B,C,h,w) features, (B,3,H,W) image in [0,1], (H',W') -> (B,C,H',W') features."""
 
-    def upsample(
-        self, backbone: "Backbone", image: torch.Tensor, output_size: tuple[int, int]
+    def forward_region(
+        self, lr_feats: torch.Tensor, image: torch.Tensor, output_size: tuple[int, int], rows: Span, cols: Span,
+        out: torch.Tensor,
     ) -> torch.Tensor:
-        """Backbone features of ``image`` upsampled to ``output_size``, with the contract checked."""
+        """Write rows x cols of ``forward``'s output into ``out`` (B,C,rows,cols) and return it,
+        computed from the part of the input those pixels depend on."""
+        raise NotImplementedError(f"method {self.name!r} cannot tile: {self.untiled_reason}")
+
+    def tiling_fallback(self) -> str | None:
+        """Why this method, in the current autograd mode, computes whole maps when asked to tile; None if it tiles."""
+        if type(self).forward_region is Upsampler.forward_region:
+            return self.untiled_reason
+        if torch.is_grad_enabled():
+            return "tiling is inference-only (under autograd the whole map is computed, so gradients are unchanged)"
+        return None
+
+    def regions(self, lr_feats: torch.Tensor, image: torch.Tensor, output_size: tuple[int, int]) -> Region:
+        """What ``assemble`` calls per tile; a method overrides it to share work between its tiles."""
+        return lambda rows, cols, out: self.forward_region(lr_feats, image, output_size, rows, cols, out)
+
+    def forward_tiled(
+        self, lr_feats: torch.Tensor, image: torch.Tensor, output_size: tuple[int, int], tile: int
+    ) -> torch.Tensor:
+        """``forward``'s output assembled from tile x tile regions, or computed whole (with a warning saying why)."""
+        if reason := self.tiling_fallback():
+            warnings.warn(f"method {self.name!r} computed untiled: {reason}", stacklevel=2)
+            return self(lr_feats, image, output_size)
+        return assemble(self.regions(lr_feats, image, output_size), lr_feats.shape[0], lr_feats.shape[1],
+                        output_size, tile, lr_feats)
+
+    def upsample(
+        self, backbone: "Backbone", image: torch.Tensor, output_size: tuple[int, int], tile: int | None = None
+    ) -> torch.Tensor:
+        """Backbone features of ``image`` upsampled to ``output_size``, with the contract checked.
+
+        ``tile`` (default ``self.tile``): compute the output in tile x tile regions, so peak
+        memory beyond the output is bounded by the tile; the result equals the untiled one.
+        """
         lr_feats = self.features(backbone, image)
-        out = self(lr_feats, image, tuple(output_size))
-        self.check_output(out, lr_feats, tuple(output_size))
+        tile = self.tile if tile is None else tile
+        output_size = tuple(output_size)
+        if tile is None:
+            out = self(lr_feats, image, output_size)
+        else:
+            out = self.forward_tiled(lr_feats, image, output_size, tile)
+        self.check_output(out, lr_feats, output_size)
         return out
 
     def check_output(
@@ -95,7 +141,8 @@ class Upsampler(nn.Module, ABC):
             raise ContractError(
                 f"method {self.name!r} returned spatial size {spatial}, expected the requested {output_size}"
             )
-        if not torch.isfinite(out).all():
+        # checked 16 channels at a time: a bool map of a 2048², 384-channel output alone would be 1.6 GB
+        if not all(torch.isfinite(part).all() for part in out.split(16, dim=1)):
             raise ContractError(f"method {self.name!r} returned non-finite values (NaN or inf)")
 
 
@@ -111,6 +158,7 @@ class PerImageUpsampler(Upsampler):
     """
 
     fit = "image"
+    untiled_reason = "it renders from a network fitted per image; rendering in tiles is not written yet"
     mag_weight: ClassVar[float] = 0.0
     """Downsampled HR magnitude vs the target's (FeatUp implicit: 0.001)."""
     tv_weight: ClassVar[float] = 0.0

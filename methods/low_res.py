@@ -13,6 +13,7 @@ class LowRes(Upsampler):
 
     name = "low_res"
     keeps_grid = True
+    untiled_reason = "it returns the backbone's grid, which is already small"
 
     def forward(self, lr_feats: torch.Tensor, image: torch.Tensor, output_size: tuple[int, int]) -> torch.Tensor:
         return lr_feats

@@ -88,6 +88,8 @@ class StagedUpsampler(Upsampler):
 
     fit = "dataset"
     version = "1"
+    untiled_reason = ("its x2 stages have a local receptive field, but their crop and border rules "
+                      "(zero padding, the k x k reassembly window) are not written yet")
 
     def __init__(self, dim: int, stages: int) -> None:
         super().__init__()

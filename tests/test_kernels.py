@@ -114,13 +114,16 @@ def test_kernel_device_mismatch_is_an_error():
 
 def test_kernel_profile_columns_and_skipped_cuda_row():
     df = profile_kernels([8], [4], "cpu", repeats=1, radius=1, progress=False)
-    for col in ["impl", "pass", "size", "channels", "ms", "peak_mb", "gbps", "gflops", "bw_fraction", "status",
-                "message"]:
+    for col in ["impl", "pass", "size", "channels", "ms", "peak_mb", "gbps", "gflops", "bw_fraction", "peak_fraction",
+                "status", "message"]:
         assert col in df.columns
+    assert df.attrs["matmul_gflops"] > 0
     assert set(df["pass"]) == {"forward", "backward"}
     ok = df[df["impl"].isin(["reference", "torch", "numba"])]
     assert (ok["status"] == "ok").all(), ok["message"].tolist()
     assert (ok["ms"] > 0).all() and (ok["bw_fraction"] > 0).all()
+    torch.testing.assert_close(torch.tensor(ok["peak_fraction"].values),
+                               torch.tensor((ok["gflops"] / df.attrs["matmul_gflops"]).values))
     assert (df[df["impl"] == "numba_cuda"]["status"] == "skipped").all()
 
 
@@ -143,3 +146,29 @@ def test_kernel_profile_records_a_failure_and_keeps_other_rows(monkeypatch):
     ref = df[df["impl"] == "reference"]
     assert (ref["status"] == "error").all() and ref["message"].str.contains("boom").all()
     assert (df[df["impl"] == "numba"]["status"] == "ok").all()
+
+
+@pytest.mark.parametrize("sides", [(True, True, True, True), (False, True, True, False)])
+@pytest.mark.parametrize("B, C, h, w", [(2, 5, 9, 13), (1, 6, 19, 4)])
+def test_kernel_resampled_values_and_fused_forward_match_torch(B, C, h, w, sides):
+    """pad(bicubic x2) in one pass, and the forward on it without storing it, against torch's ops."""
+    from kernels import numba_cpu
+    from kernels.resample import resample
+    from methods.featup_jbu import pad, value_taps
+
+    g = torch.Generator().manual_seed(B * C + h)
+    x = torch.randn(B, C, h, w, generator=g)
+    values = pad(torch.nn.functional.interpolate(x, scale_factor=2, mode="bicubic", align_corners=False), 3, sides)
+    taps = value_taps(x, 3, sides)
+    torch.testing.assert_close(resample(x, *taps), values, atol=1e-5, rtol=1e-5)
+    K = torch.randn(B, values.shape[-2] - 6, values.shape[-1] - 6, 7, 7, generator=g)
+    torch.testing.assert_close(numba_cpu.forward_resampled(x, *taps, K), brute_force(values, K).float(),
+                               atol=1e-4, rtol=1e-4)
+
+
+def test_kernel_resample_refuses_tables_that_read_outside_the_input():
+    from kernels.resample import resample
+
+    table = (torch.tensor([[0, 5]]), torch.ones(1, 2))
+    with pytest.raises(ValueError, match="the input has 4 x 4"):
+        resample(torch.zeros(1, 1, 4, 4), table, table)

@@ -6,6 +6,11 @@ values, so untrained weights serve. A method entry may name a kernel variant,
 ``featup_jbu:reference``, to time the same stack on another adaptive-conv
 implementation. A failure (out of memory, error) is recorded on its row and the
 other rows still run.
+
+``tile`` times tiled inference (``Upsampler.forward_tiled``); a method that cannot tile runs
+whole and its row says why. A row predicted not to fit in memory is ``oom`` without running:
+the prediction scales the method's measured peak at the smallest size (whole maps: by pixel
+count; tiles: the output itself plus the working memory of one tile).
 """
 from __future__ import annotations
 
@@ -16,12 +21,12 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from bench.profiling.profile import measure
+from bench.profiling.profile import MARGIN, available_bytes, measure
 from bench.running.failures import describe_failure
 from bench.registry import METHODS
 
 STRIDE = 16
-COLUMNS = ["method", "size", "channels", "lr_size", "device", "ms", "peak_mb", "status", "message"]
+COLUMNS = ["method", "size", "channels", "lr_size", "device", "tile", "ms", "peak_mb", "status", "message"]
 
 
 @dataclass(frozen=True)
@@ -44,17 +49,42 @@ def build(spec: str, channels: int, stride: int = STRIDE) -> torch.nn.Module:
     return upsampler.eval()
 
 
-def profile_one(spec: str, size: int, channels: int, device: str, repeats: int, stride: int = STRIDE) -> dict:
+def predicted_mb(reference: tuple[int, float], size: int, channels: int, tile: int | None) -> float:
+    """Peak MB at ``size`` from a peak measured at a smaller size: (size, peak MB) of a float32 run."""
+    ref_size, ref_mb = reference
+    if tile is None:
+        return ref_mb * (size / ref_size) ** 2
+    out_mb = lambda s: channels * s * s * 4 / 2**20  # noqa: E731 - the float32 output of one image
+    work = max(0.0, ref_mb - out_mb(ref_size)) * (min(size, tile) / ref_size) ** 2
+    return out_mb(size) + work
+
+
+def profile_one(spec: str, size: int, channels: int, device: str, repeats: int, tile: int | None = None,
+                reference: tuple[int, float] | None = None, stride: int = STRIDE) -> dict:
     row = {"method": spec, "size": size, "channels": channels, "lr_size": math.ceil(size / stride), "device": device,
-           "ms": float("nan"), "peak_mb": float("nan"), "status": "ok", "message": ""}
+           "tile": "", "ms": float("nan"), "peak_mb": float("nan"), "status": "ok", "message": ""}
     try:
         upsampler = build(spec, channels, stride).to(device)
+        with torch.no_grad():
+            fallback = upsampler.tiling_fallback() if tile else None
+        row["tile"] = tile if tile and not fallback else ""
+        if fallback:
+            row["message"] = f"untiled: {fallback}"
+        if reference is not None:
+            need = predicted_mb(reference, size, channels, row["tile"] or None)
+            budget = MARGIN * available_bytes(device) / 2**20
+            if need > budget:
+                return {**row, "status": "oom",
+                        "message": f"predicted {need:.0f} MB > budget {budget:.0f} MB (from {reference[1]:.0f} MB "
+                                   f"at {reference[0]}²); not run"}
         generator = torch.Generator().manual_seed(0)
         lr_feats = torch.randn(1, channels, row["lr_size"], row["lr_size"], generator=generator).to(device)
         image = torch.rand(1, 3, size, size, generator=generator).to(device)
 
         def run() -> torch.Tensor:
             with torch.no_grad():
+                if row["tile"]:
+                    return upsampler.forward_tiled(lr_feats, image, (size, size), tile)
                 return upsampler(lr_feats, image, (size, size))
 
         result = measure(run, device, repeats=repeats, warmup=1)
@@ -70,10 +100,16 @@ def profile_one(spec: str, size: int, channels: int, device: str, repeats: int, 
 
 def profile_methods(
     methods: list[str], sizes: list[int], channels: int, device: str = "cpu", repeats: int = 3,
-    progress: bool = True, stride: int = STRIDE,
+    progress: bool = True, tile: int | None = None, stride: int = STRIDE,
 ) -> pd.DataFrame:
-    """One row per (method, size): ms and peak MB per image, status ok / oom / error with its message."""
-    jobs = [(m, s) for m in methods for s in sizes]
-    rows = [profile_one(m, s, channels, device, repeats, stride)
-            for m, s in tqdm(jobs, desc="profile methods", disable=not progress)]
+    """One row per (method, size): ms and peak MB per image, the tile used, status ok / oom / error with its message.
+
+    Sizes run smallest first, so each method's first measured peak predicts whether a larger size fits.
+    """
+    jobs = [(m, s) for m in methods for s in sorted(sizes)]
+    rows, references = [], {}
+    for m, s in tqdm(jobs, desc="profile methods", disable=not progress):
+        rows.append(profile_one(m, s, channels, device, repeats, tile, references.get(m), stride))
+        if rows[-1]["status"] == "ok":
+            references.setdefault(m, (s, rows[-1]["peak_mb"]))
     return pd.DataFrame(rows, columns=COLUMNS)

@@ -17,7 +17,7 @@ from bench.profiling.memory import peak_memory
 
 KERNEL_IMPLS = ["reference", "torch", "numba", "numba_cuda"]
 COLUMNS = ["impl", "pass", "size", "channels", "device", "ms", "peak_mb", "gbps", "gflops", "bw_fraction",
-           "status", "message"]
+           "peak_fraction", "status", "message"]
 MARGIN = 0.8  # use at most this share of the free memory, the rest is for the OS and fragmentation
 
 
@@ -85,6 +85,13 @@ def measure_copy_bandwidth(device: torch.device | str, mb: int = 256, repeats: i
     return 2 * src.numel() * src.element_size() / (ms * 1e-3) / 1e9
 
 
+def measure_matmul_gflops(device: torch.device | str, n: int = 2048, repeats: int = 5) -> float:
+    """GFLOP/s of a large float32 torch matmul: the practical compute peak of this machine, now."""
+    a = torch.randn(n, n, device=device)
+    ms = measure(lambda: a @ a, device, repeats=repeats).ms
+    return 2 * n**3 / (ms * 1e-3) / 1e9
+
+
 def available_bytes(device: torch.device | str) -> int:
     """Free memory now: CUDA free bytes, or MemAvailable on Linux for the CPU."""
     device = torch.device(device)
@@ -134,12 +141,12 @@ def _kernel_call(impl: str, pass_: str, V: torch.Tensor, K: torch.Tensor, dY: to
 
 
 def profile_one(impl: str, pass_: str, size: int, channels: int, device: torch.device, radius: int,
-                repeats: int, copy_gbps: float, budget: int) -> dict:
+                repeats: int, copy_gbps: float, budget: int, matmul_gflops: float = float("nan")) -> dict:
     """One row of the kernel profile; failures are recorded in the row."""
     cost = kernel_cost(impl, pass_, size, channels, radius)
     row = {"impl": impl, "pass": pass_, "size": size, "channels": channels, "device": str(device),
            "ms": float("nan"), "peak_mb": float("nan"), "gbps": float("nan"), "gflops": float("nan"),
-           "bw_fraction": float("nan"), "status": "ok", "message": ""}
+           "bw_fraction": float("nan"), "peak_fraction": float("nan"), "status": "ok", "message": ""}
     if reason := _skip_reason(impl, device):
         return {**row, "status": "skipped", "message": reason}
     if cost["extra"] > budget:
@@ -152,9 +159,9 @@ def profile_one(impl: str, pass_: str, size: int, channels: int, device: torch.d
         K = torch.rand(1, size, size, T, T, generator=gen).to(device)
         dY = torch.randn(1, channels, size, size, generator=gen).to(device)
         result = measure(_kernel_call(impl, pass_, V, K, dY), device, repeats=repeats)
-        gbps = cost["bytes"] / (result.ms * 1e-3) / 1e9
-        row.update(ms=result.ms, peak_mb=result.peak_mb, gbps=gbps, gflops=cost["flops"] / (result.ms * 1e6),
-                   bw_fraction=gbps / copy_gbps)
+        gbps, gflops = cost["bytes"] / (result.ms * 1e-3) / 1e9, cost["flops"] / (result.ms * 1e6)
+        row.update(ms=result.ms, peak_mb=result.peak_mb, gbps=gbps, gflops=gflops, bw_fraction=gbps / copy_gbps,
+                   peak_fraction=gflops / matmul_gflops)
     except Exception as exc:  # one failing row must not lose the others
         status, message = describe_failure(exc)
         row.update(status=status, message=message[:300])
@@ -171,21 +178,22 @@ def profile_kernels(sizes: list[int], channels: list[int], device: str = "cpu", 
 
     ``memory_budget`` (bytes) caps what a row may need; by default MARGIN of the free memory.
     Rows predicted not to fit are ``oom`` without running; gbps counts the minimum bytes moved
-    (inputs read and outputs written once), bw_fraction divides it by the measured copy bandwidth.
+    (inputs read and outputs written once), bw_fraction divides it by the measured copy bandwidth,
+    peak_fraction the GFLOP/s by those of a large torch matmul measured in the same run.
     """
     device = torch.device(device)
     impls = impls or KERNEL_IMPLS
     unknown = sorted(set(impls) - set(KERNEL_IMPLS))
     if unknown:
         raise ValueError(f"unknown kernel impl(s) {unknown}; expected some of {KERNEL_IMPLS}")
-    copy_gbps = measure_copy_bandwidth(device)
+    copy_gbps, matmul_gflops = measure_copy_bandwidth(device), measure_matmul_gflops(device)
     jobs = [(i, p, s, c) for s in sizes for c in channels for i in impls for p in ("forward", "backward")]
     rows = []
     for impl, pass_, size, ch in tqdm(jobs, desc="profile kernels", disable=not progress):
         budget = memory_budget if memory_budget is not None else int(MARGIN * available_bytes(device))
-        rows.append(profile_one(impl, pass_, size, ch, device, radius, repeats, copy_gbps, budget))
+        rows.append(profile_one(impl, pass_, size, ch, device, radius, repeats, copy_gbps, budget, matmul_gflops))
     df = pd.DataFrame(rows, columns=COLUMNS)
-    df.attrs["copy_gbps"] = copy_gbps
+    df.attrs.update(copy_gbps=copy_gbps, matmul_gflops=matmul_gflops)
     return df
 
 

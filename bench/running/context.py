@@ -20,3 +20,6 @@ class RunContext:
     progress: bool = True
     fit_cache_mb: float = 2048
     """Bound on the per-image fit cache (``<cache_dir>/fits``); least recently used fits go first."""
+    tile: int | None = None
+    """Tasks' upsampled maps are computed in tiles of this size (``Upsampler.tile``); None: whole maps.
+    Tiled results equal whole ones to float tolerance, so the tile is not part of a cell's hash."""

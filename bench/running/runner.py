@@ -97,6 +97,7 @@ def fitted_method(cell: Cell, backbone: Backbone, context: RunContext) -> Upsamp
     """
     torch.manual_seed(cell.seed)
     method = METHODS.get(cell.method).create(backbone).to(context.device)
+    method.tile = context.tile
     fit_method(method, backbone, context, TASKS.get(cell.task)().images(context) if method.fit == "image" else ())
     return method
 

@@ -1,0 +1,151 @@
+"""Tiled inference: equal to the whole map, at borders and odd sizes; memory bounded by the tile."""
+import gc
+
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+
+from bench.profiling import methods as profiling
+from bench.profiling.memory import peak_memory
+from methods.bilinear import Bilinear
+from methods.carafe import Carafe
+from methods.featup_jbu import FeatUpJBU
+from methods.tiling import resize_region, source_span, spans
+
+
+def seeded(*shape, seed=0):
+    return torch.rand(*shape, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+
+def jbu(dim: int, stages: int) -> FeatUpJBU:
+    """A JBU stack with random (not initial) weights, so every part of the kernel matters."""
+    method = FeatUpJBU(dim, stages).eval()
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in method.parameters():
+            p.copy_(torch.randn(p.shape, generator=generator) * 0.3)
+    return method
+
+
+def test_spans_cover_the_length_in_order():
+    assert spans(10, 4) == [(0, 4), (4, 8), (8, 10)]
+    with pytest.raises(ValueError, match="positive"):
+        spans(10, 0)
+
+
+@pytest.mark.parametrize("mode", ["bilinear", "bicubic"])
+@pytest.mark.parametrize("in_size, out_size", [((7, 9), (112, 144)), ((7, 9), (50, 77)), ((40, 30), (23, 61))])
+def test_resize_region_equals_the_same_region_of_interpolate(mode, in_size, out_size):
+    x = seeded(2, 3, *in_size)
+    full = F.interpolate(x, size=out_size, mode=mode, align_corners=False)
+    for rows in [(0, 5), (3, out_size[0] - 2), (out_size[0] - 4, out_size[0])]:
+        for cols in [(0, out_size[1]), (out_size[1] // 3, out_size[1] // 2)]:
+            src_r = source_span(rows, in_size[0], out_size[0], mode)
+            src_c = source_span(cols, in_size[1], out_size[1], mode)
+            crop = x[..., src_r[0]:src_r[1], src_c[0]:src_c[1]]
+            got = resize_region(crop, (src_r[0], src_c[0]), in_size, out_size, rows, cols, mode)
+            torch.testing.assert_close(got, full[..., rows[0]:rows[1], cols[0]:cols[1]], atol=1e-5, rtol=1e-5)
+
+
+# (LR grid, output size, tile): square and not, multiples of the stride and not (whose last
+# resize runs as an aligned interpolate or as gathers), tiles that do not divide the size, one
+# tile bigger than the map, and a 1-pixel-wide grid (replicate padding).
+CASES = [((5, 7), (40, 56), 16), ((5, 7), (37, 61), 10), ((6, 6), (48, 48), 1000), ((3, 4), (24, 32), 7),
+         ((1, 2), (8, 16), 5), ((4, 6), (16, 12), 9)]
+
+
+@pytest.mark.parametrize("lr, size, tile", CASES)
+def test_tiled_jbu_equals_untiled(lr, size, tile):
+    method = jbu(8, 3)
+    x, image = seeded(2, 8, *lr, seed=2), seeded(2, 3, 45, 50, seed=3).abs()
+    with torch.no_grad():
+        whole = method(x, image, size)
+        tiled = method.forward_tiled(x, image, size, tile)
+    torch.testing.assert_close(tiled, whole, atol=2e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("lr, size, tile", CASES)
+def test_tiled_bilinear_equals_untiled(lr, size, tile):
+    x = seeded(2, 8, *lr, seed=4)
+    with torch.no_grad():
+        torch.testing.assert_close(Bilinear().forward_tiled(x, None, size, tile), Bilinear()(x, None, size),
+                                   atol=1e-5, rtol=1e-5)
+
+
+def test_jbu_region_is_computed_from_a_crop_of_the_features():
+    """A tile far from a feature pixel does not read it: its value cannot change the tile."""
+    method = jbu(4, 3)
+    x, image = seeded(1, 4, 8, 8), seeded(1, 3, 64, 64).abs()
+    changed = x.clone()
+    changed[..., 7, 7] += 100
+    with torch.no_grad():
+        tile = [method.forward_region(f, image, (64, 64), (0, 16), (0, 16), torch.empty(1, 4, 16, 16))
+                for f in (x, changed)]
+    torch.testing.assert_close(tile[0], tile[1], atol=0, rtol=0)
+
+
+def test_tiling_is_inference_only_and_leaves_gradients_unchanged():
+    method = jbu(4, 2)
+    x, image = seeded(1, 4, 3, 5).requires_grad_(), seeded(1, 3, 12, 20).abs()
+    with pytest.warns(UserWarning, match="inference-only"):
+        tiled = method.forward_tiled(x, image, (12, 20), 4)
+    grad_tiled, = torch.autograd.grad(tiled.square().sum(), x)
+    grad_whole, = torch.autograd.grad(method(x, image, (12, 20)).square().sum(), x)
+    torch.testing.assert_close(grad_tiled, grad_whole, atol=0, rtol=0)
+
+
+def test_a_method_that_cannot_tile_runs_whole_and_says_why():
+    method = Carafe(8, 2).eval()
+    x, image = seeded(1, 8, 4, 4), seeded(1, 3, 16, 16).abs()
+    with torch.no_grad(), pytest.warns(UserWarning, match="carafe.*untiled: its x2 stages"):
+        tiled = method.forward_tiled(x, image, (16, 16), 4)
+    with torch.no_grad():
+        torch.testing.assert_close(tiled, method(x, image, (16, 16)))
+
+
+def extra_mb(method, channels: int, size: int, tile: int | None) -> float:
+    """Peak memory of one call above its own float32 output (which the measurement counts)."""
+    x, image = seeded(1, channels, size // 16, size // 16), seeded(1, 3, size, size).abs()
+    with torch.no_grad():
+        run = (lambda: method(x, image, (size, size))) if tile is None else \
+            (lambda: method.forward_tiled(x, image, (size, size), tile))
+        run()  # warm-up: Numba compilation, allocator pools
+        gc.collect()
+        with peak_memory("cpu") as peak:
+            out = run()
+        del out
+    return peak.mb - channels * size * size * 4 / 2**20
+
+
+@pytest.mark.slow
+def test_tiled_memory_does_not_grow_with_the_output():
+    """From 512² to 1024² the output grows by 192 MB (C = 64); a tiled run needs no more beyond
+    it, while the whole-map run's working memory grows with the map."""
+    method = jbu(64, 4)
+    tiled = [extra_mb(method, 64, size, 128) for size in (512, 1024)]
+    whole = [extra_mb(method, 64, size, None) for size in (512, 1024)]
+    assert tiled[1] < tiled[0] + 32, tiled
+    assert whole[1] > whole[0] + 200, whole
+
+
+def test_profile_methods_reports_the_tile_and_predicts_oom(monkeypatch):
+    monkeypatch.setattr(profiling, "available_bytes", lambda device: 300 * 2**20)
+    df = profiling.profile_methods(["bilinear", "carafe"], [64, 32, 1024], 16, repeats=1, progress=False, tile=32)
+    bilinear = df[df.method == "bilinear"].set_index("size")
+    assert list(bilinear.index) == [32, 64, 1024] and (bilinear.loc[[32, 64], "tile"] == 32).all()
+    assert bilinear.loc[1024, "status"] == "ok"  # tiled: 64 MB of output plus one tile's work fits in 240 MB
+    carafe = df[df.method == "carafe"].set_index("size")
+    assert (carafe["tile"] == "").all() and carafe.loc[32, "message"].startswith("untiled: ")
+    assert carafe.loc[1024, "status"] == "oom" and "predicted" in carafe.loc[1024, "message"]
+    assert pd.isna(carafe.loc[1024, "ms"])
+
+
+def test_tile_option_reaches_the_run_context_and_refuses_nonsense(capsys):
+    from bench.cli import make_context, parse
+
+    assert make_context(parse(["run", "--tile", "256", "--device", "cpu"])).tile == 256
+    assert make_context(parse(["run", "--device", "cpu"])).tile is None
+    with pytest.raises(SystemExit):
+        parse(["profile", "methods", "--tile", "0"])
+    assert "--tile" in capsys.readouterr().err
