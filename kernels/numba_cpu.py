@@ -53,6 +53,19 @@ def _row_block(task: int, rows: int) -> tuple[int, int, int]:
     return b, y0, min(ROWS, rows - y0)
 
 
+@njit(cache=True, inline="always")
+def _block_taps(K, b: int, y0: int, n: int, Wp: int, like):
+    """K's taps for rows y0..y0+n of image b, tap-major over the flat rows of stride Wp a block reads
+    (zero in the padding columns), in ``like``'s dtype."""
+    W, taps = K.shape[2], K.shape[3]
+    kt = np.zeros((taps, n * Wp), like.dtype)
+    for yy in range(n):
+        for x in range(W):
+            for t in range(taps):
+                kt[t, yy * Wp + x] = K[b, y0 + yy, x, t]
+    return kt
+
+
 @njit(fastmath=FASTMATH, cache=True, inline="always")
 def _window_sums(acc, kt, v0, v1, v2, v3, T, Wp):
     """acc[q, p] += sum_ij kt[i*T + j, p] * v_q[i*Wp + j + p] for four value runs v_q.
@@ -85,11 +98,7 @@ def _kernels(T: int) -> SimpleNamespace:
         H, W, taps = K.shape[1], K.shape[2], K.shape[3]
         for task in prange(B * ((H + ROWS - 1) // ROWS)):
             b, y0, n = _row_block(task, H)
-            kt = np.zeros((taps, n * Wp), V.dtype)
-            for yy in range(n):
-                for x in range(W):
-                    for t in range(taps):
-                        kt[t, yy * Wp + x] = K[b, y0 + yy, x, t]
+            kt = _block_taps(K, b, y0, n, Wp, V)
             acc = np.empty((CB, (n - 1) * Wp + W), V.dtype)
             lo = y0 * Wp
             for c0 in range(0, C, CB):
@@ -185,11 +194,7 @@ def _kernels(T: int) -> SimpleNamespace:
         ta, tb = row_index.shape[1], col_index.shape[1]
         for task in prange(B * ((H + ROWS - 1) // ROWS)):
             b, y0, n = _row_block(task, H)
-            kt = np.zeros((taps, n * Wp), X.dtype)
-            for yy in range(n):
-                for x in range(W):
-                    for t in range(taps):
-                        kt[t, yy * Wp + x] = K[b, y0 + yy, x, t]
+            kt = _block_taps(K, b, y0, n, Wp, X)
             rows = n + T - 1
             lo, hi = h, 0
             for r in range(y0, y0 + rows):
