@@ -95,7 +95,7 @@ def _kernels(T: int) -> SimpleNamespace:
     @njit(parallel=True, fastmath=FASTMATH, cache=True)
     def forward(V, K, Y):
         B, C, Hp, Wp = V.shape
-        H, W, taps = K.shape[1], K.shape[2], K.shape[3]
+        H, W = K.shape[1], K.shape[2]
         for task in prange(B * ((H + ROWS - 1) // ROWS)):
             b, y0, n = _row_block(task, H)
             kt = _block_taps(K, b, y0, n, Wp, V)
@@ -189,7 +189,7 @@ def _kernels(T: int) -> SimpleNamespace:
         the same flat buffers with row stride Wp that the forward reads V from.
         """
         B, C, h, w = X.shape
-        H, W, taps = K.shape[1], K.shape[2], K.shape[3]
+        H, W = K.shape[1], K.shape[2]
         Wp = col_index.shape[0]
         ta, tb = row_index.shape[1], col_index.shape[1]
         for task in prange(B * ((H + ROWS - 1) // ROWS)):
