@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -23,14 +25,26 @@ def _rss_kb(field: str) -> int:
     raise RuntimeError(f"{field} not in {_STATUS}")
 
 
+def _return_free_heap_to_the_os() -> None:
+    """glibc keeps freed pages for reuse, so a block that reuses them never raises VmHWM;
+    malloc_trim(0) gives them back, and the block must fault in every page it uses."""
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return
+    trim = getattr(ctypes.CDLL(name), "malloc_trim", None)
+    if trim is not None:
+        trim(0)
+
+
 @contextlib.contextmanager
 def peak_memory(device: torch.device | str) -> Iterator[Peak]:
     """Yield a Peak whose ``mb`` is set on exit to the growth above the memory in use at entry.
 
     CPU: Linux lets a process reset its RSS high-water mark (writing 5 to
     /proc/self/clear_refs), so VmHWM after the block minus VmRSS before it is the
-    block's peak; memory the allocator kept from earlier work can hide part of it,
-    so this is a lower bound. Elsewhere it reports 0.
+    block's peak. Freed heap pages are returned to the OS first (glibc), so that memory
+    kept from earlier work does not hide the block's; it is still a lower bound where the
+    allocator keeps pages. Elsewhere it reports 0.
     """
     device = torch.device(device)
     peak = Peak()
@@ -44,6 +58,7 @@ def peak_memory(device: torch.device | str) -> Iterator[Peak]:
             torch.cuda.synchronize(device)
             peak.mb = (torch.cuda.max_memory_allocated(device) - before) / 2**20
         return
+    _return_free_heap_to_the_os()
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
