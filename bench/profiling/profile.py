@@ -1,7 +1,6 @@
 """Time and peak memory of a call, copy bandwidth, and the adaptive-conv kernel profile."""
 from __future__ import annotations
 
-import ctypes
 import statistics
 import time
 from dataclasses import dataclass
@@ -27,21 +26,6 @@ class Measurement:
     peak_mb: float  # peak memory during a call above what was in use before it (max over repeats)
 
 
-def _trim_heap() -> None:
-    """Hand memory that glibc keeps from freed chunks back to the OS (malloc_trim(0)).
-
-    CPU peak memory is read as growth of the process's resident set (bench.profiling.memory). glibc keeps
-    freed chunks below its dynamic mmap threshold (up to 32 MiB) resident in its heap, so a call
-    reusing them would not grow the resident set and its peak would read too low. Trimming just
-    before the call makes everything the call touches count, while the allocator behaves as in
-    normal use during the call (so timings stay fair to code that reuses small temporaries).
-    """
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass  # not glibc: peaks may read low, as documented in bench.profiling.memory
-
-
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -63,8 +47,6 @@ def measure(fn: Callable[[], object], device: torch.device | str, repeats: int =
     _sync(device)
     times, peaks = [], []
     for _ in range(repeats):
-        if device.type == "cpu":
-            _trim_heap()
         with peak_memory(device) as peak:
             start = time.perf_counter()
             result = fn()
