@@ -274,7 +274,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
         spec = resolve_spec(args.backbone) if args.backbone else None
         channels, stride = (spec.dim, spec.stride) if spec else (args.channels[0], STRIDE)
         df = profile_methods(methods, args.sizes, channels, device, stride=stride, progress=not args.no_progress,
-                             tile=args.tile)
+                             tile=args.tile, dtype=torch.float16 if args.half else torch.float32)
     out = Path(args.out) if args.out else RUNS_DIR / f"profile-{args.what}-{device}-{time.strftime('%Y%m%d-%H%M%S')}"
     out.mkdir(parents=True, exist_ok=True)
     df.to_csv(out / "profile.csv", index=False)
@@ -413,6 +413,9 @@ def build_parser() -> argparse.ArgumentParser:
                                          "(e.g. timm:vit_base_patch14_dinov2; no weights are loaded)")
     prof.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     add_tile_argument(prof)
+    prof.add_argument("--half", action="store_true",
+                      help="profile methods: store each output in float16 (computed in float32; with --tile the "
+                           "float32 output never exists), half the output's memory")
     prof.add_argument("--format", default="md", choices=("md", "csv", "latex"))
     prof.add_argument("--out", help="folder for profile.csv and profile.png")
     prof.set_defaults(fn=cmd_profile)

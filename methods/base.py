@@ -19,7 +19,7 @@ from torch import nn
 
 from bench.fitting.multiview import standardise
 from bench.fitting.per_image import from_pca
-from methods.tiling import Region, Span, assemble
+from methods.tiling import PixelMap, Region, Span, assemble
 
 if TYPE_CHECKING:
     from bench.backbones import Backbone
@@ -31,6 +31,12 @@ def guidance_at(image: torch.Tensor, size: tuple[int, int], dtype: torch.dtype) 
     if tuple(image.shape[-2:]) != tuple(size):
         image = F.interpolate(image, size=size, mode="bilinear", align_corners=False, antialias=True)
     return image.to(dtype)
+
+
+def _finish(out: torch.Tensor, pixelwise: PixelMap | None, dtype: torch.dtype | None) -> torch.Tensor:
+    """A whole output mapped by ``pixelwise`` and stored in ``dtype`` (each when given)."""
+    out = out if pixelwise is None else pixelwise(out)
+    return out if dtype is None else out.to(dtype)
 
 
 class ContractError(ValueError):
@@ -97,32 +103,39 @@ class Upsampler(nn.Module, ABC):
         return lambda rows, cols, out: self.forward_region(lr_feats, image, output_size, rows, cols, out)
 
     def forward_tiled(
-        self, lr_feats: torch.Tensor, image: torch.Tensor, output_size: tuple[int, int], tile: int
+        self, lr_feats: torch.Tensor, image: torch.Tensor, output_size: tuple[int, int], tile: int,
+        pixelwise: PixelMap | None = None, dtype: torch.dtype | None = None,
     ) -> torch.Tensor:
-        """``forward``'s output assembled from tile x tile regions, or computed whole (with a warning saying why)."""
+        """``forward``'s output assembled from tile x tile regions, or computed whole (with a warning
+        saying why); ``pixelwise`` and ``dtype`` as in ``upsample``."""
         if reason := self.tiling_fallback():
             warnings.warn(f"method {self.name!r} computed untiled: {reason}", stacklevel=2)
-            return self(lr_feats, image, output_size)
+            return _finish(self(lr_feats, image, output_size), pixelwise, dtype)
         return assemble(self.regions(lr_feats, image, output_size), lr_feats.shape[0], lr_feats.shape[1],
-                        output_size, tile, lr_feats)
+                        output_size, tile, lr_feats, pixelwise, dtype)
 
     def upsample(
-        self, backbone: "Backbone", image: torch.Tensor, output_size: tuple[int, int], tile: int | None = None
+        self, backbone: "Backbone", image: torch.Tensor, output_size: tuple[int, int], tile: int | None = None,
+        pixelwise: PixelMap | None = None, dtype: torch.dtype | None = None,
     ) -> torch.Tensor:
         """Backbone features of ``image`` upsampled to ``output_size``, with the contract checked.
 
         ``tile`` (default ``self.tile``): compute the output in tile x tile regions, so peak
         memory beyond the output is bounded by the tile; the result equals the untiled one.
+        ``pixelwise``: return ``pixelwise(features)`` for a map that acts on each pixel alone (a
+        probe, a classifier); tiled, each tile is mapped as it comes, so the whole feature map is
+        never held. ``dtype``: the precision the result is stored in (float16 halves it), for
+        consumers that tolerate it; the features are computed in their own precision.
         """
         lr_feats = self.features(backbone, image)
         tile = self.tile if tile is None else tile
         output_size = tuple(output_size)
-        if tile is None:
-            out = self(lr_feats, image, output_size)
-        else:
-            out = self.forward_tiled(lr_feats, image, output_size, tile)
+        if pixelwise is not None and tile is not None:  # mapped tile by tile: the features are never whole
+            return self.forward_tiled(lr_feats, image, output_size, tile, pixelwise, dtype)
+        out = self(lr_feats, image, output_size) if tile is None else self.forward_tiled(
+            lr_feats, image, output_size, tile, dtype=dtype)
         self.check_output(out, lr_feats, output_size)
-        return out
+        return _finish(out, pixelwise, dtype)
 
     def check_output(
         self, out: object, lr_feats: torch.Tensor, output_size: tuple[int, int]

@@ -26,6 +26,8 @@ Span = tuple[int, int]
 """A half-open range [start, stop) of rows or columns."""
 Region = Callable[[Span, Span, torch.Tensor], torch.Tensor]
 """``region(rows, cols, out)`` writes rows x cols of a method's output into ``out`` and returns it."""
+PixelMap = Callable[[torch.Tensor], torch.Tensor]
+"""A map (B,C,h,w) -> (B,K,h,w) that acts on each pixel's channels alone (so it commutes with tiling)."""
 CHUNK_BYTES = 128 * 2**20
 """Working memory a region may use per channel chunk (methods whose channels are independent
 compute a region a few channels at a time): peak memory stays the output plus a few of these."""
@@ -54,13 +56,27 @@ def widen(span: Span, halo: int, length: int) -> Span:
 
 def assemble(
     region: Region, batch: int, channels: int, output_size: tuple[int, int],
-    tile: int, like: torch.Tensor,
+    tile: int, like: torch.Tensor, pixelwise: PixelMap | None = None, dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
-    """(batch, channels, H, W) output filled tile by tile: ``region(rows, cols, out)`` writes into ``out``."""
-    out = like.new_empty(batch, channels, *output_size)
+    """(batch, channels, H, W) output filled tile by tile: ``region(rows, cols, out)`` writes into ``out``.
+
+    ``pixelwise`` maps each tile as it is computed (a probe, a classifier: any per-pixel map of the
+    channels), so only the mapped output is held, never the whole feature map. ``dtype`` stores the
+    output in another precision (float16 halves it); each tile is computed in ``like``'s dtype.
+    """
+    out = None if pixelwise else like.new_empty(batch, channels, *output_size, dtype=dtype)
+    direct = pixelwise is None and out.dtype == like.dtype  # regions write straight into the output
     for rows in spans(output_size[0], tile):
         for cols in spans(output_size[1], tile):
-            region(rows, cols, out[:, :, rows[0]:rows[1], cols[0]:cols[1]])
+            window = (slice(None), slice(None), slice(*rows), slice(*cols))
+            result = region(rows, cols, out[window] if direct else like.new_empty(
+                batch, channels, rows[1] - rows[0], cols[1] - cols[0]))
+            if pixelwise is not None:
+                result = pixelwise(result)
+                if out is None:
+                    out = result.new_empty(*result.shape[:2], *output_size, dtype=dtype)
+            if not direct:
+                out[window] = result
     return out
 
 

@@ -87,8 +87,9 @@ def train_head(feats: torch.Tensor, labels: torch.Tensor, steps: int, lr: float,
 def cam_of(upsampler: Upsampler, backbone: Backbone, head: LinearHead, image: torch.Tensor,
            k: torch.Tensor) -> torch.Tensor:
     """(B,H,W) CAMs in [0,1] at the image size for head outputs ``k``."""
-    feats = standardise(upsampler.upsample(backbone, image, tuple(image.shape[-2:])).float())
-    cam = head.class_map(feats, k).relu()
+    # the class map acts per pixel: under --tile each tile is mapped as it comes, the features are never whole
+    cam = upsampler.upsample(backbone, image, tuple(image.shape[-2:]),
+                             pixelwise=lambda f: head.class_map(standardise(f.float()), k)[:, None])[:, 0].relu()
     lo, hi = cam.amin((1, 2), keepdim=True), cam.amax((1, 2), keepdim=True)
     cam = (cam - lo) / (hi - lo).clamp_min(1e-12)
     if tuple(cam.shape[-2:]) != tuple(image.shape[-2:]):

@@ -32,6 +32,7 @@ from bench.data.common import epoch_order
 from bench.running.context import RunContext
 from bench.running.profiles import Profile
 from methods.base import Upsampler
+from methods.tiling import PixelMap
 from tasks.base import MetricRow, Task, TaskSettings, Workload
 from tasks.metrics import PerImage
 
@@ -71,10 +72,13 @@ class Scores(Protocol):
     def result(self) -> tuple[dict[str, float], PerImage]: ...
 
 
-def upsampled(upsampler: Upsampler, backbone: Backbone, image: torch.Tensor) -> torch.Tensor:
-    """HR features at the image size (the grid for low_res), float32, no gradients."""
+def upsampled(upsampler: Upsampler, backbone: Backbone, image: torch.Tensor,
+              pixelwise: PixelMap | None = None) -> torch.Tensor:
+    """HR features at the image size (the grid for low_res), float32, no gradients; mapped by
+    ``pixelwise`` when given (tile by tile under ``--tile``, never holding the whole features)."""
     with torch.no_grad():
-        return upsampler.upsample(backbone, image, tuple(image.shape[-2:])).float()
+        return upsampler.upsample(backbone, image, tuple(image.shape[-2:]),
+                                  pixelwise=None if pixelwise is None else lambda f: pixelwise(f.float())).float()
 
 
 def resize_target(target: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -225,8 +229,8 @@ class ProbeTask(Task):
     def loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor: ...
 
     @abstractmethod
-    def predict(self, probe: LinearProbe, feats: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        """(B,H,W) predictions at the label grid ``size`` from (B,C,h,w) features."""
+    def predict(self, outputs: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """(B,H,W) predictions at the label grid ``size`` from the probe's (B,outputs,h,w) map."""
 
     @abstractmethod
     def scores(self, outputs: int) -> Scores: ...
@@ -248,13 +252,13 @@ class ProbeTask(Task):
         train, val = (len(self.load_split(split, context)) for split in ("train", "val"))
         return Workload(train + val, train * (1 if s.feature_cache == "memory" else s.epochs + 1) + val)
 
-    def evaluate(self, probe: LinearProbe, batches: Iterator[tuple[torch.Tensor, dict]]) -> tuple[dict[str, float], PerImage]:
-        """Metric values over the validation batches of (features, batch) and their per-image statistics."""
-        scores = self.scores(probe.linear.out_features)
+    def evaluate(self, outputs: int, batches: Iterator[tuple[torch.Tensor, dict]]) -> tuple[dict[str, float], PerImage]:
+        """Metric values over the validation batches of (probe output map, batch) and their per-image statistics."""
+        scores = self.scores(outputs)
         with torch.no_grad():
-            for feats, batch in batches:
+            for mapped, batch in batches:
                 target, valid = (t.cpu() for t in self.targets(batch))
-                scores.update(self.predict(probe, feats, tuple(target.shape[-2:])).cpu(), target, valid)
+                scores.update(self.predict(mapped, tuple(target.shape[-2:])).cpu(), target, valid)
         return scores.result()
 
     def run(self, upsampler: Upsampler, backbone: Backbone, context: RunContext) -> list[MetricRow]:
@@ -268,6 +272,6 @@ class ProbeTask(Task):
         def batches() -> Iterator[tuple[torch.Tensor, dict]]:
             for batch in tqdm(loader, desc=f"{self.name} val", leave=False, disable=not context.progress):
                 batch = {k: v.to(context.device) for k, v in batch.items()}
-                yield upsampled(upsampler, backbone, batch["image"]), batch
+                yield upsampled(upsampler, backbone, batch["image"], probe.apply_map), batch
 
-        return self.rows(*self.evaluate(probe, batches()))
+        return self.rows(*self.evaluate(probe.linear.out_features, batches()))

@@ -10,7 +10,7 @@ from torch.utils.data import Dataset
 from bench.registry import TASKS
 from bench.running.profiles import Profile
 from tasks.metrics import DepthScores
-from tasks.probe import LinearProbe, ProbeTask
+from tasks.probe import ProbeTask
 
 MIN_DEPTH = 1e-3
 
@@ -36,8 +36,8 @@ class ProbeDepth(ProbeTask):
     def loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return F.mse_loss(pred[:, 0], target)
 
-    def predict(self, probe: LinearProbe, feats: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        pred = F.interpolate(probe.apply_map(feats), size=size, mode="bilinear", align_corners=False)[:, 0]
+    def predict(self, outputs: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        pred = F.interpolate(outputs, size=size, mode="bilinear", align_corners=False)[:, 0]
         return pred.clamp_min(MIN_DEPTH)
 
     def scores(self, outputs: int) -> DepthScores:

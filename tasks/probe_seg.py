@@ -8,7 +8,7 @@ from torch.utils.data import Dataset
 from bench.data.common import IGNORE_INDEX as IGNORE
 from bench.registry import TASKS
 from tasks.metrics import SegmentationScores
-from tasks.probe import LinearProbe, ProbeTask, resize_target
+from tasks.probe import ProbeTask, resize_target
 
 
 @TASKS.register
@@ -35,8 +35,8 @@ class ProbeSeg(ProbeTask):
     def loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(pred, target)
 
-    def predict(self, probe: LinearProbe, feats: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        return resize_target(probe.apply_map(feats).argmax(1), size)
+    def predict(self, outputs: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        return resize_target(outputs.argmax(1), size)
 
     def scores(self, outputs: int) -> SegmentationScores:
         return SegmentationScores(outputs, {"miou": "miou", "acc": "aacc"})

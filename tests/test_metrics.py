@@ -3,18 +3,8 @@ import numpy as np
 import torch
 
 from bench.reporting.stats import STATISTICS
-from tasks.probe import LinearProbe
 from tasks.probe_depth import ProbeDepth
 from tasks.probe_seg import IGNORE, ProbeSeg
-
-
-def identity_probe(channels: int) -> LinearProbe:
-    """A probe that passes features straight through (zero mean, unit std, identity weights)."""
-    probe = LinearProbe(torch.zeros(channels), torch.ones(channels), channels)
-    with torch.no_grad():
-        probe.linear.weight.copy_(torch.eye(channels))
-        probe.linear.bias.zero_()
-    return probe
 
 
 def brute_force_seg(pred: np.ndarray, label: np.ndarray, classes: int) -> tuple[float, float]:
@@ -37,7 +27,7 @@ def test_seg_metrics_match_brute_force():
     pred[pred == IGNORE] = 0
     logits = torch.nn.functional.one_hot(torch.from_numpy(pred), classes).permute(0, 3, 1, 2).float()
     batches = [(logits[i : i + 2], {"label": torch.from_numpy(label[i : i + 2])}) for i in (0, 2)]
-    got, per_image = ProbeSeg().evaluate(identity_probe(classes), batches)
+    got, per_image = ProbeSeg().evaluate(classes, batches)
     miou, acc = brute_force_seg(pred, label, classes)
     assert abs(got["miou"] - miou) < 1e-3 and abs(got["acc"] - acc) < 1e-3
     # the stored per-image statistics pool back to the same numbers, image by image
@@ -55,7 +45,7 @@ def test_depth_metrics_match_brute_force():
     pred = (gt * rng.uniform(0.7, 1.4, size=gt.shape)).astype(np.float32)
     valid = rng.random(gt.shape) > 0.2
     batch = {"depth": torch.from_numpy(gt), "valid": torch.from_numpy(valid)}
-    got, per_image = ProbeDepth().evaluate(identity_probe(1), [(torch.from_numpy(pred)[:, None], batch)])
+    got, per_image = ProbeDepth().evaluate(1, [(torch.from_numpy(pred)[:, None], batch)])
     p, t = pred[valid], gt[valid]
     assert abs(got["rmse"] - np.sqrt(np.mean((p - t) ** 2))) < 1e-5
     assert abs(got["delta1.25"] - np.mean(np.maximum(p / t, t / p) < 1.25)) < 1e-6

@@ -149,3 +149,56 @@ def test_tile_option_reaches_the_run_context_and_refuses_nonsense(capsys):
     with pytest.raises(SystemExit):
         parse(["profile", "methods", "--tile", "0"])
     assert "--tile" in capsys.readouterr().err
+
+
+def channel_mix(channels: int, outputs: int):
+    """A per-pixel map (B,C,h,w) -> (B,outputs,h,w), as a probe or a classifier is."""
+    weight = seeded(outputs, channels, seed=7)
+    return lambda f: torch.einsum("oc,bchw->bohw", weight, f)
+
+
+@pytest.mark.parametrize("lr, size, tile", CASES[:3])
+def test_tiles_mapped_per_pixel_equal_the_mapped_whole_output(lr, size, tile):
+    method, mix = jbu(8, 3), channel_mix(8, 3)
+    x, image = seeded(2, 8, *lr, seed=2), seeded(2, 3, 45, 50, seed=3).abs()
+    with torch.no_grad():
+        mapped = method.forward_tiled(x, image, size, tile, pixelwise=mix)
+        torch.testing.assert_close(mapped, mix(method(x, image, size)), atol=1e-4, rtol=1e-5)
+
+
+def test_a_half_precision_output_is_the_float_output_rounded():
+    method = jbu(8, 3)
+    x, image = seeded(1, 8, 5, 7, seed=2), seeded(1, 3, 40, 56, seed=3).abs()
+    with torch.no_grad():
+        half = method.forward_tiled(x, image, (37, 61), 16, dtype=torch.float16)
+        whole = method(x, image, (37, 61))
+    assert half.dtype == torch.float16
+    torch.testing.assert_close(half, whole.half(), atol=2e-3, rtol=1e-3)
+
+
+def test_tiles_mapped_per_pixel_never_hold_the_whole_features():
+    """At 1024², C = 64, the features are 256 MB (64 MB at 512²); mapped to 2 channels tile by tile,
+    the call needs less than half of them, and grows by less than half of their growth (the
+    guidance images and the mapped output do grow). Mapping the whole output measured 101 / 328 MB."""
+    method, mix = jbu(64, 4), channel_mix(64, 2)
+
+    def peak(size: int) -> float:
+        x, image = seeded(1, 64, size // 16, size // 16), seeded(1, 3, size, size).abs()
+        with torch.no_grad():
+            method.forward_tiled(x, image, (size, size), 64, pixelwise=mix)  # warm-up (compilation, pools)
+            gc.collect()
+            with peak_memory("cpu") as measured:
+                out = method.forward_tiled(x, image, (size, size), 64, pixelwise=mix)
+            del out
+        return measured.mb
+
+    small, large = peak(512), peak(1024)
+    assert large < 128 and large - small < 96, (small, large)
+
+
+def test_profile_methods_with_a_half_output_needs_half_the_output_memory():
+    """Bilinear at 512², C = 128, tiles of 128: the float32 output is 128 MB, the float16 one 64 MB."""
+    peaks = {str(dtype): profiling.profile_methods(["bilinear"], [512], 128, repeats=1, progress=False, tile=128,
+                                                   dtype=dtype).iloc[0] for dtype in (torch.float32, torch.float16)}
+    assert [row["dtype"] for row in peaks.values()] == ["float32", "float16"]
+    assert peaks["torch.float16"]["peak_mb"] < peaks["torch.float32"]["peak_mb"] - 48, peaks

@@ -8,7 +8,8 @@ implementation. A failure (out of memory, error) is recorded on its row and the
 other rows still run.
 
 ``tile`` times tiled inference (``Upsampler.forward_tiled``); a method that cannot tile runs
-whole and its row says why. A row predicted not to fit in memory is ``oom`` without running:
+whole and its row says why. ``dtype`` float16 stores the output in half precision (computed in
+float32; tiled, each tile is cast as it is written, so the float32 output never exists). A row predicted not to fit in memory is ``oom`` without running:
 the prediction scales the method's measured peak at the smallest size (whole maps: by pixel
 count; tiles: the output itself plus the working memory of one tile).
 """
@@ -26,7 +27,7 @@ from bench.running.failures import describe_failure
 from bench.registry import METHODS
 
 STRIDE = 16
-COLUMNS = ["method", "size", "channels", "lr_size", "device", "tile", "ms", "peak_mb", "status", "message"]
+COLUMNS = ["method", "size", "channels", "lr_size", "device", "tile", "dtype", "ms", "peak_mb", "status", "message"]
 
 
 @dataclass(frozen=True)
@@ -49,20 +50,22 @@ def build(spec: str, channels: int, stride: int = STRIDE) -> torch.nn.Module:
     return upsampler.eval()
 
 
-def predicted_mb(reference: tuple[int, float], size: int, channels: int, tile: int | None) -> float:
-    """Peak MB at ``size`` from a peak measured at a smaller size: (size, peak MB) of a float32 run."""
+def predicted_mb(reference: tuple[int, float], size: int, channels: int, tile: int | None, itemsize: int = 4) -> float:
+    """Peak MB at ``size`` from a peak measured at a smaller size: (size, peak MB) of a run whose
+    output has ``itemsize`` bytes per value."""
     ref_size, ref_mb = reference
     if tile is None:
         return ref_mb * (size / ref_size) ** 2
-    out_mb = lambda s: channels * s * s * 4 / 2**20  # noqa: E731 - the float32 output of one image
+    out_mb = lambda s: channels * s * s * itemsize / 2**20  # noqa: E731 - the output of one image
     work = max(0.0, ref_mb - out_mb(ref_size)) * (min(size, tile) / ref_size) ** 2
     return out_mb(size) + work
 
 
 def profile_one(spec: str, size: int, channels: int, device: str, repeats: int, tile: int | None = None,
-                reference: tuple[int, float] | None = None, stride: int = STRIDE) -> dict:
+                reference: tuple[int, float] | None = None, stride: int = STRIDE,
+                dtype: torch.dtype = torch.float32) -> dict:
     row = {"method": spec, "size": size, "channels": channels, "lr_size": math.ceil(size / stride), "device": device,
-           "tile": "", "ms": float("nan"), "peak_mb": float("nan"), "status": "ok", "message": ""}
+           "tile": "", "dtype": str(dtype).removeprefix("torch."), "ms": float("nan"), "peak_mb": float("nan"), "status": "ok", "message": ""}
     try:
         upsampler = build(spec, channels, stride).to(device)
         with torch.no_grad():
@@ -71,7 +74,7 @@ def profile_one(spec: str, size: int, channels: int, device: str, repeats: int, 
         if fallback:
             row["message"] = f"untiled: {fallback}"
         if reference is not None:
-            need = predicted_mb(reference, size, channels, row["tile"] or None)
+            need = predicted_mb(reference, size, channels, row["tile"] or None, dtype.itemsize)
             budget = MARGIN * available_bytes(device) / 2**20
             if need > budget:
                 return {**row, "status": "oom",
@@ -84,8 +87,8 @@ def profile_one(spec: str, size: int, channels: int, device: str, repeats: int, 
         def run() -> torch.Tensor:
             with torch.no_grad():
                 if row["tile"]:
-                    return upsampler.forward_tiled(lr_feats, image, (size, size), tile)
-                return upsampler(lr_feats, image, (size, size))
+                    return upsampler.forward_tiled(lr_feats, image, (size, size), tile, dtype=dtype)
+                return upsampler(lr_feats, image, (size, size)).to(dtype)
 
         result = measure(run, device, repeats=repeats, warmup=1)
         row.update(ms=result.ms, peak_mb=result.peak_mb)
@@ -100,7 +103,7 @@ def profile_one(spec: str, size: int, channels: int, device: str, repeats: int, 
 
 def profile_methods(
     methods: list[str], sizes: list[int], channels: int, device: str = "cpu", repeats: int = 3,
-    progress: bool = True, tile: int | None = None, stride: int = STRIDE,
+    progress: bool = True, tile: int | None = None, stride: int = STRIDE, dtype: torch.dtype = torch.float32,
 ) -> pd.DataFrame:
     """One row per (method, size): ms and peak MB per image, the tile used, status ok / oom / error with its message.
 
@@ -109,7 +112,7 @@ def profile_methods(
     jobs = [(m, s) for m in methods for s in sorted(sizes)]
     rows, references = [], {}
     for m, s in tqdm(jobs, desc="profile methods", disable=not progress):
-        rows.append(profile_one(m, s, channels, device, repeats, tile, references.get(m), stride))
+        rows.append(profile_one(m, s, channels, device, repeats, tile, references.get(m), stride, dtype))
         if rows[-1]["status"] == "ok":
             references.setdefault(m, (s, rows[-1]["peak_mb"]))
     return pd.DataFrame(rows, columns=COLUMNS)
