@@ -236,10 +236,17 @@ def _np(t: torch.Tensor) -> np.ndarray:
     return t.detach().numpy()
 
 
-def forward(V: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
-    """Y (B,C,H,W) from contiguous V (B,C,H+2r,W+2r) and K (B,H,W,2r+1,2r+1), same float dtype."""
+def forward(V: torch.Tensor, K: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Y (B,C,H,W) from contiguous V (B,C,H+2r,W+2r) and K (B,H,W,2r+1,2r+1), same float dtype.
+
+    ``out``: a contiguous (B,C,H,W) buffer to write Y into (inference, e.g. reused across calls:
+    a fresh 74 MB output costs about as much in page faults as the computation into it).
+    """
     B, H, W, T = K.shape[:4]
-    Y = V.new_empty(B, V.shape[1], H, W)
+    Y = V.new_empty(B, V.shape[1], H, W) if out is None else out
+    if tuple(Y.shape) != (B, V.shape[1], H, W) or Y.dtype != V.dtype or not Y.is_contiguous():
+        raise ValueError(f"out must be a contiguous {V.dtype} tensor of shape {(B, V.shape[1], H, W)}, "
+                         f"got {Y.dtype} {tuple(Y.shape)}")
     _kernels(T).forward(_np(V), _np(K).reshape(B, H, W, T * T), _np(Y))
     return Y
 

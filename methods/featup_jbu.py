@@ -118,10 +118,11 @@ class JBUStage(nn.Module):
         self.range_temp = nn.Parameter(torch.tensor(0.0))
         self.sigma_spatial = nn.Parameter(torch.tensor(1.0))
 
-    def spatial_kernel(self) -> torch.Tensor:
+    def log_spatial_kernel(self) -> torch.Tensor:
+        """log of FeatUp's Gaussian spatial kernel over the window, taps row-major."""
         u = torch.linspace(-1, 1, 2 * self.radius + 1, device=self.sigma_spatial.device)
         dist = u[:, None] ** 2 + u[None, :] ** 2
-        return torch.exp(-dist / (2 * self.sigma_spatial**2)).flatten()
+        return (-dist / (2 * self.sigma_spatial**2)).flatten()
 
     def kernel(self, guidance: torch.Tensor, impl: str, sides: Sides = ALL_SIDES,
                full: tuple[int, int] | None = None) -> torch.Tensor:
@@ -135,8 +136,8 @@ class JBUStage(nn.Module):
         projected = pixelwise(self.range_proj, pixels).permute(0, 3, 1, 2)
         logits = range_logits(projected, self.radius, impl, sides, full)
         b, h, w = logits.shape[:3]
-        k1 = torch.softmax(temperature * logits, dim=-1) * self.spatial_kernel()
-        k1 = k1 / k1.sum(-1, keepdim=True).clamp_min(1e-7)
+        # FeatUp's softmax(t * logits) * spatial, renormalised, is softmax(t * logits + log spatial): one pass
+        k1 = torch.softmax(temperature * logits + self.log_spatial_kernel(), dim=-1)
         fixup = pixelwise(self.fixup_proj, torch.cat([k1, inner(guidance, self.radius, sides).permute(0, 2, 3, 1)], -1))
         d = 2 * self.radius + 1
         return (k1 + 0.1 * fixup).reshape(b, h, w, d, d)

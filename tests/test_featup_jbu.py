@@ -55,6 +55,30 @@ def test_flat_guidance_without_correction_is_a_gaussian_upsampling():
     torch.testing.assert_close(method(x, flat, (20, 24)), expected, rtol=1e-5, atol=1e-5)
 
 
+def test_kernel_is_featups_formula():
+    """softmax(t * logits) times the Gaussian spatial kernel, renormalised, plus 0.1 * the fixup of
+    (that kernel, the guidance), written out as FeatUp's code does, with random stage weights."""
+    stage = FeatUpJBU(dim=4, n_stages=1).eval().stages[0]
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for p in stage.parameters():
+            p.copy_(torch.randn(p.shape, generator=generator) * 0.5)
+        stage.sigma_spatial.fill_(0.6)  # FeatUp's formula underflows to 0 / 0 for sigmas near 0
+        stage.range_temp.fill_(0.7)
+    guidance = torch.randn(2, 3, 9, 11, generator=generator)
+    projected = stage.range_proj(guidance)
+    padded = F.pad(projected, [3] * 4, mode="reflect")
+    logits = (F.unfold(padded, 7).view(2, -1, 49, 9, 11) * projected[:, :, None]).sum(1)
+    u = torch.linspace(-1, 1, 7)
+    spatial = torch.exp(-(u[:, None] ** 2 + u[None, :] ** 2) / (2 * stage.sigma_spatial**2)).reshape(1, 49, 1, 1)
+    combined = torch.softmax(stage.range_temp.exp() * logits, dim=1) * spatial
+    combined = combined / combined.sum(1, keepdim=True).clamp_min(1e-7)
+    expected = combined + 0.1 * stage.fixup_proj(torch.cat([combined, guidance], 1))
+    with torch.no_grad():
+        got = stage.kernel(guidance, "auto")
+    torch.testing.assert_close(got, expected.permute(0, 2, 3, 1).reshape(2, 9, 11, 7, 7).detach(), rtol=1e-4, atol=2e-5)
+
+
 def test_refinement_on_the_lr_grid_equals_refining_the_output():
     """The docstring's claim: X + 0.1*Conv1x1(X) commutes with the stack, the bias aside."""
     method = FeatUpJBU(dim=5, n_stages=2).eval()

@@ -118,7 +118,8 @@ def test_kernel_profile_columns_and_skipped_cuda_row():
                 "status", "message"]:
         assert col in df.columns
     assert df.attrs["matmul_gflops"] > 0
-    assert set(df["pass"]) == {"forward", "backward"}
+    assert set(df["pass"]) == {"forward", "forward_out", "backward"}
+    assert set(df[df["pass"] == "forward_out"]["impl"]) == {"numba"}
     ok = df[df["impl"].isin(["reference", "torch", "numba"])]
     assert (ok["status"] == "ok").all(), ok["message"].tolist()
     assert (ok["ms"] > 0).all() and (ok["bw_fraction"] > 0).all()
@@ -146,6 +147,17 @@ def test_kernel_profile_records_a_failure_and_keeps_other_rows(monkeypatch):
     ref = df[df["impl"] == "reference"]
     assert (ref["status"] == "error").all() and ref["message"].str.contains("boom").all()
     assert (df[df["impl"] == "numba"]["status"] == "ok").all()
+
+
+def test_numba_forward_into_a_given_output_equals_the_forward():
+    from kernels import numba_cpu
+
+    V, K = torch.randn(2, 5, 15, 17), torch.rand(2, 9, 11, 7, 7)
+    out = torch.full((2, 5, 9, 11), float("nan"))
+    assert numba_cpu.forward(V, K, out) is out
+    torch.testing.assert_close(out, unfold_reference(V, K), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="out must be a contiguous"):
+        numba_cpu.forward(V, K, torch.empty(2, 5, 11, 9))
 
 
 @pytest.mark.parametrize("sides", [(True, True, True, True), (False, True, True, False)])

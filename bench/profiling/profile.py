@@ -35,28 +35,33 @@ def measure(fn: Callable[[], object], device: torch.device | str, repeats: int =
             max_s: float = 30.0) -> Measurement:
     """Median time of ``fn()`` over ``repeats`` calls after ``warmup`` calls, and its peak extra memory.
 
+    The peak comes from one call of its own, after the warm-up: on the CPU measuring it first
+    hands freed heap pages back to the OS (bench.profiling.memory), so a timed call measured that
+    way would pay page faults that a loop over images does not pay. The timed calls then run in
+    the steady state of such a loop. The result of the peak call is alive until its peak is read,
+    so it counts (an output is memory the call needs); every result is dropped before the next call.
+
     Repeats stop early (after at least one) once they have taken ``max_s`` seconds, so a
     naive implementation taking tens of seconds a call does not hold a profile up for minutes.
-
-    The result of each call is alive until its peak is read, so it counts (an output is memory
-    the call needs); it is dropped before the next call.
     """
     device = torch.device(device)
     for _ in range(warmup):
         fn()
     _sync(device)
-    times, peaks = [], []
+    with peak_memory(device) as peak:
+        result = fn()
+        _sync(device)
+    del result
+    times = []
     for _ in range(repeats):
-        with peak_memory(device) as peak:
-            start = time.perf_counter()
-            result = fn()
-            _sync(device)
-            times.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        result = fn()
+        _sync(device)
+        times.append(time.perf_counter() - start)
         del result
-        peaks.append(peak.mb)
         if sum(times) > max_s:
             break
-    return Measurement(ms=1e3 * statistics.median(times), peak_mb=max(peaks))
+    return Measurement(ms=1e3 * statistics.median(times), peak_mb=peak.mb)
 
 
 def measure_copy_bandwidth(device: torch.device | str, mb: int = 256, repeats: int = 5) -> float:
@@ -95,6 +100,8 @@ def kernel_cost(impl: str, pass_: str, size: int, channels: int, radius: int, it
     workspace = {"reference": 2 * cols, "torch": k + 16 * hw * itemsize}.get(impl, 0)  # torch: K copy, chunk temp
     if pass_ == "forward":
         moved, flops, extra = v + k + y, 2 * channels * taps * hw, y + workspace
+    elif pass_ == "forward_out":  # into a buffer allocated once
+        moved, flops, extra = v + k + y, 2 * channels * taps * hw, y
     else:  # reads dY, V, K; writes dV, dK; the reference also holds the saved unfold
         moved, flops, extra = y + 2 * (v + k), 4 * channels * taps * hw, v + k + workspace + (cols if impl == "reference" else 0)
     return {"bytes": moved, "flops": flops, "extra": extra}
@@ -112,6 +119,11 @@ def _kernel_call(impl: str, pass_: str, V: torch.Tensor, K: torch.Tensor, dY: to
     from kernels.adaptive_conv import adaptive_conv
 
     name = "numba" if impl == "numba_cuda" else impl
+    if pass_ == "forward_out":
+        from kernels import numba_cpu
+
+        out = torch.empty_like(dY)
+        return lambda: numba_cpu.forward(V, K, out)
     if pass_ == "forward":
         def run() -> torch.Tensor:
             with torch.no_grad():
@@ -156,7 +168,9 @@ def profile_one(impl: str, pass_: str, size: int, channels: int, device: torch.d
 def profile_kernels(sizes: list[int], channels: list[int], device: str = "cpu", impls: list[str] | None = None,
                     repeats: int = 5, radius: int = 3, progress: bool = True,
                     memory_budget: int | None = None) -> pd.DataFrame:
-    """Forward and backward (dV and dK for a given dY) of each implementation, one float32 image.
+    """Forward and backward (dV and dK for a given dY) of each implementation, one float32 image;
+    for the CPU Numba kernel also ``forward_out``, the forward into an output allocated once (the
+    computation without the page faults of a fresh output).
 
     ``memory_budget`` (bytes) caps what a row may need; by default MARGIN of the free memory.
     Rows predicted not to fit are ``oom`` without running; gbps counts the minimum bytes moved
@@ -169,7 +183,8 @@ def profile_kernels(sizes: list[int], channels: list[int], device: str = "cpu", 
     if unknown:
         raise ValueError(f"unknown kernel impl(s) {unknown}; expected some of {KERNEL_IMPLS}")
     copy_gbps, matmul_gflops = measure_copy_bandwidth(device), measure_matmul_gflops(device)
-    jobs = [(i, p, s, c) for s in sizes for c in channels for i in impls for p in ("forward", "backward")]
+    jobs = [(i, p, s, c) for s in sizes for c in channels for i in impls
+            for p in ("forward", "forward_out", "backward") if p != "forward_out" or i == "numba"]
     rows = []
     for impl, pass_, size, ch in tqdm(jobs, desc="profile kernels", disable=not progress):
         budget = memory_budget if memory_budget is not None else int(MARGIN * available_bytes(device))
