@@ -20,5 +20,5 @@ class Bilinear(Upsampler):
                        rows: Span, cols: Span, out: torch.Tensor) -> torch.Tensor:
         in_size = tuple(lr_feats.shape[-2:])
         for chunk in channel_chunks(lr_feats.shape[1], 2 * out[0, 0].nbytes * out.shape[0]):
-            out[:, chunk] = resize_region(lr_feats[:, chunk], (0, 0), in_size, output_size, rows, cols)
+            resize_region(lr_feats[:, chunk], (0, 0), in_size, output_size, rows, cols, out=out[:, chunk])
         return out

@@ -127,24 +127,29 @@ def _resize_axis(x: torch.Tensor, dim: int, offset: int, span: Span, n_in: int, 
 
 def resize_region(
     x: torch.Tensor, origin: tuple[int, int], in_size: tuple[int, int], out_size: tuple[int, int],
-    rows: Span, cols: Span, mode: str = "bilinear",
+    rows: Span, cols: Span, mode: str = "bilinear", out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Rows x cols of ``F.interpolate(full, out_size, mode)`` from a crop ``x`` of ``full``.
 
     ``x`` holds the input from row/column ``origin`` on and must cover the source spans of
-    ``rows`` and ``cols`` (``source_span``).
+    ``rows`` and ``cols`` (``source_span``). ``out``: written with the result and returned; where
+    the interpolation starts at the region itself it writes there directly (one pass, not two).
     """
     grid = [_aligned_crop(span, o, n_in, n_out, mode)
             for span, o, n_in, n_out in zip((rows, cols), origin, in_size, out_size)]
     if None in grid:  # a ratio of large coprime sizes: torch's weights, applied as gathers
         x = _resize_axis(x, 2, origin[0], rows, in_size[0], out_size[0], mode)
-        return _resize_axis(x, 3, origin[1], cols, in_size[1], out_size[1], mode)
+        result = _resize_axis(x, 3, origin[1], cols, in_size[1], out_size[1], mode)
+        return result if out is None else out.copy_(result)
     (r0, r1, ro, rs), (c0, c1, co, cs) = grid
     # The aten op takes the output size and the scale apart: F.interpolate would derive the size
     # from a float scale (61/7 * 7 floors to 60) or the scale from the crop's sizes (not the image's).
     resize = getattr(torch.ops.aten, f"upsample_{mode}2d")
-    local = resize(x[..., r0:r1, c0:c1], [rows[1] - ro, cols[1] - co], False, rs, cs)
-    return local[..., rows[0] - ro:, cols[0] - co:]
+    args = (x[..., r0:r1, c0:c1], [rows[1] - ro, cols[1] - co], False, rs, cs)
+    if out is not None and (ro, co) == (rows[0], cols[0]):
+        return resize.out(*args, out=out)
+    local = resize(*args)[..., rows[0] - ro:, cols[0] - co:]
+    return local if out is None else out.copy_(local)
 
 
 def _aligned_crop(span: Span, origin: int, n_in: int, n_out: int, mode: str) -> tuple[int, int, int, float] | None:

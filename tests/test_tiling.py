@@ -197,8 +197,9 @@ def test_tiles_mapped_per_pixel_never_hold_the_whole_features():
 
 
 def test_profile_methods_with_a_half_output_needs_half_the_output_memory():
-    """Bilinear at 512², C = 128, tiles of 128: the float32 output is 128 MB, the float16 one 64 MB."""
-    peaks = {str(dtype): profiling.profile_methods(["bilinear"], [512], 128, repeats=1, progress=False, tile=128,
+    """Bilinear at 1024², C = 256, tiles of 256: the float32 output is 1024 MB, the float16 one 512 MB
+    (each tile is computed in float32 first, and the allocator's reuse of tile buffers varies: tens of MB)."""
+    peaks = {str(dtype): profiling.profile_methods(["bilinear"], [1024], 256, repeats=1, progress=False, tile=256,
                                                    dtype=dtype).iloc[0] for dtype in (torch.float32, torch.float16)}
     assert [row["dtype"] for row in peaks.values()] == ["float32", "float16"]
-    assert peaks["torch.float16"]["peak_mb"] < peaks["torch.float32"]["peak_mb"] - 48, peaks
+    assert peaks["torch.float16"]["peak_mb"] < peaks["torch.float32"]["peak_mb"] - 384, peaks
