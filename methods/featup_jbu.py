@@ -129,18 +129,25 @@ class JBUStage(nn.Module):
         """(B,3,H,W) normalised guidance -> (B,H',W',2r+1,2r+1) kernels of its ``inner`` pixels, taps row-major.
 
         Computed channels-last, (B,H,W,taps) as the range logits come out, with the 1x1 convs as
-        matmuls (``pixelwise``): no layout changes, and 2-5x faster than the convs at 224².
+        matmuls (``pixelwise``): no layout changes, and 2-5x faster than the convs at 224². The
+        correction's first conv reads (k1, guidance) as two matmuls instead of their concatenation,
+        and its last one accumulates onto k1 (addmm): three fewer full-size temporaries.
         """
         temperature = self.range_temp.exp().clamp(1e-4, 1e4)
         pixels = guidance.permute(0, 2, 3, 1)
         projected = pixelwise(self.range_proj, pixels).permute(0, 3, 1, 2)
         logits = range_logits(projected, self.radius, impl, sides, full)
-        b, h, w = logits.shape[:3]
+        b, h, w, taps = logits.shape
         # FeatUp's softmax(t * logits) * spatial, renormalised, is softmax(t * logits + log spatial): one pass
-        k1 = torch.softmax(temperature * logits + self.log_spatial_kernel(), dim=-1)
-        fixup = pixelwise(self.fixup_proj, torch.cat([k1, inner(guidance, self.radius, sides).permute(0, 2, 3, 1)], -1))
+        k1 = torch.softmax(torch.addcmul(self.log_spatial_kernel(), logits, temperature), dim=-1).view(-1, taps)
+        first, last = self.fixup_proj[0], self.fixup_proj[-1]
+        w1 = first.weight.flatten(1)
+        guide = inner(guidance, self.radius, sides).permute(0, 2, 3, 1).reshape(-1, guidance.shape[1])
+        hidden = torch.addmm(torch.addmm(first.bias, guide, w1[:, taps:].T), k1, w1[:, :taps].T)
+        hidden = pixelwise(self.fixup_proj[1:-1], hidden.view(b, h, w, taps))  # GELU, Dropout2d
+        kernel = torch.addmm(k1 + 0.1 * last.bias, hidden.view(-1, taps), last.weight.flatten(1).T, alpha=0.1)
         d = 2 * self.radius + 1
-        return (k1 + 0.1 * fixup).reshape(b, h, w, d, d)
+        return kernel.view(b, h, w, d, d)
 
     def apply(self, x: torch.Tensor, kernel: torch.Tensor, impl: str, sides: Sides = ALL_SIDES,
               full: tuple[int, int] | None = None) -> torch.Tensor:
