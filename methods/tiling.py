@@ -77,6 +77,7 @@ def assemble(
                     out = result.new_empty(*result.shape[:2], *output_size, dtype=dtype)
             if not direct:
                 out[window] = result
+            del result  # before the next tile's buffer is allocated: one tile's buffer at a time
     return out
 
 
