@@ -9,9 +9,10 @@ other rows still run.
 
 ``tile`` times tiled inference (``Upsampler.forward_tiled``); a method that cannot tile runs
 whole and its row says why. ``dtype`` float16 stores the output in half precision (computed in
-float32; tiled, each tile is cast as it is written, so the float32 output never exists). A row predicted not to fit in memory is ``oom`` without running:
-the prediction scales the method's measured peak at the smallest size (whole maps: by pixel
-count; tiles: the output itself plus the working memory of one tile).
+float32; tiled, each tile is cast as it is written, so the float32 output never exists). A row
+predicted not to fit in memory is ``oom`` without running: the prediction scales the method's
+measured peak at the smallest size (whole maps: by pixel count; tiles: the output itself plus the
+working memory of one tile).
 """
 from __future__ import annotations
 
@@ -65,7 +66,8 @@ def profile_one(spec: str, size: int, channels: int, device: str, repeats: int, 
                 reference: tuple[int, float] | None = None, stride: int = STRIDE,
                 dtype: torch.dtype = torch.float32) -> dict:
     row = {"method": spec, "size": size, "channels": channels, "lr_size": math.ceil(size / stride), "device": device,
-           "tile": "", "dtype": str(dtype).removeprefix("torch."), "ms": float("nan"), "peak_mb": float("nan"), "status": "ok", "message": ""}
+           "tile": "", "dtype": str(dtype).removeprefix("torch."), "ms": float("nan"), "peak_mb": float("nan"),
+           "status": "ok", "message": ""}
     try:
         upsampler = build(spec, channels, stride).to(device)
         with torch.no_grad():

@@ -23,7 +23,7 @@ MARGIN = 0.8  # use at most this share of the free memory, the rest is for the O
 @dataclass
 class Measurement:
     ms: float  # median wall time of one call
-    peak_mb: float  # peak memory during a call above what was in use before it (max over repeats)
+    peak_mb: float  # peak memory during a call above what was in use before it (a call of its own)
 
 
 def _sync(device: torch.device) -> None:
