@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 from dataclasses import dataclass
 from typing import Iterator
 
 import torch
+
+from bench.allocator import return_free_memory
 
 _STATUS = "/proc/self/status"
 
@@ -23,19 +23,6 @@ def _rss_kb(field: str) -> int:
             if line.startswith(field):
                 return int(line.split()[1])
     raise RuntimeError(f"{field} not in {_STATUS}")
-
-
-def _return_free_heap_to_the_os() -> None:
-    """glibc keeps freed chunks below its dynamic mmap threshold (up to 32 MiB) resident for
-    reuse, so a block that reuses them never raises VmHWM; malloc_trim(0) gives them back and
-    the block faults in every page it uses. The allocator behaves as usual inside the block,
-    so timings stay fair to code that reuses small temporaries."""
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return
-    trim = getattr(ctypes.CDLL(name), "malloc_trim", None)
-    if trim is not None:
-        trim(0)
 
 
 @contextlib.contextmanager
@@ -60,7 +47,7 @@ def peak_memory(device: torch.device | str) -> Iterator[Peak]:
             torch.cuda.synchronize(device)
             peak.mb = (torch.cuda.max_memory_allocated(device) - before) / 2**20
         return
-    _return_free_heap_to_the_os()
+    return_free_memory()
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
