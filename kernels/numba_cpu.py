@@ -27,14 +27,14 @@ import numpy as np
 import torch
 from numba import njit, prange
 
+from kernels.resample import FASTMATH, interior, resample_row
+
 # Each pixel loop reads up to eleven arrays and writes four. LLVM cannot prove Numba arrays do not
 # alias, so it vectorises only behind run-time overlap checks, and by default gives up beyond a
 # fixed number of them: the loops would stay scalar (3.5x slower forward at 224², C = 384). Raising the limit keeps them
 # vectorised; it only lets LLVM emit more checks, it changes no result.
 llvm.set_option("", "-vectorize-memory-check-threshold=1024")
 
-# No nnan/ninf: NaN and inf in the inputs propagate as in the torch reference.
-FASTMATH = {"contract", "reassoc", "nsz", "arcp"}
 ROWS = 16  # output rows per parallel task: the transposed K block stays in L2
 CB = 4  # channels per register block
 
@@ -86,49 +86,6 @@ def _window_sums(acc, kt, v0, v1, v2, v3, T, Wp):
                 s2 += k * w2[j + p]
                 s3 += k * w3[j + p]
             a0[p], a1[p], a2[p], a3[p] = s0, s1, s2, s3
-
-
-@njit(cache=True)
-def _interior(index, weight):
-    """[xa, xb), of even length: the longest run of a 4-tap table's rows (taps sorted by source)
-    that read four consecutive sources with one weight set per parity, the first source advancing
-    by one every two rows. There a x2 resampling is two fixed 4-tap filters that vectorise, where
-    the table's gathers do not; (0, 0) where there is no such run."""
-    n = index.shape[0]
-    if index.shape[1] != 4 or n < 4:
-        return 0, 0
-    best_a, best_b, x = 0, 0, 0
-    while x + 2 < n:
-        y = x
-        while y + 2 < n:
-            fits = index[y + 2, 0] == index[y, 0] + 1
-            for t in range(4):
-                fits = fits and index[y, t] == index[y, 0] + t and index[y + 2, t] == index[y + 2, 0] + t
-                fits = fits and weight[y + 2, t] == weight[y, t]
-            if not fits:
-                break
-            y += 1
-        if y > x and y + 2 - x > best_b - best_a:
-            best_a, best_b = x, y + 2
-        x = y + 1
-    return best_a, best_a + (best_b - best_a) // 2 * 2
-
-
-@njit(fastmath=FASTMATH, cache=True, inline="always")
-def _resample_row(line, index, weight, xa, xb, out):
-    """out[x] = sum_t weight[x, t] * line[index[x, t]]: gathers outside [xa, xb), two fixed filters inside."""
-    for start, stop in ((0, xa), (xb, out.shape[0])):
-        for x in range(start, stop):
-            s = weight[x, 0] * line[index[x, 0]]
-            for t in range(1, index.shape[1]):
-                s += weight[x, t] * line[index[x, t]]
-            out[x] = s
-    if xb > xa:
-        for parity in range(2):
-            src, w, dst = line[index[xa + parity, 0]:], weight[xa + parity], out[xa + parity:xb:2]
-            w0, w1, w2, w3 = w[0], w[1], w[2], w[3]
-            for k in range(dst.shape[0]):
-                dst[k] = w0 * src[k] + w1 * src[k + 1] + w2 * src[k + 2] + w3 * src[k + 3]
 
 
 @lru_cache(maxsize=None)
@@ -230,13 +187,13 @@ def _kernels(T: int) -> SimpleNamespace:
 
         Each task resamples the n+2r rows of V its block reads, four channels at a time, into
         the same flat buffers with row stride Wp that the forward reads V from. Along a row the
-        interior columns run as two fixed filters (``_interior``), 1.3x faster at 224² than gathers.
+        interior columns run as two fixed filters (``resample.interior``), 1.3x faster at 224² than gathers.
         """
         B, C, h, w = X.shape
         H, W = K.shape[1], K.shape[2]
         Wp = col_index.shape[0]
         ta = row_index.shape[1]
-        xa, xb = _interior(col_index, col_weight)
+        xa, xb = interior(col_index, col_weight)
         for task in prange(B * ((H + ROWS - 1) // ROWS)):
             b, y0, n = _row_block(task, H)
             kt = _block_taps(K, b, y0, n, Wp, X)
@@ -252,7 +209,7 @@ def _kernels(T: int) -> SimpleNamespace:
                 for q in range(CB):
                     src = X[b, _channel(C, c0, q)]
                     for i in range(lo, hi):
-                        _resample_row(src[i], col_index, col_weight, xa, xb, across[i - lo])
+                        resample_row(src[i], col_index, col_weight, xa, xb, across[i - lo])
                     for rr in range(rows):
                         r = y0 + rr
                         dst = g[q, rr * Wp:(rr + 1) * Wp]
