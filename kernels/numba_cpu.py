@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from numba import njit, prange
 
-from kernels.resample import FASTMATH, interior, resample_row
+from kernels.resample import FASTMATH
 
 # Each pixel loop reads up to eleven arrays and writes four. LLVM cannot prove Numba arrays do not
 # alias, so it vectorises only behind run-time overlap checks, and by default gives up beyond a
@@ -181,52 +181,7 @@ def _kernels(T: int) -> SimpleNamespace:
                     for t in range(taps):
                         dK[b, y0 + yy, x, t] = acc[t, yy * Wp + x]
 
-    @njit(parallel=True, fastmath=FASTMATH, cache=True)
-    def forward_resampled(X, row_index, row_weight, col_index, col_weight, K, Y):
-        """The forward on V = the separable resampling of X by tap tables (kernels.resample), never stored.
-
-        Each task resamples the n+2r rows of V its block reads, four channels at a time, into
-        the same flat buffers with row stride Wp that the forward reads V from. Along a row the
-        interior columns run as two fixed filters (``resample.interior``), 1.3x faster at 224² than gathers.
-        """
-        B, C, h, w = X.shape
-        H, W = K.shape[1], K.shape[2]
-        Wp = col_index.shape[0]
-        ta = row_index.shape[1]
-        xa, xb = interior(col_index, col_weight)
-        for task in prange(B * ((H + ROWS - 1) // ROWS)):
-            b, y0, n = _row_block(task, H)
-            kt = _block_taps(K, b, y0, n, Wp, X)
-            rows = n + T - 1
-            lo, hi = h, 0
-            for r in range(y0, y0 + rows):
-                for a in range(ta):
-                    lo, hi = min(lo, row_index[r, a]), max(hi, row_index[r, a] + 1)
-            across = np.empty((hi - lo, Wp), X.dtype)
-            g = np.empty((CB, rows * Wp), X.dtype)
-            acc = np.empty((CB, (n - 1) * Wp + W), X.dtype)
-            for c0 in range(0, C, CB):
-                for q in range(CB):
-                    src = X[b, _channel(C, c0, q)]
-                    for i in range(lo, hi):
-                        resample_row(src[i], col_index, col_weight, xa, xb, across[i - lo])
-                    for rr in range(rows):
-                        r = y0 + rr
-                        dst = g[q, rr * Wp:(rr + 1) * Wp]
-                        first, w0 = across[row_index[r, 0] - lo], row_weight[r, 0]
-                        for x in range(Wp):
-                            dst[x] = w0 * first[x]
-                        for a in range(1, ta):
-                            more, wa = across[row_index[r, a] - lo], row_weight[r, a]
-                            for x in range(Wp):
-                                dst[x] += wa * more[x]
-                acc[:] = 0
-                _window_sums(acc, kt, g[0], g[1], g[2], g[3], T, Wp)
-                for q in range(min(CB, C - c0)):
-                    for yy in range(n):
-                        Y[b, c0 + q, y0 + yy, :] = acc[q, yy * Wp:yy * Wp + W]
-
-    return SimpleNamespace(forward=forward, grad_v=grad_v, grad_k=grad_k, forward_resampled=forward_resampled)
+    return SimpleNamespace(forward=forward, grad_v=grad_v, grad_k=grad_k)
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
@@ -266,17 +221,3 @@ def grad_k(dY: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
     _kernels(T).grad_k(_np(dY), _np(V), _np(dK).reshape(B, H, W, T * T))
     return dK
 
-
-def forward_resampled(X: torch.Tensor, rows: tuple[torch.Tensor, torch.Tensor], cols: tuple[torch.Tensor, torch.Tensor],
-                      K: torch.Tensor) -> torch.Tensor:
-    """``forward(resample(X, rows, cols), K)`` (kernels.resample) without storing the resampled V: inference only."""
-    B, H, W, T = K.shape[:4]
-    (row_index, row_weight), (col_index, col_weight) = rows, cols
-    if row_index.shape[0] != H + T - 1 or col_index.shape[0] != W + T - 1:
-        raise ValueError(f"tap tables for {row_index.shape[0]} x {col_index.shape[0]} values do not fit kernels of "
-                         f"shape {tuple(K.shape)}: expected {H + T - 1} x {W + T - 1}")
-    X, K = X.detach().contiguous(), K.detach().contiguous()
-    Y = X.new_empty(B, X.shape[1], H, W)
-    _kernels(T).forward_resampled(_np(X), row_index.numpy(), row_weight.to(X.dtype).numpy(), col_index.numpy(),
-                                  col_weight.to(X.dtype).numpy(), _np(K).reshape(B, H, W, T * T), _np(Y))
-    return Y

@@ -23,7 +23,7 @@ from torch import nn
 from bench.backbones import Backbone
 from bench.fitting.multiview import project
 from bench.registry import METHODS
-from kernels import numba_cpu
+from kernels import resampled_conv
 from kernels.adaptive_conv import adaptive_conv
 from kernels.resample import resample
 from kernels.window_dot import window_dot
@@ -77,7 +77,7 @@ def padded_bicubic_taps(n: int, before: int, after: int, mode: str) -> tuple[tor
     index, weight = interpolation_taps(n, 2 * n, "bicubic")
     ramp = torch.arange(2 * n, dtype=torch.float64).view(1, 1, -1)
     source = F.pad(ramp, [before, after], mode=mode).view(-1).long()
-    order = index[source].argsort(dim=1, stable=True)  # taps by source: the interior reads 4 in a row (numba_cpu)
+    order = index[source].argsort(dim=1, stable=True)  # taps by source: the interior reads 4 in a row (resample.interior)
     return index[source].gather(1, order).contiguous(), weight[source].gather(1, order).contiguous()
 
 
@@ -157,7 +157,7 @@ class JBUStage(nn.Module):
         Inference on the CPU with the Numba kernel does both in one pass (the x2 map is never stored).
         """
         if impl in ("auto", "numba") and inference_on_cpu(x) and kernel.dtype == x.dtype:
-            return numba_cpu.forward_resampled(x, *value_taps(x, self.radius, sides, full), kernel)
+            return resampled_conv.forward_resampled(x, *value_taps(x, self.radius, sides, full), kernel)
         return adaptive_conv(padded_values(x, self.radius, sides, full), kernel, impl=impl)
 
     def forward(self, x: torch.Tensor, guidance: torch.Tensor, impl: str) -> torch.Tensor:

@@ -160,22 +160,48 @@ def test_numba_forward_into_a_given_output_equals_the_forward():
         numba_cpu.forward(V, K, torch.empty(2, 5, 11, 9))
 
 
-@pytest.mark.parametrize("sides", [(True, True, True, True), (False, True, True, False)])
-@pytest.mark.parametrize("B, C, h, w", [(2, 5, 9, 13), (1, 6, 19, 4)])
-def test_kernel_resampled_values_and_fused_forward_match_torch(B, C, h, w, sides):
-    """pad(bicubic x2) in one pass, and the forward on it without storing it, against torch's ops."""
-    from kernels import numba_cpu
+@pytest.mark.parametrize("sides", [(True, True, True, True), (False, True, True, False), (False, False, False, False)])
+@pytest.mark.parametrize("B, C, h, w", [(2, 5, 9, 13), (1, 6, 19, 4), (1, 4, 23, 40)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_kernel_resampled_values_and_fused_forward_match_torch(B, C, h, w, sides, dtype):
+    """pad(bicubic x2) in one pass, and the forward on it without storing it, against torch's ops:
+    at image borders (reflect), crop edges (no padding) and both parities of the column pairs."""
+    from kernels import resampled_conv
     from kernels.resample import resample
     from methods.featup_jbu import pad, value_taps
 
     g = torch.Generator().manual_seed(B * C + h)
-    x = torch.randn(B, C, h, w, generator=g)
+    x = torch.randn(B, C, h, w, generator=g, dtype=dtype)
     values = pad(torch.nn.functional.interpolate(x, scale_factor=2, mode="bicubic", align_corners=False), 3, sides)
     taps = value_taps(x, 3, sides)
     torch.testing.assert_close(resample(x, *taps), values, atol=1e-5, rtol=1e-5)
-    K = torch.randn(B, values.shape[-2] - 6, values.shape[-1] - 6, 7, 7, generator=g)
-    torch.testing.assert_close(numba_cpu.forward_resampled(x, *taps, K), brute_force(values, K).float(),
+    K = torch.randn(B, values.shape[-2] - 6, values.shape[-1] - 6, 7, 7, generator=g, dtype=dtype)
+    torch.testing.assert_close(resampled_conv.forward_resampled(x, *taps, K), brute_force(values, K).to(dtype),
                                atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("h, w", [(1, 1), (2, 3), (3, 1)])
+def test_kernel_resampled_forward_on_maps_too_small_to_reflect(h, w):
+    """A backbone grid of a pixel or two: the values are replicate-padded and the windows shrink."""
+    from kernels import resampled_conv
+    from methods.featup_jbu import pad, value_taps
+
+    x = torch.randn(2, 5, h, w, generator=torch.Generator().manual_seed(h * w))
+    values = pad(torch.nn.functional.interpolate(x, scale_factor=2, mode="bicubic", align_corners=False), 3)
+    K = torch.randn(2, 2 * h, 2 * w, 7, 7)
+    torch.testing.assert_close(resampled_conv.forward_resampled(x, *value_taps(x, 3), K),
+                               brute_force(values, K).float(), atol=1e-4, rtol=1e-4)
+
+
+def test_kernel_resampled_forward_reads_one_bicubic_window_per_output_pair():
+    """The composition's premise: a pair of x2 outputs reads one 7 x 7 source window (7 = radius + 4)."""
+    from kernels.resampled_conv import pair_windows
+    from methods.featup_jbu import value_taps
+
+    x = torch.zeros(1, 1, 20, 30)
+    for sides in [(True, True, True, True), (False, False, False, False)]:
+        rows, cols = value_taps(x, 3, sides)
+        assert pair_windows(*rows, 7).size == pair_windows(*cols, 7).size == 7
 
 
 def test_kernel_resample_refuses_tables_that_read_outside_the_input():

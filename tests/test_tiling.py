@@ -74,14 +74,19 @@ def test_tiled_bilinear_equals_untiled(lr, size, tile):
 
 
 def test_jbu_region_is_computed_from_a_crop_of_the_features():
-    """A tile far from a feature pixel does not read it: its value cannot change the tile."""
+    """The corner tile of a 16 x 16 grid reads a 9 x 9 crop of it (three stages of 4-pixel halos), and a
+    feature pixel outside that crop cannot change the tile, not even in the last bit."""
     method = jbu(4, 3)
-    x, image = seeded(1, 4, 8, 8), seeded(1, 3, 64, 64).abs()
+    x, image = seeded(1, 4, 16, 16), seeded(1, 3, 128, 128).abs()
     changed = x.clone()
-    changed[..., 7, 7] += 100
+    changed[..., 15, 15] += 100
+    seen = []
+    refined = method.refined
+    method.refined = lambda crop: seen.append(tuple(crop.shape[-2:])) or refined(crop)
     with torch.no_grad():
-        tile = [method.forward_region(f, image, (64, 64), (0, 16), (0, 16), torch.empty(1, 4, 16, 16))
+        tile = [method.forward_region(f, image, (128, 128), (0, 16), (0, 16), torch.empty(1, 4, 16, 16))
                 for f in (x, changed)]
+    assert seen == [(9, 9), (9, 9)]
     torch.testing.assert_close(tile[0], tile[1], atol=0, rtol=0)
 
 
