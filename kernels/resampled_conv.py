@@ -109,17 +109,19 @@ def _pair_window_sums(a, b, ka, kb, v0, v1, v2, v3, S, Wg):
 
 
 @njit(cache=True, inline="always")
-def _interleave(dst, a, b, phase):
-    """dst[x] = (a, b)[(x + phase) % 2][(x + phase) // 2]: a row of output from its two column classes."""
-    W = dst.shape[0]
-    if phase:
-        dst[0] = b[0]
-    full = (W + phase) // 2  # pairs before it have both pixels inside the row
-    for p in range(phase, full):
-        dst[2 * p - phase] = a[p]
-        dst[2 * p - phase + 1] = b[p]
-    if (W + phase) % 2:
-        dst[W - 1] = a[full]
+def _interleave(dst, a, b, phase, x_lo, x_hi, bias):
+    """dst[x - x_lo] = (a, b)[(x + phase) % 2][(x + phase) // 2] + bias for x in [x_lo, x_hi): a row of
+    output from its two column classes."""
+    x = x_lo
+    if (x + phase) % 2 and x < x_hi:
+        dst[0] = b[(x + phase) // 2] + bias
+        x += 1
+    p0, pairs = (x + phase) // 2, (x_hi - x) // 2
+    for k in range(pairs):
+        dst[x - x_lo + 2 * k] = a[p0 + k] + bias
+        dst[x - x_lo + 2 * k + 1] = b[p0 + k] + bias
+    if (x_hi - x) % 2:
+        dst[x_hi - 1 - x_lo] = a[p0 + pairs] + bias
 
 
 @lru_cache(maxsize=None)
@@ -163,15 +165,16 @@ def _kernels(T: int, S: int):
                         dst[p] = v
 
     @njit(parallel=True, fastmath=FASTMATH, cache=True)
-    def forward(X, K, row_weights, row_phase, row_start, bounds, col_weights, col_phase, col_start, P, Y):
+    def forward(X, K, row_weights, row_phase, row_start, bounds, col_weights, col_phase, col_start, P, bias,
+                y_lo, y_hi, x_lo, x_hi, Y):
+        """Y[:, :, y - y_lo, x - x_lo] for the outputs (y, x) in [y_lo, y_hi) x [x_lo, x_hi)."""
         B, C, h, w = X.shape
-        H, W = K.shape[1], K.shape[2]
-        PH = (H + row_phase + 1) // 2
         Wg = P + S - 1
-        nblk = (PH + PAIR_ROWS - 1) // PAIR_ROWS
+        s_lo = (y_lo + row_phase) // 2  # the pair rows those outputs are in
+        nblk = ((y_hi - 1 + row_phase) // 2 + 1 - s_lo + PAIR_ROWS - 1) // PAIR_ROWS
         for task in prange(B * nblk):
-            b, s0 = task // nblk, (task % nblk) * PAIR_ROWS
-            n = min(PAIR_ROWS, PH - s0)
+            b, s0 = task // nblk, s_lo + (task % nblk) * PAIR_ROWS
+            n = min(PAIR_ROWS, (y_hi - 1 + row_phase) // 2 + 1 - s0)
             run = (n - 1) * Wg + P
             kt = np.zeros((2, 2, S * S, n * Wg), X.dtype)  # [row class, column class, tap, flat position]
             ktr = np.empty((T * T, P), X.dtype)
@@ -179,7 +182,7 @@ def _kernels(T: int, S: int):
             for rr in range(n):
                 for ry in range(2):
                     y = 2 * (s0 + rr) - row_phase + ry
-                    if 0 <= y < H:
+                    if y_lo <= y < y_hi:
                         compose(K, b, y, row_weights, bounds, col_weights, col_phase, ktr, t1,
                                 kt[ry, :, :, rr * Wg:rr * Wg + P])
             rows = n + S - 1
@@ -198,28 +201,44 @@ def _kernels(T: int, S: int):
                     for q in range(min(CB, C - c0)):
                         for rr in range(n):
                             y = 2 * (s0 + rr) - row_phase + ry
-                            if 0 <= y < H:
-                                _interleave(Y[b, c0 + q, y], acc[0, q, rr * Wg:], acc[1, q, rr * Wg:], col_phase)
+                            if y_lo <= y < y_hi:
+                                _interleave(Y[b, c0 + q, y - y_lo], acc[0, q, rr * Wg:], acc[1, q, rr * Wg:],
+                                            col_phase, x_lo, x_hi, bias[b, c0 + q])
 
     return forward
 
 
 def forward_resampled(X: torch.Tensor, rows: tuple[torch.Tensor, torch.Tensor], cols: tuple[torch.Tensor, torch.Tensor],
-                      K: torch.Tensor) -> torch.Tensor:
+                      K: torch.Tensor, bias: torch.Tensor | None = None, out: torch.Tensor | None = None,
+                      window: tuple[tuple[int, int], tuple[int, int]] | None = None) -> torch.Tensor:
     """``numba_cpu.forward(resample(X, rows, cols), K)`` (kernels.resample) without making the resampled values.
 
+    ``bias`` (B, C): added per channel as the output is written (not in a pass of its own).
+    ``window`` ((y0, y1), (x0, x1)): only those outputs are computed (the rows) and written (a
+    tile's pixels, without the halo its stage computes for the next one); ``out``: the
+    (B, C, y1 - y0, x1 - x0) tensor to write them into, e.g. a view of a larger output.
     Inference only; the tables are x2 resamplings (with padding) whose T-entry windows a pair of
     neighbouring outputs reads through one source window.
     """
     B, H, W, T = K.shape[:4]
+    C = X.shape[1]
     if rows[0].shape[0] != H + T - 1 or cols[0].shape[0] != W + T - 1:
         raise ValueError(f"tap tables for {rows[0].shape[0]} x {cols[0].shape[0]} values do not fit kernels of "
                          f"shape {tuple(K.shape)}: expected {H + T - 1} x {W + T - 1}")
+    (y0, y1), (x0, x1) = window or ((0, H), (0, W))
+    if not (0 <= y0 < y1 <= H and 0 <= x0 < x1 <= W):
+        raise ValueError(f"window {window} is not a non-empty part of the {H} x {W} output")
+    if out is None:
+        out = X.new_empty(B, C, y1 - y0, x1 - x0)
+    elif tuple(out.shape) != (B, C, y1 - y0, x1 - x0) or out.dtype != X.dtype or out.stride(-1) != 1:
+        raise ValueError(f"out must be a {X.dtype} tensor of shape {(B, C, y1 - y0, x1 - x0)} with unit column "
+                         f"stride, got {out.dtype} {tuple(out.shape)} strides {out.stride()}")
     r, c = widened(pair_windows(*rows, T), pair_windows(*cols, T))
     X, K = X.detach().contiguous(), K.detach().contiguous()
-    Y = X.new_empty(B, X.shape[1], H, W)
+    bias = X.new_zeros(B, C) if bias is None else bias.detach().to(X.dtype).expand(B, C).contiguous()
     dtype = X.numpy().dtype
     bounds, col_weights = column_runs(c)
     _kernels(T, r.size)(X.numpy(), K.numpy().reshape(B, H, W, T * T), r.weights.numpy().astype(dtype), r.phase,
-                        r.start, bounds.numpy(), col_weights.numpy().astype(dtype), c.phase, c.start, c.pairs, Y.numpy())
-    return Y
+                        r.start, bounds.numpy(), col_weights.numpy().astype(dtype), c.phase, c.start, c.pairs,
+                        bias.numpy(), y0, y1, x0, x1, out.detach().numpy())
+    return out

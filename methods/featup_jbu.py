@@ -151,17 +151,26 @@ class JBUStage(nn.Module):
         return kernel.view(b, h, w, d, d)
 
     def apply(self, x: torch.Tensor, kernel: torch.Tensor, impl: str, sides: Sides = ALL_SIDES,
-              full: tuple[int, int] | None = None) -> torch.Tensor:
-        """Bicubic x2 of ``x``, then the adaptive conv with ``kernel``: the ``inner`` pixels of the x2 map.
+              full: tuple[int, int] | None = None, bias: torch.Tensor | None = None, out: torch.Tensor | None = None,
+              window: tuple[Span, Span] | None = None) -> torch.Tensor:
+        """Bicubic x2 of ``x``, then the adaptive conv with ``kernel``: the ``inner`` pixels of the x2 map;
+        plus ``bias`` (B, C) where given; only the (rows, cols) ``window`` of them, into ``out`` where given.
 
-        Inference on the CPU with the Numba kernel does both in one pass (the x2 map is never stored).
+        Inference on the CPU with the Numba kernel does it all in one pass on ``x`` (kernels.resampled_conv),
+        computing only the window's rows and writing the output once.
         """
         if impl in ("auto", "numba") and inference_on_cpu(x) and kernel.dtype == x.dtype:
-            return resampled_conv.forward_resampled(x, *value_taps(x, self.radius, sides, full), kernel)
-        return adaptive_conv(padded_values(x, self.radius, sides, full), kernel, impl=impl)
+            return resampled_conv.forward_resampled(x, *value_taps(x, self.radius, sides, full), kernel, bias,
+                                                    out, window)
+        y = adaptive_conv(padded_values(x, self.radius, sides, full), kernel, impl=impl)
+        if window is not None:
+            y = y[..., slice(*window[0]), slice(*window[1])]
+        if bias is not None:
+            y = y + bias[:, :, None, None]
+        return y if out is None else out.copy_(y)
 
-    def forward(self, x: torch.Tensor, guidance: torch.Tensor, impl: str) -> torch.Tensor:
-        return self.apply(x, self.kernel(guidance, impl), impl)
+    def forward(self, x: torch.Tensor, guidance: torch.Tensor, impl: str, bias: torch.Tensor | None = None) -> torch.Tensor:
+        return self.apply(x, self.kernel(guidance, impl), impl, bias=bias)
 
 
 @METHODS.register
@@ -199,9 +208,12 @@ class FeatUpJBU(Upsampler):
         if proj is not None:
             x = project(x, proj)
             bias = torch.einsum("bc,bdc->bd", bias, proj.to(bias))
-        for stage, size in zip(self.stages, self.stage_sizes(x.shape[-2:])[1:]):
-            x = stage(x, self.guidance(image, size), self.kernel_impl)
-        return resize_to(x, output_size).add_(bias[:, :, None, None])
+        sizes = self.stage_sizes(x.shape[-2:])
+        last_writes_output = len(sizes) > 1 and sizes[-1] == tuple(output_size)  # it adds the bias as it writes
+        for k, (stage, size) in enumerate(zip(self.stages, sizes[1:]), 1):
+            x = stage(x, self.guidance(image, size), self.kernel_impl,
+                      bias if last_writes_output and k == len(self.stages) else None)
+        return x if last_writes_output else resize_to(x, output_size).add_(bias[:, :, None, None])
 
     def refined(self, lr_feats: torch.Tensor) -> torch.Tensor:
         """X + 0.1 * Conv1x1(Dropout2d(X)) without the conv's bias (added to the output), the conv as a matmul."""
@@ -234,15 +246,19 @@ class FeatUpJBU(Upsampler):
             (r, c) = crops[0]
             x0 = self.refined(lr_feats[..., r[0]:r[1], c[0]:c[1]])
             work = 3 * lr_feats.element_size() * steps[-1][1][0, ..., 0, 0].numel() * x0.shape[0]
+            last_writes_output = sizes[-1] == tuple(output_size)  # the region's pixels, bias added, straight into out
             for chunk in channel_chunks(x0.shape[1], work):
                 x = x0[:, chunk]
-                for (stage, kernel, sides, origin), (r, c), size in zip(steps, crops[1:], sizes[1:]):
-                    x = stage.apply(x, kernel, self.kernel_impl, sides, size)
-                    x = x[..., r[0] - origin[0]:r[1] - origin[0], c[0] - origin[1]:c[1] - origin[1]]
-                (r, c) = crops[-1]
-                x = x if sizes[-1] == tuple(output_size) else resize_region(
-                    x, (r[0], c[0]), sizes[-1], output_size, rows, cols)
-                torch.add(x, bias[:, chunk], out=out[:, chunk])
+                for k, ((stage, kernel, sides, origin), (r, c), size) in enumerate(zip(steps, crops[1:], sizes[1:]), 1):
+                    window = ((r[0] - origin[0], r[1] - origin[0]), (c[0] - origin[1], c[1] - origin[1]))
+                    if last_writes_output and k == len(steps):
+                        stage.apply(x, kernel, self.kernel_impl, sides, size, bias[:, chunk, 0, 0], out[:, chunk], window)
+                        break
+                    x = stage.apply(x, kernel, self.kernel_impl, sides, size, window=window)
+                else:
+                    (r, c) = crops[-1]
+                    torch.add(resize_region(x, (r[0], c[0]), sizes[-1], output_size, rows, cols), bias[:, chunk],
+                              out=out[:, chunk])
             return out
 
         return region

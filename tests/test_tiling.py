@@ -55,9 +55,12 @@ CASES = [((5, 7), (40, 56), 16), ((5, 7), (37, 61), 10), ((6, 6), (48, 48), 1000
          ((1, 2), (8, 16), 5), ((4, 6), (16, 12), 9)]
 
 
-@pytest.mark.parametrize("lr, size, tile", CASES)
-def test_tiled_jbu_equals_untiled(lr, size, tile):
+@pytest.mark.parametrize("lr, size, tile, impl", [(*case, "auto") for case in CASES] + [(*CASES[0], "torch"),
+                                                                                         (*CASES[3], "torch")])
+def test_tiled_jbu_equals_untiled(lr, size, tile, impl):
+    """With the one-pass Numba stage (auto) and with the torch adaptive conv on stored values."""
     method = jbu(8, 3)
+    method.kernel_impl = impl
     x, image = seeded(2, 8, *lr, seed=2), seeded(2, 3, 45, 50, seed=3).abs()
     with torch.no_grad():
         whole = method(x, image, size)
