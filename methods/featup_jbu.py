@@ -93,6 +93,17 @@ def range_logits(p: torch.Tensor, radius: int, impl: str, sides: Sides = ALL_SID
     return window_dot(pad(p, radius, sides, full), inner(p, radius, sides), impl).flatten(-2)
 
 
+def conv1x1(layers: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+    """A stack of 1x1 convs and pointwise layers on (B,C,H,W) maps, each conv a matmul over the pixels."""
+    for layer in layers:
+        if isinstance(layer, nn.Conv2d):
+            weight = layer.weight.flatten(1).expand(x.shape[0], -1, -1)
+            x = torch.bmm(weight, x.flatten(2)).add_(layer.bias[:, None]).view(x.shape[0], -1, *x.shape[2:])
+        else:
+            x = layer(x)
+    return x
+
+
 def pixelwise(layers: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
     """A stack of 1x1 convs, activations and Dropout2d applied to channels-last (B,H,W,C) maps."""
     for layer in layers:
@@ -129,24 +140,25 @@ class JBUStage(nn.Module):
                full: tuple[int, int] | None = None) -> torch.Tensor:
         """(B,3,H,W) normalised guidance -> (B,H',W',2r+1,2r+1) kernels of its ``inner`` pixels, taps row-major.
 
-        Computed channels-last, (B,H,W,taps) as the range logits come out, with the 1x1 convs as
-        matmuls (``pixelwise``): no layout changes, and 2-5x faster than the convs at 224². The
-        correction's first conv reads (k1, guidance) as two matmuls instead of their concatenation,
-        and its last one accumulates onto k1 (addmm): three fewer full-size temporaries.
+        The 1x1 convs run as matmuls in the layout their input comes in (``conv1x1`` on the image,
+        ``pixelwise`` on the channels-last logits): no layout changes. The correction's first conv
+        reads (k1, guidance) as a matmul on k1 plus one on (guidance, 1) that carries its bias, and
+        its last one accumulates onto k1: no concatenation, and no full-size copy of a bias or of k1
+        (in place where no gradient needs k1).
         """
         temperature = self.range_temp.exp().clamp(1e-4, 1e4)
-        pixels = guidance.permute(0, 2, 3, 1)
-        projected = pixelwise(self.range_proj, pixels).permute(0, 3, 1, 2)
-        logits = range_logits(projected, self.radius, impl, sides, full)
+        logits = range_logits(conv1x1(self.range_proj, guidance), self.radius, impl, sides, full)
         b, h, w, taps = logits.shape
         # FeatUp's softmax(t * logits) * spatial, renormalised, is softmax(t * logits + log spatial): one pass
         k1 = torch.softmax(torch.addcmul(self.log_spatial_kernel(), logits, temperature), dim=-1).view(-1, taps)
         first, last = self.fixup_proj[0], self.fixup_proj[-1]
         w1 = first.weight.flatten(1)
         guide = inner(guidance, self.radius, sides).permute(0, 2, 3, 1).reshape(-1, guidance.shape[1])
-        hidden = torch.addmm(torch.addmm(first.bias, guide, w1[:, taps:].T), k1, w1[:, :taps].T)
+        hidden = torch.mm(k1, w1[:, :taps].T).addmm_(F.pad(guide, (0, 1), value=1.0),
+                                                      torch.cat([w1[:, taps:].T, first.bias[None]]))
         hidden = pixelwise(self.fixup_proj[1:-1], hidden.view(b, h, w, taps))  # GELU, Dropout2d
-        kernel = torch.addmm(k1 + 0.1 * last.bias, hidden.view(-1, taps), last.weight.flatten(1).T, alpha=0.1)
+        base = k1 + 0.1 * last.bias if torch.is_grad_enabled() else k1.add_(0.1 * last.bias)
+        kernel = base.addmm_(hidden.view(-1, taps), last.weight.flatten(1).T, alpha=0.1)
         d = 2 * self.radius + 1
         return kernel.view(b, h, w, d, d)
 
@@ -245,8 +257,11 @@ class FeatUpJBU(Upsampler):
                 steps.append((stage, kernel, sides, origin))
             (r, c) = crops[0]
             x0 = self.refined(lr_feats[..., r[0]:r[1], c[0]:c[1]])
-            work = 3 * lr_feats.element_size() * steps[-1][1][0, ..., 0, 0].numel() * x0.shape[0]
             last_writes_output = sizes[-1] == tuple(output_size)  # the region's pixels, bias added, straight into out
+            # working bytes a channel: the last stage's input and the map before it (half its output's
+            # pixels in all), or, where it does not write the output, its output, the resized region and more
+            pixels = steps[-1][1][0, ..., 0, 0].numel() * x0.shape[0]
+            work = lr_feats.element_size() * (pixels // 2 if last_writes_output else 3 * pixels)
             for chunk in channel_chunks(x0.shape[1], work):
                 x = x0[:, chunk]
                 for k, ((stage, kernel, sides, origin), (r, c), size) in enumerate(zip(steps, crops[1:], sizes[1:]), 1):
