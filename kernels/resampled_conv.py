@@ -84,6 +84,24 @@ def column_runs(cols: PairWindows) -> tuple[torch.Tensor, torch.Tensor]:
     return bounds, per_pair[starts].transpose(0, 1).contiguous()
 
 
+@dataclass(frozen=True)
+class Windows:
+    """Everything ``forward_resampled`` reads from a pair of tap tables: computed once per map size
+    and kept by the caller (it costs more than the kernel's own work on a small map)."""
+
+    rows: PairWindows
+    cols: PairWindows
+    bounds: np.ndarray  # column_runs
+    col_weights: np.ndarray
+
+
+def windows(rows: tuple[torch.Tensor, torch.Tensor], cols: tuple[torch.Tensor, torch.Tensor], taps: int) -> Windows:
+    """The Windows of row and column tap tables (index, weight) read by ``taps``-entry kernel windows."""
+    r, c = widened(pair_windows(*rows, taps), pair_windows(*cols, taps))
+    bounds, col_weights = column_runs(c)
+    return Windows(r, c, bounds.numpy(), col_weights.numpy())
+
+
 @njit(fastmath=FASTMATH, cache=True, inline="always")
 def _pair_window_sums(a, b, ka, kb, v0, v1, v2, v3, S, Wg):
     """a[q, p] += sum_ij ka[i*S + j, p] v_q[i*Wg + j + p], b likewise with kb: both classes of a column pair
@@ -208,10 +226,11 @@ def _kernels(T: int, S: int):
     return forward
 
 
-def forward_resampled(X: torch.Tensor, rows: tuple[torch.Tensor, torch.Tensor], cols: tuple[torch.Tensor, torch.Tensor],
-                      K: torch.Tensor, bias: torch.Tensor | None = None, out: torch.Tensor | None = None,
+def forward_resampled(X: torch.Tensor, plan: Windows, K: torch.Tensor, bias: torch.Tensor | None = None,
+                      out: torch.Tensor | None = None,
                       window: tuple[tuple[int, int], tuple[int, int]] | None = None) -> torch.Tensor:
-    """``numba_cpu.forward(resample(X, rows, cols), K)`` (kernels.resample) without making the resampled values.
+    """``numba_cpu.forward(resample(X, rows, cols), K)`` (kernels.resample) without making the resampled
+    values, for the tables ``plan`` was made from (``windows``).
 
     ``bias`` (B, C): added per channel as the output is written (not in a pass of its own).
     ``window`` ((y0, y1), (x0, x1)): only those outputs are computed (the rows) and written (a
@@ -222,9 +241,10 @@ def forward_resampled(X: torch.Tensor, rows: tuple[torch.Tensor, torch.Tensor], 
     """
     B, H, W, T = K.shape[:4]
     C = X.shape[1]
-    if rows[0].shape[0] != H + T - 1 or cols[0].shape[0] != W + T - 1:
-        raise ValueError(f"tap tables for {rows[0].shape[0]} x {cols[0].shape[0]} values do not fit kernels of "
-                         f"shape {tuple(K.shape)}: expected {H + T - 1} x {W + T - 1}")
+    r, c = plan.rows, plan.cols
+    if r.weights.shape[:2] != (H, T) or c.weights.shape[:2] != (W, T):
+        raise ValueError(f"windows for {r.weights.shape[0]} x {c.weights.shape[0]} outputs of {r.weights.shape[1]} "
+                         f"taps do not fit kernels of shape {tuple(K.shape)}")
     (y0, y1), (x0, x1) = window or ((0, H), (0, W))
     if not (0 <= y0 < y1 <= H and 0 <= x0 < x1 <= W):
         raise ValueError(f"window {window} is not a non-empty part of the {H} x {W} output")
@@ -233,12 +253,10 @@ def forward_resampled(X: torch.Tensor, rows: tuple[torch.Tensor, torch.Tensor], 
     elif tuple(out.shape) != (B, C, y1 - y0, x1 - x0) or out.dtype != X.dtype or out.stride(-1) != 1:
         raise ValueError(f"out must be a {X.dtype} tensor of shape {(B, C, y1 - y0, x1 - x0)} with unit column "
                          f"stride, got {out.dtype} {tuple(out.shape)} strides {out.stride()}")
-    r, c = widened(pair_windows(*rows, T), pair_windows(*cols, T))
     X, K = X.detach().contiguous(), K.detach().contiguous()
     bias = X.new_zeros(B, C) if bias is None else bias.detach().to(X.dtype).expand(B, C).contiguous()
     dtype = X.numpy().dtype
-    bounds, col_weights = column_runs(c)
     _kernels(T, r.size)(X.numpy(), K.numpy().reshape(B, H, W, T * T), r.weights.numpy().astype(dtype), r.phase,
-                        r.start, bounds.numpy(), col_weights.numpy().astype(dtype), c.phase, c.start, c.pairs,
+                        r.start, plan.bounds, plan.col_weights.astype(dtype), c.phase, c.start, c.pairs,
                         bias.numpy(), y0, y1, x0, x1, out.detach().numpy())
     return out

@@ -57,9 +57,19 @@ def inference_on_cpu(x: torch.Tensor) -> bool:
 
 def value_taps(x: torch.Tensor, radius: int, sides: Sides = ALL_SIDES, full: tuple[int, int] | None = None):
     """The (rows, cols) tap tables of ``pad(bicubic x2 of x)`` (kernels.resample)."""
-    mode = "reflect" if min(full or (2 * x.shape[-2], 2 * x.shape[-1])) > radius else "replicate"
+    return _value_taps(tuple(x.shape[-2:]), radius, sides, full)
+
+
+def _value_taps(size: tuple[int, int], radius: int, sides: Sides, full: tuple[int, int] | None):
+    mode = "reflect" if min(full or (2 * size[0], 2 * size[1])) > radius else "replicate"
     left, right, top, bottom = (radius * side for side in sides)
-    return (padded_bicubic_taps(x.shape[-2], top, bottom, mode), padded_bicubic_taps(x.shape[-1], left, right, mode))
+    return padded_bicubic_taps(size[0], top, bottom, mode), padded_bicubic_taps(size[1], left, right, mode)
+
+
+@lru_cache(maxsize=128)
+def value_windows(size: tuple[int, int], radius: int, sides: Sides, full: tuple[int, int] | None) -> resampled_conv.Windows:
+    """``value_taps`` of a (h, w) map prepared for ``resampled_conv.forward_resampled``, once per map size."""
+    return resampled_conv.windows(*_value_taps(size, radius, sides, full), 2 * radius + 1)
 
 
 def padded_values(x: torch.Tensor, radius: int, sides: Sides = ALL_SIDES,
@@ -172,8 +182,8 @@ class JBUStage(nn.Module):
         computing only the window's rows and writing the output once.
         """
         if impl in ("auto", "numba") and inference_on_cpu(x) and kernel.dtype == x.dtype:
-            return resampled_conv.forward_resampled(x, *value_taps(x, self.radius, sides, full), kernel, bias,
-                                                    out, window)
+            plan = value_windows(tuple(x.shape[-2:]), self.radius, sides, full)
+            return resampled_conv.forward_resampled(x, plan, kernel, bias, out, window)
         y = adaptive_conv(padded_values(x, self.radius, sides, full), kernel, impl=impl)
         if window is not None:
             y = y[..., slice(*window[0]), slice(*window[1])]

@@ -176,10 +176,10 @@ def test_kernel_resampled_values_and_fused_forward_match_torch(B, C, h, w, sides
     taps = value_taps(x, 3, sides)
     torch.testing.assert_close(resample(x, *taps), values, atol=1e-5, rtol=1e-5)
     K = torch.randn(B, values.shape[-2] - 6, values.shape[-1] - 6, 7, 7, generator=g, dtype=dtype)
-    expected = brute_force(values, K).to(dtype)
-    torch.testing.assert_close(resampled_conv.forward_resampled(x, *taps, K), expected, atol=1e-4, rtol=1e-4)
+    expected, plan = brute_force(values, K).to(dtype), resampled_conv.windows(*taps, 7)
+    torch.testing.assert_close(resampled_conv.forward_resampled(x, plan, K), expected, atol=1e-4, rtol=1e-4)
     bias = torch.randn(B, C, generator=g, dtype=dtype)
-    torch.testing.assert_close(resampled_conv.forward_resampled(x, *taps, K, bias), expected + bias[:, :, None, None],
+    torch.testing.assert_close(resampled_conv.forward_resampled(x, plan, K, bias), expected + bias[:, :, None, None],
                                atol=1e-4, rtol=1e-4)
 
 
@@ -191,16 +191,16 @@ def test_kernel_resampled_forward_writes_a_window_into_a_view(window):
 
     g = torch.Generator().manual_seed(7)
     x, K, bias = torch.randn(2, 6, 9, 13, generator=g), torch.randn(2, 18, 26, 7, 7, generator=g), torch.randn(2, 6)
-    taps = value_taps(x, 3)
-    whole = resampled_conv.forward_resampled(x, *taps, K, bias)
+    plan = resampled_conv.windows(*value_taps(x, 3), 7)
+    whole = resampled_conv.forward_resampled(x, plan, K, bias)
     (y0, y1), (x0, x1) = window
     big = torch.full((2, 6, 40, 50), float("nan"))
     view = big[:, :, 2:2 + y1 - y0, 3:3 + x1 - x0]
-    assert resampled_conv.forward_resampled(x, *taps, K, bias, view, window) is view
+    assert resampled_conv.forward_resampled(x, plan, K, bias, view, window) is view
     torch.testing.assert_close(view, whole[:, :, y0:y1, x0:x1], atol=1e-5, rtol=1e-5)
     assert big.isnan().sum() == big.numel() - view.numel()
     with pytest.raises(ValueError, match="out must be"):
-        resampled_conv.forward_resampled(x, *taps, K, bias, torch.empty(2, 6, 3, 3), window)
+        resampled_conv.forward_resampled(x, plan, K, bias, torch.empty(2, 6, 3, 3), window)
 
 
 @pytest.mark.parametrize("h, w", [(1, 1), (2, 3), (3, 1)])
@@ -212,7 +212,8 @@ def test_kernel_resampled_forward_on_maps_too_small_to_reflect(h, w):
     x = torch.randn(2, 5, h, w, generator=torch.Generator().manual_seed(h * w))
     values = pad(torch.nn.functional.interpolate(x, scale_factor=2, mode="bicubic", align_corners=False), 3)
     K = torch.randn(2, 2 * h, 2 * w, 7, 7)
-    torch.testing.assert_close(resampled_conv.forward_resampled(x, *value_taps(x, 3), K),
+    plan = resampled_conv.windows(*value_taps(x, 3), 7)
+    torch.testing.assert_close(resampled_conv.forward_resampled(x, plan, K),
                                brute_force(values, K).float(), atol=1e-4, rtol=1e-4)
 
 
