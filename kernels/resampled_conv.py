@@ -24,12 +24,13 @@ from functools import lru_cache
 import numpy as np
 import torch
 import torch.nn.functional as F
+import numba
 from numba import njit, prange
 
 from kernels.numba_cpu import CB, _channel
 from kernels.resample import FASTMATH
 
-PAIR_ROWS = 8  # pair rows (16 output rows) per parallel task: its composed kernels stay in L2
+PAIR_ROWS = 8  # at most this many pair rows (16 output rows) per parallel task: its composed kernels stay in L2
 
 
 @dataclass(frozen=True)
@@ -142,6 +143,17 @@ def _interleave(dst, a, b, phase, x_lo, x_hi, bias):
         dst[x_hi - 1 - x_lo] = a[p0 + pairs] + bias
 
 
+def _balanced_blocks(rows: int, images: int, most: int, threads: int) -> tuple[int, int]:
+    """(blocks an image, rows a block): blocks of at most ``most`` rows, split finer so that the images'
+    blocks come close to a multiple of the threads and no thread waits long on another's last block
+    (56 rows, 2 threads: 8 blocks of 7 rather than 7 of 8)."""
+    blocks = (rows + most - 1) // most
+    per_thread = (images * blocks + threads - 1) // threads
+    blocks = max(blocks, (per_thread * threads) // images)
+    step = (rows + blocks - 1) // blocks
+    return (rows + step - 1) // step, step
+
+
 @lru_cache(maxsize=None)
 def _kernels(T: int, S: int):
     """The forward for T x T kernels over S x S source windows (compile-time constants)."""
@@ -184,15 +196,15 @@ def _kernels(T: int, S: int):
 
     @njit(parallel=True, fastmath=FASTMATH, cache=True)
     def forward(X, K, row_weights, row_phase, row_start, bounds, col_weights, col_phase, col_start, P, bias,
-                y_lo, y_hi, x_lo, x_hi, Y):
-        """Y[:, :, y - y_lo, x - x_lo] for the outputs (y, x) in [y_lo, y_hi) x [x_lo, x_hi)."""
+                y_lo, y_hi, x_lo, x_hi, nblk, step, Y):
+        """Y[:, :, y - y_lo, x - x_lo] for the outputs (y, x) in [y_lo, y_hi) x [x_lo, x_hi), in ``nblk``
+        tasks an image of ``step`` pair rows each."""
         B, C, h, w = X.shape
         Wg = P + S - 1
-        s_lo = (y_lo + row_phase) // 2  # the pair rows those outputs are in
-        nblk = ((y_hi - 1 + row_phase) // 2 + 1 - s_lo + PAIR_ROWS - 1) // PAIR_ROWS
+        s_lo, s_hi = (y_lo + row_phase) // 2, (y_hi - 1 + row_phase) // 2 + 1  # the pair rows those outputs are in
         for task in prange(B * nblk):
-            b, s0 = task // nblk, s_lo + (task % nblk) * PAIR_ROWS
-            n = min(PAIR_ROWS, (y_hi - 1 + row_phase) // 2 + 1 - s0)
+            b, s0 = task // nblk, s_lo + (task % nblk) * step
+            n = min(step, s_hi - s0)
             run = (n - 1) * Wg + P
             kt = np.zeros((2, 2, S * S, n * Wg), X.dtype)  # [row class, column class, tap, flat position]
             ktr = np.empty((T * T, P), X.dtype)
@@ -256,7 +268,9 @@ def forward_resampled(X: torch.Tensor, plan: Windows, K: torch.Tensor, bias: tor
     X, K = X.detach().contiguous(), K.detach().contiguous()
     bias = X.new_zeros(B, C) if bias is None else bias.detach().to(X.dtype).expand(B, C).contiguous()
     dtype = X.numpy().dtype
+    pair_rows = (y1 - 1 + r.phase) // 2 + 1 - (y0 + r.phase) // 2
     _kernels(T, r.size)(X.numpy(), K.numpy().reshape(B, H, W, T * T), r.weights.numpy().astype(dtype), r.phase,
                         r.start, plan.bounds, plan.col_weights.astype(dtype), c.phase, c.start, c.pairs,
-                        bias.numpy(), y0, y1, x0, x1, out.detach().numpy())
+                        bias.numpy(), y0, y1, x0, x1, *_balanced_blocks(pair_rows, B, PAIR_ROWS, numba.get_num_threads()),
+                        out.detach().numpy())
     return out
