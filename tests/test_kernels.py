@@ -118,8 +118,8 @@ def test_kernel_profile_columns_and_skipped_cuda_row():
                 "status", "message"]:
         assert col in df.columns
     assert df.attrs["matmul_gflops"] > 0
-    assert set(df["pass"]) == {"forward", "forward_out", "backward"}
-    assert set(df[df["pass"] == "forward_out"]["impl"]) == {"numba"}
+    assert set(df["pass"]) == {"forward", "forward_out", "x2_out", "backward"}
+    assert set(df[df["pass"] == "forward_out"]["impl"]) == set(df[df["pass"] == "x2_out"]["impl"]) == {"numba"}
     ok = df[df["impl"].isin(["reference", "torch", "numba"])]
     assert (ok["status"] == "ok").all(), ok["message"].tolist()
     assert (ok["ms"] > 0).all() and (ok["bw_fraction"] > 0).all()
@@ -234,3 +234,15 @@ def test_kernel_resample_refuses_tables_that_read_outside_the_input():
     table = (torch.tensor([[0, 5]]), torch.ones(1, 2))
     with pytest.raises(ValueError, match="the input has 4 x 4"):
         resample(torch.zeros(1, 1, 4, 4), table, table)
+
+
+@pytest.mark.parametrize("rows, images, threads", [(56, 1, 2), (112, 1, 2), (7, 1, 16), (263, 3, 2), (1, 1, 2)])
+def test_kernel_row_blocks_cover_the_rows_and_balance_the_threads(rows, images, threads):
+    from kernels.resampled_conv import _balanced_blocks
+
+    blocks, step = _balanced_blocks(rows, images, 8, threads)
+    assert 1 <= step <= 8 and (blocks - 1) * step < rows <= blocks * step  # every row in exactly one block
+    tasks = images * blocks
+    assert tasks % threads == 0 or tasks >= 8 * threads or tasks == rows * images, (blocks, step)
+    if (rows, threads) == (56, 2):
+        assert (blocks, step) == (8, 7)

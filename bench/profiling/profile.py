@@ -102,6 +102,8 @@ def kernel_cost(impl: str, pass_: str, size: int, channels: int, radius: int, it
         moved, flops, extra = v + k + y, 2 * channels * taps * hw, y + workspace
     elif pass_ == "forward_out":  # into a buffer allocated once
         moved, flops, extra = v + k + y, 2 * channels * taps * hw, y
+    elif pass_ == "x2_out":  # the JBU stage: values resampled x2 from a quarter-size map inside the kernel
+        moved, flops, extra = channels * hw // 4 * itemsize + k + y, 2 * channels * taps * hw, y
     else:  # reads dY, V, K; writes dV, dK; the reference also holds the saved unfold
         moved, flops, extra = y + 2 * (v + k), 4 * channels * taps * hw, v + k + workspace + (cols if impl == "reference" else 0)
     return {"bytes": moved, "flops": flops, "extra": extra}
@@ -124,6 +126,14 @@ def _kernel_call(impl: str, pass_: str, V: torch.Tensor, K: torch.Tensor, dY: to
 
         out = torch.empty_like(dY)
         return lambda: numba_cpu.forward(V, K, out)
+    if pass_ == "x2_out":
+        from kernels.resampled_conv import forward_resampled
+        from methods.featup_jbu import ALL_SIDES, value_windows
+
+        h, w = dY.shape[-2] // 2, dY.shape[-1] // 2
+        X, out = V[..., :h, :w].contiguous(), torch.empty_like(dY)
+        plan = value_windows((h, w), (K.shape[-1] - 1) // 2, ALL_SIDES, None)
+        return lambda: forward_resampled(X, plan, K, out=out)
     if pass_ == "forward":
         def run() -> torch.Tensor:
             with torch.no_grad():
@@ -170,7 +180,9 @@ def profile_kernels(sizes: list[int], channels: list[int], device: str = "cpu", 
                     memory_budget: int | None = None) -> pd.DataFrame:
     """Forward and backward (dV and dK for a given dY) of each implementation, one float32 image;
     for the CPU Numba kernel also ``forward_out``, the forward into an output allocated once (the
-    computation without the page faults of a fresh output).
+    computation without the page faults of a fresh output), and ``x2_out``, the JBU stage's form of
+    it (kernels.resampled_conv: values resampled x2 from a map of half the size, inside the kernel;
+    even sizes), into an output allocated once, its GFLOP/s those of the conv it replaces.
 
     ``memory_budget`` (bytes) caps what a row may need; by default MARGIN of the free memory.
     Rows predicted not to fit are ``oom`` without running; gbps counts the minimum bytes moved
@@ -184,7 +196,7 @@ def profile_kernels(sizes: list[int], channels: list[int], device: str = "cpu", 
         raise ValueError(f"unknown kernel impl(s) {unknown}; expected some of {KERNEL_IMPLS}")
     copy_gbps, matmul_gflops = measure_copy_bandwidth(device), measure_matmul_gflops(device)
     jobs = [(i, p, s, c) for s in sizes for c in channels for i in impls
-            for p in ("forward", "forward_out", "backward") if p != "forward_out" or i == "numba"]
+            for p in ("forward", "forward_out", "x2_out", "backward") if p in ("forward", "backward") or i == "numba"]
     rows = []
     for impl, pass_, size, ch in tqdm(jobs, desc="profile kernels", disable=not progress):
         budget = memory_budget if memory_budget is not None else int(MARGIN * available_bytes(device))
