@@ -42,6 +42,10 @@ reads 2 LR pixels on each side (its values are wrong within 4 HR pixels of a cro
 adaptive conv 3 HR pixels further, 7 HR pixels in all."""
 
 
+BAND_BYTES = 4 * 2**20
+"""Bytes of one (rows x cols x taps) temporary of the kernel branch at inference (JBUStage.kernel)."""
+
+
 def pad(x: torch.Tensor, radius: int, sides: Sides = ALL_SIDES, full: tuple[int, int] | None = None) -> torch.Tensor:
     """Reflect padding on the image-border ``sides``, or replicate on maps too small to reflect (a
     1-pixel backbone grid); ``full`` is the whole map's size where ``x`` is a crop of it."""
@@ -97,12 +101,6 @@ def inner(x: torch.Tensor, radius: int, sides: Sides) -> torch.Tensor:
     return x[..., top:x.shape[-2] - bottom, left:x.shape[-1] - right]
 
 
-def range_logits(p: torch.Tensor, radius: int, impl: str, sides: Sides = ALL_SIDES,
-                 full: tuple[int, int] | None = None) -> torch.Tensor:
-    """(B,D,H,W) guidance -> (B,H',W',(2r+1)^2) logits of ``inner(p)``, reflect padding at the image borders."""
-    return window_dot(pad(p, radius, sides, full), inner(p, radius, sides), impl).flatten(-2)
-
-
 def conv1x1(layers: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
     """A stack of 1x1 convs and pointwise layers on (B,C,H,W) maps, each conv a matmul over the pixels."""
     for layer in layers:
@@ -150,27 +148,54 @@ class JBUStage(nn.Module):
                full: tuple[int, int] | None = None) -> torch.Tensor:
         """(B,3,H,W) normalised guidance -> (B,H',W',2r+1,2r+1) kernels of its ``inner`` pixels, taps row-major.
 
+        At inference the kernels are computed in bands of rows of one image, each written into the
+        result: the bands' temporaries (logits, softmax, the correction's hidden layer) stay small
+        (BAND_BYTES), in cache and on the heap, where whole-map ones are mapped and faulted in
+        afresh on every call from 448² on (39 MB each, over glibc's 32 MiB mmap threshold).
+        """
+        projected = conv1x1(self.range_proj, guidance)
+        padded, query = pad(projected, self.radius, sides, full), inner(projected, self.radius, sides)
+        guide = inner(guidance, self.radius, sides)
+        b, _, h, w = query.shape
+        d = 2 * self.radius + 1
+        if torch.is_grad_enabled():
+            return self.kernel_rows(padded, query, guide, impl).view(b, h, w, d, d)
+        out = guidance.new_empty(b, h, w, d * d)
+        rows = max(1, BAND_BYTES // (w * d * d * guidance.element_size()))
+        for i in range(b):
+            for top in range(0, h, rows):
+                end = min(top + rows, h)
+                self.kernel_rows(padded[i:i + 1, :, top:end + d - 1], query[i:i + 1, :, top:end],
+                                 guide[i:i + 1, :, top:end], impl, out[i, top:end])
+        return out.view(b, h, w, d, d)
+
+    def kernel_rows(self, padded: torch.Tensor, query: torch.Tensor, guide: torch.Tensor, impl: str,
+                    out: torch.Tensor | None = None) -> torch.Tensor:
+        """(B,h,w,taps) kernels of ``query``'s pixels (projected guidance, (B,D,h,w)) from their windows in
+        ``padded`` (B,D,h+2r,w+2r) and the guidance pixels ``guide`` (B,3,h,w); written into ``out`` where
+        given (inference).
+
         The 1x1 convs run as matmuls in the layout their input comes in (``conv1x1`` on the image,
         ``pixelwise`` on the channels-last logits): no layout changes. The correction's first conv
         reads (k1, guidance) as a matmul on k1 plus one on (guidance, 1) that carries its bias, and
-        its last one accumulates onto k1: no concatenation, and no full-size copy of a bias or of k1
-        (in place where no gradient needs k1).
+        its last one accumulates onto k1: no concatenation, and no full-size copy of a bias.
         """
         temperature = self.range_temp.exp().clamp(1e-4, 1e4)
-        logits = range_logits(conv1x1(self.range_proj, guidance), self.radius, impl, sides, full)
+        logits = window_dot(padded, query, impl).flatten(-2)
         b, h, w, taps = logits.shape
         # FeatUp's softmax(t * logits) * spatial, renormalised, is softmax(t * logits + log spatial): one pass
         k1 = torch.softmax(torch.addcmul(self.log_spatial_kernel(), logits, temperature), dim=-1).view(-1, taps)
         first, last = self.fixup_proj[0], self.fixup_proj[-1]
         w1 = first.weight.flatten(1)
-        guide = inner(guidance, self.radius, sides).permute(0, 2, 3, 1).reshape(-1, guidance.shape[1])
-        hidden = torch.mm(k1, w1[:, :taps].T).addmm_(F.pad(guide, (0, 1), value=1.0),
+        pixels = guide.permute(0, 2, 3, 1).reshape(-1, guide.shape[1])
+        hidden = torch.mm(k1, w1[:, :taps].T).addmm_(F.pad(pixels, (0, 1), value=1.0),
                                                       torch.cat([w1[:, taps:].T, first.bias[None]]))
-        hidden = pixelwise(self.fixup_proj[1:-1], hidden.view(b, h, w, taps))  # GELU, Dropout2d
-        base = k1 + 0.1 * last.bias if torch.is_grad_enabled() else k1.add_(0.1 * last.bias)
-        kernel = base.addmm_(hidden.view(-1, taps), last.weight.flatten(1).T, alpha=0.1)
-        d = 2 * self.radius + 1
-        return kernel.view(b, h, w, d, d)
+        hidden = pixelwise(self.fixup_proj[1:-1], hidden.view(b, h, w, taps)).view(-1, taps)  # GELU, Dropout2d
+        w2 = last.weight.flatten(1).T
+        if out is None:
+            return (k1 + 0.1 * last.bias).addmm_(hidden, w2, alpha=0.1).view(b, h, w, taps)
+        torch.addmm(k1, hidden, w2, alpha=0.1, out=out.view(-1, taps))
+        return out.add_(0.1 * last.bias)
 
     def apply(self, x: torch.Tensor, kernel: torch.Tensor, impl: str, sides: Sides = ALL_SIDES,
               full: tuple[int, int] | None = None, bias: torch.Tensor | None = None, out: torch.Tensor | None = None,

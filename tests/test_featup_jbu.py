@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from bench.fitting.multiview import project, random_projection
 from kernels.window_dot import WindowDot
-from methods.featup_jbu import FeatUpJBU, range_logits
+from methods.featup_jbu import FeatUpJBU
 from methods.stages import num_stages
 
 
@@ -55,9 +55,12 @@ def test_flat_guidance_without_correction_is_a_gaussian_upsampling():
     torch.testing.assert_close(method(x, flat, (20, 24)), expected, rtol=1e-5, atol=1e-5)
 
 
-def test_kernel_is_featups_formula():
+@pytest.mark.parametrize("band_bytes", [2**30, 3 * 11 * 49 * 4, 11 * 49 * 4])
+def test_kernel_is_featups_formula(band_bytes, monkeypatch):
     """softmax(t * logits) times the Gaussian spatial kernel, renormalised, plus 0.1 * the fixup of
-    (that kernel, the guidance), written out as FeatUp's code does, with random stage weights."""
+    (that kernel, the guidance), written out as FeatUp's code does, with random stage weights: in
+    one band, in bands of 3 rows (the last one shorter) and of 1 row; with gradients, in one piece."""
+    monkeypatch.setattr("methods.featup_jbu.BAND_BYTES", band_bytes)
     stage = FeatUpJBU(dim=4, n_stages=1).eval().stages[0]
     generator = torch.Generator().manual_seed(3)
     with torch.no_grad():
@@ -74,9 +77,10 @@ def test_kernel_is_featups_formula():
     combined = torch.softmax(stage.range_temp.exp() * logits, dim=1) * spatial
     combined = combined / combined.sum(1, keepdim=True).clamp_min(1e-7)
     expected = combined + 0.1 * stage.fixup_proj(torch.cat([combined, guidance], 1))
+    expected = expected.permute(0, 2, 3, 1).reshape(2, 9, 11, 7, 7).detach()
     with torch.no_grad():
-        got = stage.kernel(guidance, "auto")
-    torch.testing.assert_close(got, expected.permute(0, 2, 3, 1).reshape(2, 9, 11, 7, 7).detach(), rtol=1e-4, atol=2e-5)
+        torch.testing.assert_close(stage.kernel(guidance, "auto"), expected, rtol=1e-4, atol=2e-5)
+    torch.testing.assert_close(stage.kernel(guidance, "auto").detach(), expected, rtol=1e-4, atol=2e-5)
 
 
 def test_refinement_on_the_lr_grid_equals_refining_the_output():
@@ -101,13 +105,14 @@ def test_forward_projected_equals_projecting_the_output():
                                rtol=1e-5, atol=1e-5)
 
 
-def test_range_logits_match_an_unfold_and_pass_gradcheck():
+def test_window_logits_match_an_unfold_and_pass_gradcheck():
     p = torch.randn(2, 3, 6, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     padded = F.pad(p, [2] * 4, mode="reflect")
     windows = F.unfold(padded, 5).view(2, 3, 25, 6, 5)
     expected = (windows * p[:, :, None]).sum(1).permute(0, 2, 3, 1)
-    torch.testing.assert_close(range_logits(p, 2, "torch"), expected)
-    torch.testing.assert_close(range_logits(p.float(), 2, "auto"), expected.float(), rtol=1e-5, atol=1e-5)
+    logits = lambda q, impl: WindowDot.apply(F.pad(q, [2] * 4, mode="reflect"), q, impl).flatten(-2)  # noqa: E731
+    torch.testing.assert_close(logits(p, "torch"), expected)
+    torch.testing.assert_close(logits(p.float(), "auto"), expected.float(), rtol=1e-5, atol=1e-5)
     inputs = (padded.clone().requires_grad_(), p.clone().requires_grad_())
     assert torch.autograd.gradcheck(lambda a, b: WindowDot.apply(a, b, "torch"), inputs)
 
