@@ -21,10 +21,10 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from functools import lru_cache
 
+import numba
 import numpy as np
 import torch
 import torch.nn.functional as F
-import numba
 from numba import njit, prange
 
 from kernels.numba_cpu import CB, _channel
