@@ -289,6 +289,28 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
 
 def cmd_ablate(args: argparse.Namespace) -> int:
+    """Ablations: the Fourier features of implicit FeatUp, or the training budget of the trainable methods."""
+    return ablate_budget(args) if args.what == "budget" else ablate_fourier_features(args)
+
+
+def ablate_budget(args: argparse.Namespace) -> int:
+    """The training-budget study (bench.running.budget): curves as CSV and PNG under --out."""
+    from bench.running.budget import CSV, DEFAULT_STEPS, PNG, SEEDS, study
+
+    context = make_context(args)
+    methods = csv_list(args.methods) if args.methods else [n for n in METHODS.names()
+                                                           if METHODS.get(n).fit == "dataset"]
+    backbone = context_backbone(args, context)
+    curves = study(methods, sorted(set(args.steps or DEFAULT_STEPS)), backbone, context, Path(args.out),
+                   args.seeds or list(SEEDS))
+    if not curves.empty:
+        shown = curves.assign(mean=curves["mean"].round(4), sd=curves["sd"].round(4))
+        print(shown.pivot_table(index=["method", "steps"], columns="metric", values="mean").round(4).to_string())
+    print(f"wrote {Path(args.out) / CSV} and {Path(args.out) / PNG}", file=sys.stderr)
+    return 0
+
+
+def ablate_fourier_features(args: argparse.Namespace) -> int:
     """The Fourier ablation of implicit FeatUp: curves and errors as CSV, the curves as PNG."""
     import dataclasses
     import json
@@ -297,10 +319,12 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     from bench.fitting.ablation import ablate_fourier, plot_curves, summary_line
     from bench.fitting.per_image import fit_settings
 
+    if args.steps and len(args.steps) != 1:
+        raise UsageError(f"ablate fourier --steps takes one count of fit steps, got {args.steps}")
     context = make_context(args)
     settings = fit_settings(context.profile)
     if args.steps:
-        settings = dataclasses.replace(settings, steps=args.steps)
+        settings = dataclasses.replace(settings, steps=args.steps[0])
     backbone = context_backbone(args, context)
     data = load_dataset("photos", "val", context.profile.image_size, limit=args.images)
     images = torch.stack([data[i]["image"] for i in range(len(data))]).to(context.device)
@@ -420,10 +444,17 @@ def build_parser() -> argparse.ArgumentParser:
     prof.add_argument("--out", help="folder for profile.csv and profile.png")
     prof.set_defaults(fn=cmd_profile)
     ablate = sub.add_parser("ablate", help="ablations of a method's design")
-    ablate.add_argument("what", choices=("fourier",), help="fourier: implicit FeatUp with and without Fourier features")
+    ablate.add_argument("what", choices=("fourier", "budget"),
+                        help="fourier: implicit FeatUp with and without Fourier features; budget: probe scores "
+                             "against the training steps of the trainable methods (resumes where it stopped)")
+    ablate.add_argument("-m", "--methods", help="budget: trainable methods to study (default: all)")
     ablate.add_argument("--images", type=positive_int, default=8,
-                        help="how many of the embedded validation photographs to fit (default 8: all of them)")
-    ablate.add_argument("--steps", type=positive_int, help="fit steps (default: the profile's per-image setting)")
+                        help="fourier: how many of the embedded validation photographs to fit (default 8: all of them)")
+    ablate.add_argument("--steps", type=int_list(1, "positive integers", "250,1000,4000"),
+                        help="fourier: fit steps (default: the profile's per-image setting); budget: the step "
+                             "counts to checkpoint and score (default 250,500,1000,2000,4000,8000)")
+    ablate.add_argument("--seeds", type=int_list(0, "non-negative integers", "0,1,2"),
+                        help="budget: probe seeds scored at every step count (default 0,1,2)")
     ablate.add_argument("--out", required=True, help="folder for the CSVs and the PNG")
     add_common_arguments(ablate, None)
     ablate.set_defaults(fn=cmd_ablate)

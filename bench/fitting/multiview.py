@@ -272,7 +272,10 @@ def sampled_crf(guidance: torch.Tensor, feats: torch.Tensor, samples: int = CRF_
     colour_diff = (colour[..., :, None] - colour[..., None, :]).square().sum(1)
     kernel = (CRF_W1 * torch.exp(-pos_diff / (2 * CRF_ALPHA) - colour_diff / (2 * CRF_BETA))
               + CRF_W2 * torch.exp(-pos_diff / (2 * CRF_GAMMA)))
-    feat_diff = (picked[..., :, None] - picked[..., None, :]).square().sum(1)
+    # |a_i - a_j|^2 = |a_i|^2 + |a_j|^2 - 2 a_i.a_j: a (B, n, n) matmul instead of a (B, C, n, n) difference
+    # (240 MB at n = 1000, C = 30, B = 2), which had cost 40% of a training step on the CPU
+    sq = picked.square().sum(1)
+    feat_diff = (sq[:, :, None] + sq[:, None, :] - 2 * picked.transpose(1, 2) @ picked).clamp_min(0)
     return (feat_diff * kernel).mean()
 
 

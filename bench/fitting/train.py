@@ -21,9 +21,10 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
+import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterable
 
 import torch
 from tqdm.auto import tqdm
@@ -32,8 +33,10 @@ from bench.backbones import Backbone, cache_key
 from bench.running.context import RunContext
 from bench.running.profiles import Profile
 from bench.data import load_dataset
+from bench.registry import DATASETS
 from bench.data.common import epoch_order
 from bench.data.identity import dataset_identity, slug
+from bench.fitting.weights import WeightsError, WeightsSource, find_shipped, load_state, verified_path
 from bench.fitting.multiview import PROJ_DIM, Jitter, MultiViewLoss, random_projection
 from bench.running.provenance import git_commit
 from bench.running.store import atomic_write, atomic_write_json
@@ -45,6 +48,8 @@ CRF_WEIGHT = 0.001
 """FeatUp's JBU recipe; its TV weight is 0."""
 CHECKPOINTS = 10
 """Resume checkpoints per run."""
+RESUME_EVERY_S = 600.0
+"""The resume state is also saved when this long has passed since it last was (long runs on a CPU)."""
 
 
 class CheckpointError(RuntimeError):
@@ -77,8 +82,27 @@ def checkpoint(upsampler: Upsampler, backbone: Backbone, context: RunContext) ->
     return folder, recipe
 
 
+def weights_source(upsampler: Upsampler, backbone: Backbone, context: RunContext) -> WeightsSource:
+    """Where ``upsampler``'s weights come from here: the file the run names for it, the shipped weights of
+    this recipe (unless ``context.retrain``), else the training cache (bench.fitting.weights)."""
+    if upsampler.name in context.weights:
+        return WeightsSource("file", Path(context.weights[upsampler.name]))
+    if not context.retrain:
+        entry = find_shipped(checkpoint(upsampler, backbone, context)[1])
+        if entry is not None:
+            return WeightsSource("shipped", verified_path(entry), entry)
+    return WeightsSource("cache")
+
+
 def trained_status(upsampler: Upsampler, backbone: Backbone, context: RunContext) -> str:
-    """"cached" when this recipe's weights are stored, "to train" when none are, else what blocks them."""
+    """"shipped …" or "weights from …" where weights are given, "cached" when this recipe's are trained,
+    "to train" when none are, else what blocks them."""
+    try:
+        source = weights_source(upsampler, backbone, context)
+    except WeightsError as exc:
+        return f"blocked: {exc}"
+    if source.kind != "cache":
+        return source.describe()
     folder, recipe = checkpoint(upsampler, backbone, context)
     if not (folder / "provenance.json").is_file():
         return "to train"
@@ -89,12 +113,26 @@ def trained_status(upsampler: Upsampler, backbone: Backbone, context: RunContext
     return "cached"
 
 
+_ANNOUNCED: set[tuple[str, str]] = set()
+
+
 def ensure_trained(upsampler: Upsampler, backbone: Backbone, context: RunContext) -> None:
-    """Load the cached weights for this recipe into ``upsampler``, training them first if absent."""
-    folder, recipe = checkpoint(upsampler, backbone, context)
-    if not (folder / "provenance.json").is_file():
-        train_method(upsampler, backbone, context)
-    load_trained(upsampler, folder, recipe, context.device)
+    """Load ``upsampler``'s weights from the file named for it, the shipped ones or the cache, training
+    them into the cache first where none are; says once per process where given weights came from."""
+    source = weights_source(upsampler, backbone, context)
+    if source.kind == "cache":
+        folder, recipe = checkpoint(upsampler, backbone, context)
+        if not (folder / "provenance.json").is_file():
+            train_method(upsampler, backbone, context)
+        load_trained(upsampler, folder, recipe, context.device)
+    else:
+        try:
+            upsampler.load_state_dict(load_state(source.path, context.device))
+        except RuntimeError as exc:
+            raise WeightsError(f"{source.path} does not fit {upsampler.name!r} on {backbone.name}: {exc}") from exc
+        if (upsampler.name, source.describe()) not in _ANNOUNCED:
+            _ANNOUNCED.add((upsampler.name, source.describe()))
+            tqdm.write(f"{upsampler.name}: {source.describe()}", file=sys.stderr)
     upsampler.eval()
 
 
@@ -110,44 +148,72 @@ def load_trained(upsampler: Upsampler, folder: Path, recipe: dict[str, Any], dev
 
 def train_method(upsampler: Upsampler, backbone: Backbone, context: RunContext) -> Path:
     """Train ``upsampler`` with the multi-view loss and cache it; resumes a killed run. Returns the folder."""
-    p, device = context.profile, context.device
     folder, recipe = checkpoint(upsampler, backbone, context)
     if (folder / "provenance.json").is_file():
         raise CheckpointError(f"{folder} already holds trained weights for this recipe. {_delete_hint(folder)}")
     data = training_images(context)
-    total = training_steps(p, len(data))
+    state = run_training(upsampler, backbone, context, folder / "resume.pt", recipe, data,
+                         training_steps(context.profile, len(data)))
+    _atomic_torch_save(upsampler.state_dict(), folder / "weights.pt")
+    atomic_write_json(folder / "provenance.json", training_provenance(recipe, state, context))
+    (folder / "resume.pt").unlink(missing_ok=True)
+    upsampler.eval()
+    return folder
+
+
+def training_provenance(recipe: dict[str, Any], state: dict[str, Any], context: RunContext) -> dict[str, Any]:
+    """What made a set of trained weights: the recipe, the loss curve, time, code and machine."""
+    tail = state["losses"][-max(1, len(state["losses"]) // 10):]
+    return {
+        **recipe, "profile_recipe": context.profile.recipe(), "seconds": round(state["seconds"], 1),
+        "final_loss": sum(tail) / len(tail), "losses": state["losses"], "git_commit": git_commit(),
+        "torch": torch.__version__, "device": str(context.device),
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+    }
+
+
+Checkpoint = Callable[[int, Upsampler, dict[str, Any]], None]
+"""Called as ``(steps done, upsampler, training state)`` at each of ``run_training``'s checkpoints."""
+
+
+def run_training(upsampler: Upsampler, backbone: Backbone, context: RunContext, resume: Path,
+                 recipe: dict[str, Any], data: Any, total: int, checkpoints: Iterable[int] = (),
+                 on_checkpoint: Checkpoint | None = None) -> dict[str, Any]:
+    """Train to ``total`` steps, resuming from ``resume`` when it holds this recipe's state; returns the state.
+
+    The batches and random draws of step s do not depend on ``total`` (see ``_batch``), so a run's
+    state after s steps is the same whether it stops there or goes on: a longer run continues a
+    shorter one. At each of ``checkpoints`` the state is saved and ``on_checkpoint`` called.
+    """
+    p, device = context.profile, context.device
     torch.manual_seed(p.seed)
     generator = torch.Generator().manual_seed(p.seed)
     upsampler.to(device).train()
     backbone.to(device)
     objective, optimizer = training_objective(upsampler, backbone, p.train_downsampler)
     state = {"step": 0, "seconds": 0.0, "losses": []}
-    if (folder / "resume.pt").is_file():
-        state = _resume(folder, recipe, upsampler, objective, optimizer, generator, device)
+    if resume.is_file():
+        state = _resume(resume, recipe, upsampler, objective, optimizer, generator, device)
+    marks = set(checkpoints)
     every = max(1, total // CHECKPOINTS)
     bar = tqdm(range(state["step"], total), initial=state["step"], total=total,
                desc=f"train {upsampler.name}", disable=not context.progress)
     started = time.perf_counter() - state["seconds"]
+    saved = time.perf_counter()
     for step in bar:
-        image = _batch(data, step, p.train_batch, p.seed).to(device)
+        image = _batch(data, step, p.train_batch, p.seed, shuffle=not _is_stream(context)).to(device)
         loss = train_step(upsampler, backbone, objective, optimizer, image, p.train_views, generator,
                           clip=step < CLIP_STEPS)
         state["losses"].append(loss.item())
         bar.set_postfix(loss=f"{loss.item():.4f}")
-        if (step + 1) % every == 0 and step + 1 < total:
-            state.update(step=step + 1, seconds=time.perf_counter() - started)
-            _save_resume(folder, recipe, state, upsampler, objective, optimizer, generator)
-    seconds = time.perf_counter() - started
-    _atomic_torch_save(upsampler.state_dict(), folder / "weights.pt")
-    tail = state["losses"][-max(1, len(state["losses"]) // 10):]
-    atomic_write_json(folder / "provenance.json", {
-        **recipe, "profile_recipe": context.profile.recipe(), "seconds": round(seconds, 1),
-        "final_loss": sum(tail) / len(tail), "losses": state["losses"], "git_commit": git_commit(),
-        "torch": torch.__version__, "device": str(device), "date": datetime.datetime.now().isoformat(timespec="seconds"),
-    })
-    (folder / "resume.pt").unlink(missing_ok=True)
+        state.update(step=step + 1, seconds=time.perf_counter() - started)
+        if step + 1 in marks or ((step + 1) % every == 0 and step + 1 < total) or time.perf_counter() - saved > RESUME_EVERY_S:
+            _save_resume(resume, recipe, state, upsampler, objective, optimizer, generator)
+            saved = time.perf_counter()
+        if step + 1 in marks and on_checkpoint is not None:
+            on_checkpoint(step + 1, upsampler, state)
     upsampler.eval()
-    return folder
+    return state
 
 
 def training_objective(upsampler: Upsampler, backbone: Backbone,
@@ -176,10 +242,12 @@ def train_step(upsampler: Upsampler, backbone: Backbone, objective: MultiViewLos
     return loss.detach()
 
 
-def training_images(context: RunContext) -> Any:
-    """The images the upsamplers are trained on: the profile's list, as many as its steps take."""
+def training_images(context: RunContext, steps: int | None = None) -> Any:
+    """The images the upsamplers are trained on: a folder dataset's whole list (or named list), or as
+    many items of an embedded dataset's seeded stream as ``steps`` (default: the profile's) take."""
     p = context.profile
-    limit = None if p.train_steps is None else p.train_steps * p.train_batch
+    steps = p.train_steps if steps is None else steps
+    limit = steps * p.train_batch if _is_stream(context) and steps is not None else None
     data = load_dataset(p.train_data, "train", p.image_size, limit=limit, path=context.data_paths.get(p.train_data),
                         seed=p.seed, image_list=p.train_list)
     if len(data) == 0:
@@ -192,24 +260,33 @@ def training_steps(profile: Profile, images: int) -> int:
     return profile.train_steps if profile.train_steps is not None else -(-images // profile.train_batch)
 
 
-def _batch(data: Any, step: int, batch: int, seed: int) -> torch.Tensor:
-    """Images of ``step``: epochs are seeded permutations, so a resumed run sees the same batches."""
-    n = len(data)
-    return torch.stack([data[epoch_order(n, q // n, seed)[q % n]]["image"] for q in range(step * batch, (step + 1) * batch)])
+def _is_stream(context: RunContext) -> bool:
+    """Embedded training data is a stream of seeded draws (item q is the same whatever the length), read in
+    order; a folder's list is read in seeded epoch permutations. Either way step s's batch does not
+    depend on how many steps the run takes."""
+    return DATASETS.get(context.profile.train_data).embedded
 
 
-def _save_resume(folder: Path, recipe: dict, state: dict, upsampler: Upsampler, objective: MultiViewLoss,
+def _batch(data: Any, step: int, batch: int, seed: int, shuffle: bool = True) -> torch.Tensor:
+    """Images of ``step``: items in order, or in seeded per-epoch permutations; a resumed run sees the same."""
+    n, items = len(data), range(step * batch, (step + 1) * batch)
+    if not shuffle:
+        return torch.stack([data[q]["image"] for q in items])
+    return torch.stack([data[epoch_order(n, q // n, seed)[q % n]]["image"] for q in items])
+
+
+def _save_resume(path: Path, recipe: dict, state: dict, upsampler: Upsampler, objective: MultiViewLoss,
                  optimizer: torch.optim.Optimizer, generator: torch.Generator) -> None:
     _atomic_torch_save({
         "recipe": recipe, **state, "upsampler": upsampler.state_dict(), "objective": objective.state_dict(),
         "optimizer": optimizer.state_dict(), "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
-    }, folder / "resume.pt")
+    }, path)
 
 
-def _resume(folder: Path, recipe: dict, upsampler: Upsampler, objective: MultiViewLoss,
+def _resume(path: Path, recipe: dict, upsampler: Upsampler, objective: MultiViewLoss,
             optimizer: torch.optim.Optimizer, generator: torch.Generator, device: torch.device) -> dict:
-    saved = _read_torch(folder / "resume.pt", folder, device)
-    _check_recipe(saved.get("recipe", {}), recipe, folder / "resume.pt", folder)
+    saved = _read_torch(path, path.parent, device)
+    _check_recipe(saved.get("recipe", {}), recipe, path, path.parent)
     upsampler.load_state_dict(saved["upsampler"])
     objective.load_state_dict(saved["objective"])
     optimizer.load_state_dict(saved["optimizer"])

@@ -23,3 +23,7 @@ class RunContext:
     tile: int | None = None
     """Tasks' upsampled maps are computed in tiles of this size (``Upsampler.tile``); None: whole maps.
     Tiled results equal whole ones to float tolerance, so the tile is not part of a cell's hash."""
+    weights: dict[str, str] = field(default_factory=dict)
+    """Method name -> a state-dict file its trainable weights are loaded from instead of shipped or trained ones."""
+    retrain: bool = False
+    """Train trainable methods into the cache even where shipped weights match (bench.fitting.weights)."""

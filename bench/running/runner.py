@@ -6,14 +6,18 @@ import traceback
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 import torch
 from tqdm.auto import tqdm
 
-from bench.backbones import Backbone
+from bench.backbone_names import resolve_spec
+from bench.backbones import Backbone, cache_key
 from bench.data.identity import dataset_identity
 from bench.fitting import fit_method
+from bench.fitting.train import weights_source
+from bench.fitting.weights import has_shipped
 from bench.profiling.memory import peak_memory
 from bench.registry import DATASETS, METHODS, TASKS
 from bench.running.cells import Cell
@@ -72,8 +76,23 @@ def plan(
                               "method_version": method_cls.version, "profile": cell_profile.recipe()}
                     if method_cls.fit == "dataset":
                         recipe["train_data"] = data[p.train_data]
+                        weights = weights_record(method_cls, backbone, replace(context, profile=cell_profile))
+                        if weights is not None:
+                            recipe["weights"] = weights
                     cells.append((cell, recipe))
     return cells
+
+
+def weights_record(method_cls: type, backbone: str, context: RunContext) -> dict[str, Any] | None:
+    """What a trained method's cell records of the weights given for it (a file, or shipped ones); None
+    when it trains into the cache, whose recipe the profile already fixes."""
+    if method_cls.name not in context.weights and (context.retrain or not has_shipped(
+            method_cls.name, cache_key(SimpleNamespace(name=backbone, normalisation=context.profile.normalisation)))):
+        return None  # trains into the cache: the training recipe is fixed by the profile, and not fingerprinted again
+    spec = resolve_spec(backbone)
+    stand_in = SimpleNamespace(name=backbone, normalisation=context.profile.normalisation, dim=spec.dim,
+                               stride=spec.stride)
+    return weights_source(method_cls, stand_in, context).record()
 
 
 def should_run(status: str | None, rerun: str) -> bool:
@@ -89,14 +108,20 @@ def cell_context(cell: Cell, recipe: dict[str, Any], context: RunContext) -> Run
                                                                    seed=cell.seed))
 
 
+def create_method(name: str, backbone: Backbone, seed: int) -> "Upsampler":
+    """The registered method ``name`` built for ``backbone`` with the initial weights of ``seed``: a run's
+    cells, ``train`` and the budget study all start a training from the same weights."""
+    torch.manual_seed(seed)
+    return METHODS.get(name).create(backbone)
+
+
 def fitted_method(cell: Cell, backbone: Backbone, context: RunContext) -> Upsampler:
     """The cell's method, created under the cell's seed (its initial weights) and fitted as it declares.
 
     ``context`` is the cell's (``cell_context``). Ray's fit stage calls this too, so weights it
     trains start from the same initial weights as a local run's.
     """
-    torch.manual_seed(cell.seed)
-    method = METHODS.get(cell.method).create(backbone).to(context.device)
+    method = create_method(cell.method, backbone, cell.seed).to(context.device)
     method.tile = context.tile
     fit_method(method, backbone, context, TASKS.get(cell.task)().images(context) if method.fit == "image" else ())
     return method
