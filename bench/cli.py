@@ -80,6 +80,27 @@ def task_overrides(profile: Profile, args: argparse.Namespace) -> dict[str, dict
     return {**profile.task_settings, "cam": {**profile.task_settings.get("cam", {}), **cam}}
 
 
+def default_methods() -> list[str]:
+    """The methods ``run`` scores without ``-m``: every registered one that is in the default run."""
+    return [n for n in METHODS.names() if METHODS.get(n).in_default_run]
+
+
+def parse_upsampler_weights(entries: list[str]) -> dict[str, str]:
+    """--upsampler-weights METHOD=PATH entries -> {method: path}, methods checked against the registry."""
+    out = {}
+    for entry in entries:
+        name, sep, path = entry.partition("=")
+        if not sep or not name or not path:
+            raise UsageError(f"--upsampler-weights {entry!r}: expected METHOD=PATH, e.g. featup_jbu=jbu.pt")
+        if METHODS.get(name).fit != "dataset":
+            raise UsageError(f"--upsampler-weights {entry!r}: method {name!r} has no trained weights "
+                             f"(fit={METHODS.get(name).fit!r})")
+        if not Path(path).is_file():
+            raise UsageError(f"--upsampler-weights {entry!r}: no such file {path!r}")
+        out[name] = path
+    return out
+
+
 def make_context(args: argparse.Namespace) -> RunContext:
     """The profile with --data datasets swapped in, the device and the caches."""
     data = parse_data(args.data)
@@ -89,7 +110,9 @@ def make_context(args: argparse.Namespace) -> RunContext:
                                      normalisation=getattr(args, "normalisation", None))
     return RunContext(profile=profile, device=resolve_device(args.device), cache_dir=CACHE_DIR,
                       data_paths={n: p for n, p in data.items() if p}, progress=not args.no_progress,
-                      tile=getattr(args, "tile", None))
+                      tile=getattr(args, "tile", None),
+                      weights=parse_upsampler_weights(getattr(args, "upsampler_weights", None) or []),
+                      retrain=getattr(args, "retrain", False))
 
 
 def context_backbone(args: argparse.Namespace, context: RunContext) -> Backbone:
@@ -171,7 +194,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     context = make_context(args)
     backbone_name = args.backbone or context.profile.backbone
     resolve_spec(backbone_name)  # an unknown name or stage fails before any data is read
-    methods = csv_list(args.methods) if args.methods else METHODS.names()
+    methods = csv_list(args.methods) if args.methods else default_methods()
     tasks = csv_list(args.tasks) if args.tasks else TASKS.names()
 
     def out_for(cells: list) -> Path:
@@ -390,6 +413,12 @@ def build_parser() -> argparse.ArgumentParser:
                           "on this device) and score nothing")
     run.add_argument("--cam-images", type=positive_int, help="CAM validation images (paper: 2000)")
     add_tile_argument(run)
+    run.add_argument("--upsampler-weights", action="append", default=[], metavar="METHOD=PATH",
+                     help="a state-dict file for a trainable method (e.g. the authors' released checkpoint), "
+                          "used instead of shipped or trained weights; recorded with its sha256 (repeatable)")
+    run.add_argument("--retrain", action="store_true",
+                     help="train the trainable methods into results/cache even where shipped weights match "
+                          "(one set per seed)")
     run.add_argument("--rerun", default="missing", choices=("missing", "failed", "all"),
                      help="which finished cells to score again (default: missing)")
     run.add_argument("--executor", default="local", choices=("local", "ray"),

@@ -60,11 +60,19 @@ class Upsampler(nn.Module, ABC):
     ``forward_region`` tile instead. The reason is warned and stored with profiles."""
     tile: int | None = None
     """Default tile of ``upsample`` (the runner sets it from ``--tile``); None computes whole maps."""
+    in_default_run: ClassVar[bool] = True
+    """Whether ``run`` without ``-m`` scores this method; methods too slow for the CPU default run say False
+    (they stay available with ``-m`` and in the GPU profiles)."""
 
     @classmethod
     def create(cls, backbone: "Backbone") -> "Upsampler":
         """Build the method for a backbone; methods with weights read ``backbone.dim`` here."""
         return cls()
+
+    def state_from_file(self, loaded: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """The state dict in a weights file given for this method (``--upsampler-weights NAME=PATH``): the file's
+        contents as they are; methods whose authors' released files wrap or rename it unwrap it here."""
+        return loaded
 
     def features(self, backbone: "Backbone", image: torch.Tensor) -> torch.Tensor:
         """The low-resolution features this method starts from.

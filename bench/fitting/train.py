@@ -127,7 +127,7 @@ def ensure_trained(upsampler: Upsampler, backbone: Backbone, context: RunContext
         load_trained(upsampler, folder, recipe, context.device)
     else:
         try:
-            upsampler.load_state_dict(load_state(source.path, context.device))
+            upsampler.load_state_dict(upsampler.state_from_file(load_state(source.path, context.device)))
         except RuntimeError as exc:
             raise WeightsError(f"{source.path} does not fit {upsampler.name!r} on {backbone.name}: {exc}") from exc
         if (upsampler.name, source.describe()) not in _ANNOUNCED:
