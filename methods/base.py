@@ -69,6 +69,17 @@ class Upsampler(nn.Module, ABC):
         """Build the method for a backbone; methods with weights read ``backbone.dim`` here."""
         return cls()
 
+    own_objective: ClassVar[dict[str, Any] | None] = None
+    """For fit="dataset": None trains with the suite's shared multi-view loss (FeatUp's); a method whose
+    paper trains it from images alone with its own loss sets the recipe here, e.g.
+    ``{"optimizer": "AdamW", "lr": 2e-4}`` (a torch.optim class and its keyword arguments, plus any loss
+    weights), implements ``training_loss``, and the trainer stores this dict in the training recipe."""
+
+    def training_loss(self, backbone: "Backbone", image: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """The method's own training loss on a (B,3,H,W) batch in [0,1] (only with ``own_objective``);
+        random draws come from ``generator`` so a resumed training repeats them."""
+        raise NotImplementedError(f"method {self.name!r} sets no own_objective: it trains with the multi-view loss")
+
     def state_from_file(self, loaded: dict[str, Any]) -> dict[str, torch.Tensor]:
         """The state dict in a weights file given for this method (``--upsampler-weights NAME=PATH``): the file's
         contents as they are; methods whose authors' released files wrap or rename it unwrap it here."""

@@ -43,8 +43,10 @@ def test_missing_weights_is_a_clear_error(tmp_path):
 def test_dataset_path_that_does_not_exist(tmp_path):
     proc = cli("run", "--profile", "smoke", "-m", "bilinear", "-t", "probe_seg", "--out", str(tmp_path),
                "--data", f"coco_stuff={tmp_path}/nope", check=False)
-    assert proc.returncode != 0
-    assert "nope" in proc.stdout + proc.stderr
+    assert proc.returncode == 2
+    assert proc.stderr.startswith(f"error: --data coco_stuff={tmp_path}/nope: ") and "does not exist" in proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr
+    assert not (tmp_path / "cells").exists()
 
 
 def test_smoke_run_resume_and_table(tmp_path):

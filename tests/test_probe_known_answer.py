@@ -44,8 +44,12 @@ class ImageAsFeatures(Upsampler):
         return torch.nn.functional.interpolate(lr_feats, size=output_size, mode="nearest")
 
 
+SPLITS = {"train": (4, 0), "val": (3, 1)}
+"""(images, seed) per split: fixed seeds (``hash(split)`` is salted per process, so it gave other data each run)."""
+
+
 def run(task):
-    task.load_split = lambda split, context: ColourScenes(4 if split == "train" else 3, hash(split) % 100)
+    task.load_split = lambda split, context: ColourScenes(*SPLITS[split])
     settings = {"epochs": 100, "batch_size": 2, "pixels": 256, "feature_cache": "memory"}
     profile = PROFILES.get("smoke").with_overrides(task_settings={"probe_seg": settings, "probe_depth": settings})
     context = RunContext(profile=profile, progress=False)

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import torch
+from torch import nn
 from tqdm.auto import tqdm
 
 from bench.backbones import Backbone, cache_key
@@ -48,6 +49,8 @@ CRF_WEIGHT = 0.001
 """FeatUp's JBU recipe; its TV weight is 0."""
 CHECKPOINTS = 10
 """Resume checkpoints per run."""
+MULTIVIEW_ONLY = ("views", "optimizer", "lr", "clip", "downsampler", "proj_dim", "crf_weight", "uncertainty_init")
+"""Recipe fields of the shared multi-view training that a method with its own objective does not use."""
 RESUME_EVERY_S = 600.0
 """The resume state is also saved when this long has passed since it last was (long runs on a CPU)."""
 
@@ -76,6 +79,8 @@ def checkpoint(upsampler: Upsampler, backbone: Backbone, context: RunContext) ->
         "optimizer": "NAdam", "lr": LR, "clip": [CLIP_STEPS, CLIP_NORM], "downsampler": p.train_downsampler,
         "proj_dim": PROJ_DIM, "crf_weight": CRF_WEIGHT, "uncertainty_init": "weight and bias x0.1",
     }
+    if upsampler.own_objective is not None:  # the method's own loss: none of the multi-view loss's settings apply
+        recipe = {k: v for k, v in recipe.items() if k not in MULTIVIEW_ONLY} | {"objective": upsampler.own_objective}
     digest = hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()[:8]
     folder = (Path(context.cache_dir) / "weights" / f"{upsampler.name}-v{upsampler.version}-{slug(cache_key(backbone))}-"
               f"{slug(data['label'])}-{p.name}-seed{p.seed}-{digest}")
@@ -217,16 +222,28 @@ def run_training(upsampler: Upsampler, backbone: Backbone, context: RunContext, 
 
 
 def training_objective(upsampler: Upsampler, backbone: Backbone,
-                       downsampler: str) -> tuple[MultiViewLoss, torch.optim.Optimizer]:
-    """The multi-view loss (with its downsampler and uncertainty net) and NAdam over it and the upsampler."""
+                       downsampler: str) -> tuple[nn.Module, torch.optim.Optimizer]:
+    """The multi-view loss (with its downsampler and uncertainty net) and NAdam over it and the upsampler; for a
+    method with its own objective, an empty module and the optimizer its ``own_objective`` names."""
+    own = upsampler.own_objective
+    if own is not None:
+        settings = {k: v for k, v in own.items() if k in ("lr", "weight_decay", "betas", "eps")}
+        return nn.Module(), getattr(torch.optim, own.get("optimizer", "AdamW"))(upsampler.parameters(), **settings)
     objective = MultiViewLoss(backbone.dim, backbone.stride, downsampler, crf_weight=CRF_WEIGHT).to(
         next(upsampler.parameters()).device)
     return objective, torch.optim.NAdam([*upsampler.parameters(), *objective.parameters()], lr=LR)
 
 
-def train_step(upsampler: Upsampler, backbone: Backbone, objective: MultiViewLoss, optimizer: torch.optim.Optimizer,
+def train_step(upsampler: Upsampler, backbone: Backbone, objective: nn.Module, optimizer: torch.optim.Optimizer,
                image: torch.Tensor, views: int, generator: torch.Generator, clip: bool) -> torch.Tensor:
-    """One optimiser step on a batch of images and ``views`` jittered views of it; returns the loss."""
+    """One optimiser step on a batch of images and ``views`` jittered views of it (or the method's own loss);
+    returns the loss."""
+    if upsampler.own_objective is not None:
+        optimizer.zero_grad(set_to_none=True)
+        loss = upsampler.training_loss(backbone, image, generator)
+        loss.backward()
+        optimizer.step()
+        return loss.detach()
     with torch.no_grad():
         lr_feats = upsampler.features(backbone, image)
         jitters = [Jitter.sample(tuple(image.shape[-2:]), generator) for _ in range(views)]
@@ -271,7 +288,7 @@ def _batch(data: Any, step: int, batch: int, seed: int, shuffle: bool = True) ->
     """Images of ``step``: items in order, or in seeded per-epoch permutations; a resumed run sees the same."""
     n, items = len(data), range(step * batch, (step + 1) * batch)
     if not shuffle:
-        return torch.stack([data[q]["image"] for q in items])
+        return torch.stack([data[q % n]["image"] for q in items])
     return torch.stack([data[epoch_order(n, q // n, seed)[q % n]]["image"] for q in items])
 
 
