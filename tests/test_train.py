@@ -161,12 +161,12 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(tiny, monkeypatch):
     batch = train._batch
     seen, kill = [], [True]
 
-    def killed_at_step_2(data, step, *args):
+    def killed_at_step_2(data, step, *args, **kwargs):
         if step == 2 and kill:
             kill.clear()
             raise Killed
         seen.append(step)
-        return batch(data, step, *args)
+        return batch(data, step, *args, **kwargs)
 
     monkeypatch.setattr(train, "_batch", killed_at_step_2)
     with pytest.raises(Killed):
