@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -133,6 +134,12 @@ def cmd_list(args: argparse.Namespace) -> int:
         for name in args.backbones or BACKBONES.names():
             print(describe(resolve_spec(name)))
         return 0
+    if args.weights:
+        from bench.fitting.weights import weights_table
+
+        table = weights_table(CACHE_DIR / "weights")
+        print(table.to_markdown(index=False) if len(table) else "no shipped or cached weights")
+        return 0
     print("methods:")
     for name in METHODS.names():
         m = METHODS.get(name)
@@ -262,17 +269,46 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from bench.fitting.train import train_method
+    from bench.running.runner import create_method
 
     context = make_context(args)
     if args.data:
         context.profile = context.profile.with_overrides(train_data=args.data[-1].partition("=")[0])
+    context.profile = context.profile.with_overrides(train_steps=args.steps)
     backbone = context_backbone(args, context)
     method_cls = METHODS.get(args.method)
     if method_cls.fit != "dataset":
         raise UsageError(f"method {args.method!r} is not trained on a dataset (fit={method_cls.fit!r}); "
                          f"`train` fits methods with fit='dataset'")
-    path = train_method(method_cls.create(backbone).to(context.device), backbone, context)
+    path = train_method(create_method(args.method, backbone, context.profile.seed).to(context.device), backbone, context)
     print(f"trained {args.method} on {backbone.name}: {path}")
+    return 0
+
+
+def cmd_ship(args: argparse.Namespace) -> int:
+    """Copy trained weights into results/weights and write their manifest entry, so runs use them untrained."""
+    from bench.fitting.train import checkpoint, load_trained
+    from bench.fitting.weights import ship
+
+    context = make_context(args)
+    context.profile = context.profile.with_overrides(train_steps=args.steps)
+    backbone = context_backbone(args, context)
+    method_cls = METHODS.get(args.method)
+    if args.study:
+        from bench.running.budget import study_checkpoint
+
+        weights, recipe, trained = study_checkpoint(Path(args.study), args.method, args.steps, backbone, context)
+    else:
+        folder, recipe = checkpoint(method_cls, backbone, context)
+        if not (folder / "provenance.json").is_file():
+            raise UsageError(f"no trained {args.method} for this recipe in {folder}: run "
+                             f"`run_bench.py train {args.method} --profile {context.profile.name} --backbone "
+                             f"{backbone.name}{f' --steps {args.steps}' if args.steps else ''}` first")
+        load_trained(method_cls.create(backbone), folder, recipe, context.device)  # refuses a stale or damaged cache
+        weights, trained = folder / "weights.pt", json.loads((folder / "provenance.json").read_text())
+    entry = ship(weights, recipe, trained)
+    print(f"shipped {entry['method']} for {entry['backbone']}: {entry['steps']} steps, {entry['view_images']} "
+          f"view-images, recipe {entry['recipe_digest']} -> results/weights/{entry['file']}")
     return 0
 
 
@@ -398,6 +434,9 @@ def build_parser() -> argparse.ArgumentParser:
     lister.add_argument("--backbones", nargs="*", metavar="NAME",
                         help="only backbones: what each name (default: every registered one) resolves to, "
                              "without loading weights, e.g. --backbones timm:resnet50@3")
+    lister.add_argument("--weights", action="store_true",
+                        help="only trained weights: those shipped in results/weights and those trained into "
+                             "results/cache, with their steps, view-images and recipe digest")
     lister.set_defaults(fn=cmd_list)
     run = sub.add_parser("run", help="score methods on tasks; resumes where a run stopped")
     run.add_argument("-m", "--methods", help="comma-separated method names (default: all registered)")
@@ -452,9 +491,19 @@ def build_parser() -> argparse.ArgumentParser:
     report.set_defaults(fn=cmd_report)
     train = sub.add_parser("train", help="fit a trainable method's weights (run does this when they are missing)")
     train.add_argument("method")
+    train.add_argument("--steps", type=positive_int, help="optimiser steps (default: the profile's train_steps)")
     add_common_arguments(train, "images to train on, e.g. photos or coco_stuff=/data/cocostuff "
                                 "(default: the profile's train_data)")
     train.set_defaults(fn=cmd_train)
+    shipper = sub.add_parser("ship", help="ship trained weights with the suite: copy them into results/weights and "
+                                          "write their manifest entry (runs then use them without training)")
+    shipper.add_argument("method")
+    shipper.add_argument("--steps", type=positive_int,
+                         help="the training's step count (default: the profile's train_steps)")
+    shipper.add_argument("--study", metavar="DIR",
+                         help="take the weights from a budget study's checkpoint at --steps instead of the cache")
+    add_common_arguments(shipper, "the training data (default: the profile's train_data)")
+    shipper.set_defaults(fn=cmd_ship)
     prof = sub.add_parser("profile", help="time and memory of kernels or whole upsamplers")
     prof.add_argument("what", choices=("kernels", "methods"))
     prof.add_argument("-m", "--methods", help="methods to profile (profile methods; default: all)")

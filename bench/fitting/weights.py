@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import torch
 
 from bench.running.store import atomic_write_json
@@ -26,6 +27,10 @@ SHIPPED_DIR = Path(__file__).resolve().parents[2] / "results" / "weights"
 MANIFEST = "manifest.json"
 SEED_FREE = ("seed",)
 """Recipe fields a shipped file need not match: its training seed is fixed, the runs' seeds vary the probes."""
+
+
+TRAINING_RECORD = ("profile_recipe", "seconds", "final_loss", "losses", "git_commit", "torch", "device", "date")
+"""Fields a training's provenance adds to its recipe (bench.fitting.train.training_provenance)."""
 
 
 class WeightsError(RuntimeError):
@@ -135,7 +140,7 @@ def ship(weights: Path, recipe: dict[str, Any], trained: dict[str, Any], folder:
     entry = {
         "method": recipe["method"], "version": recipe["version"], "backbone": recipe["backbone"], "file": name,
         "sha256": file_sha256(folder / name), "recipe_digest": digest, "recipe": recipe, "steps": steps,
-        "view_images": steps * recipe["batch"] * recipe["views"], "seconds": trained["seconds"],
+        "view_images": steps * recipe["batch"] * recipe.get("views", 1), "seconds": trained["seconds"],
         "losses": [round(v, 5) for v in trained["losses"]], "git_commit": trained["git_commit"],
         "torch": trained["torch"], "device": trained["device"], "date": trained["date"],
     }
@@ -143,3 +148,21 @@ def ship(weights: Path, recipe: dict[str, Any], trained: dict[str, Any], folder:
     entries = [e for e in manifest(folder) if (e["method"], e["version"], e["backbone"], e["recipe_digest"]) != key]
     atomic_write_json(folder / MANIFEST, {"weights": sorted([*entries, entry], key=lambda e: (e["backbone"], e["method"]))})
     return entry
+
+
+def weights_table(cache: Path, folder: Path = SHIPPED_DIR) -> pd.DataFrame:
+    """Shipped and cached trained weights: one row each, with what made them."""
+    rows = [{"method": e["method"], "backbone": e["backbone"], "source": "shipped", "steps": e["steps"],
+             "view_images": e["view_images"], "recipe": e["recipe_digest"], "seconds": e["seconds"],
+             "where": str(folder / e["file"])} for e in manifest(folder)]
+    for record in sorted(cache.glob("*/provenance.json")) if cache.is_dir() else []:
+        try:
+            trained = json.loads(record.read_text())
+        except (OSError, ValueError):
+            continue
+        recipe = {k: v for k, v in trained.items() if k not in TRAINING_RECORD}
+        rows.append({"method": trained.get("method"), "backbone": trained.get("backbone"), "source": "cached",
+                     "steps": len(trained.get("losses", [])),
+                     "view_images": len(trained.get("losses", [])) * trained.get("batch", 0) * trained.get("views", 1),
+                     "recipe": recipe_digest(recipe), "seconds": trained.get("seconds"), "where": str(record.parent)})
+    return pd.DataFrame(rows, columns=["method", "backbone", "source", "steps", "view_images", "recipe", "seconds", "where"])

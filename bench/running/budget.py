@@ -65,6 +65,25 @@ def trained_to(method: str, steps: int, backbone: Backbone, context: RunContext,
     return target
 
 
+def study_checkpoint(out: Path, method: str, steps: int | None, backbone: Backbone,
+                     context: RunContext) -> tuple[Path, dict[str, Any], dict[str, Any]]:
+    """(weights file, training recipe, training record) of a study's checkpoint, for shipping: the recipe is
+    the one a separate ``train --steps`` run of the same profile would have (the study's equals it)."""
+    if steps is None:
+        raise ValueError("shipping from a budget study needs --steps: which of its checkpoints to ship")
+    weights, record = out / "train" / method / f"weights-{steps}.pt", out / "train" / method / f"provenance-{steps}.json"
+    if not (weights.is_file() and record.is_file()):
+        done = sorted(int(p.stem.split("-")[1]) for p in (out / "train" / method).glob("weights-*.pt"))
+        raise FileNotFoundError(f"{out} has no {method} checkpoint at {steps} steps; it has {done or 'none'}")
+    trained = json.loads(record.read_text())
+    recipe = {**study_recipe(method, backbone, context), "steps": steps}
+    stored = {k: trained.get(k) for k in recipe}
+    if stored != recipe:
+        diffs = [k for k in recipe if stored[k] != recipe[k]]
+        raise ValueError(f"{record} was trained by another recipe than this profile's ({', '.join(diffs)} differ)")
+    return weights, recipe, trained
+
+
 def score(methods: list[str], label: str, backbone: Backbone, context: RunContext, out: Path,
           seeds: list[int]) -> None:
     """Score ``methods`` on the probe tasks for every seed into ``scores/<label>/`` (cells already there are kept)."""
