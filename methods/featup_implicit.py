@@ -26,12 +26,21 @@ QUERY_PIXELS = 32768
 """Pixels per rendering chunk: about 100 MB of activations whatever the output size."""
 
 
-def implicit_inputs(image: torch.Tensor) -> torch.Tensor:
-    """(G,3,H,W) image -> (G,5,H,W): y and x in [-1, 1], colours min-max scaled per channel to [-0.5, 0.5]."""
+COLOUR_FLOOR = 1e-4
+"""FeatUp's floor on a colour channel's max - min in the min-max scaling."""
+
+
+def colour_range(image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per image and channel (min, max) of a (G,3,H,W) image: the colour scaling of ``implicit_inputs``."""
+    return image.amin((2, 3), keepdim=True), image.amax((2, 3), keepdim=True)
+
+
+def implicit_inputs(image: torch.Tensor, scaling: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """(G,3,H,W) image -> (G,5,H,W): y and x in [-1, 1], colours min-max scaled per channel to [-0.5, 0.5] by
+    ``scaling`` (default: the image's own ``colour_range``)."""
     g, _, h, w = image.shape
-    lo = image.amin((2, 3), keepdim=True)
-    hi = image.amax((2, 3), keepdim=True)
-    colours = (image - lo) / (hi - lo).clamp_min(1e-6) - 0.5
+    lo, hi = colour_range(image) if scaling is None else scaling
+    colours = (image - lo) / (hi - lo).clamp_min(COLOUR_FLOOR) - 0.5
     ys, xs = torch.meshgrid(torch.linspace(-1, 1, h, device=image.device), torch.linspace(-1, 1, w, device=image.device),
                             indexing="ij")
     return torch.cat([torch.stack([ys, xs]).to(image).expand(g, 2, h, w), colours], dim=1)
@@ -57,8 +66,11 @@ class FourierFeatures(nn.Module):
 class ImplicitNetwork(nn.Module):
     """One implicit MLP per image of a group; ``fourier=False`` feeds the raw 5 inputs (the ablation)."""
 
-    def __init__(self, generators: Generators, out_dim: int, fourier: bool = True) -> None:
+    def __init__(self, generators: Generators, out_dim: int, fourier: bool = True,
+                 fit_size: tuple[int, int] | None = None) -> None:
         super().__init__()
+        self.fit_size = fit_size
+        """The grid the network was fitted on: rendering scales colours as the fit did, by that grid's range."""
         groups, start = len(generators), (5 * N_FREQS * 2 + 3 if fourier else 5)
         self.fourier = FourierFeatures(generators) if fourier else nn.Identity()
         self.layers = nn.Sequential(
@@ -78,7 +90,7 @@ class ImplicitNetwork(nn.Module):
 @METHODS.register
 class FeatUpImplicit(PerImageUpsampler):
     name = "featup_implicit"
-    version = "1"
+    version = "2"  # 2: FeatUp's colour floor (1e-4) and the fit grid's colour range at render time
     mag_weight: ClassVar[float] = 0.001
     tv_weight: ClassVar[float] = 0.05
     blur_weight: ClassVar[float] = 0.1
@@ -91,9 +103,11 @@ class FeatUpImplicit(PerImageUpsampler):
         return {**super().fit_config(), "fourier": self.fourier, "n_freqs": N_FREQS, "hidden": HIDDEN}
 
     def network(self, generators: Generators, fit_size: tuple[int, int], out_dim: int) -> nn.Module:
-        return ImplicitNetwork(generators, out_dim, self.fourier)
+        return ImplicitNetwork(generators, out_dim, self.fourier, fit_size)
 
     def render(self, network: nn.Module, image: torch.Tensor, output_size: tuple[int, int]) -> torch.Tensor:
-        inputs = implicit_inputs(guidance_at(image, output_size, image.dtype))
+        # colours scaled by the fit grid's range, as during the fit (FeatUp renders at the size it fitted)
+        scaling = colour_range(guidance_at(image, network.fit_size, image.dtype))
+        inputs = implicit_inputs(guidance_at(image, output_size, image.dtype), scaling)
         rows = max(1, QUERY_PIXELS // output_size[1])
         return torch.cat([network.query(inputs[..., r:r + rows, :]) for r in range(0, output_size[0], rows)], dim=2)

@@ -1,10 +1,9 @@
 """FeatUp's joint bilateral upsampler (JBU) stack (REFERENCE §3), trained with the multi-view loss.
 
-Stages: ceil(log2(stride)) x2 stages (stride 14 or 16: 4 stages, x16; stride 32:
-5 stages, x32), so the stack reaches at least the image size from the backbone's
-grid, then one bilinear resize to exactly the requested size (any size, any
-aspect). The public code stops at 4 stages and resizes; a 5th stage for stride-32
-backbones keeps the last x2 edge-aware instead of bilinear.
+Stages: four x2 stages (x16) whatever the backbone's stride, as the public code builds,
+then one bilinear resize to exactly the requested size (any size, any aspect): a
+stride-8 grid comes out at twice the image size and is resized down, a stride-32 grid
+at half and is resized up.
 
 Each stage is linear in the features and treats every channel alike (its kernel
 comes from the image only). The final refinement X + 0.1*Conv1x1(Dropout2d(X))
@@ -29,7 +28,7 @@ from kernels.resample import resample
 from kernels.window_dot import window_dot
 from methods.base import Upsampler
 from methods.guidance import imagenet_normalised
-from methods.stages import num_stages, resize_to
+from methods.stages import FEATUP_STAGES, resize_to
 from methods.tiling import Region, Span, channel_chunks, interpolation_taps, resize_region, source_span, widen
 
 
@@ -241,7 +240,7 @@ class FeatUpJBU(Upsampler):
 
     @classmethod
     def create(cls, backbone: Backbone) -> "FeatUpJBU":
-        return cls(backbone.dim, num_stages(backbone.stride))
+        return cls(backbone.dim, FEATUP_STAGES)
 
     def forward(self, lr_feats: torch.Tensor, image: torch.Tensor, output_size: tuple[int, int]) -> torch.Tensor:
         return self.forward_projected(lr_feats, image, output_size, None)

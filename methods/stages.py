@@ -1,8 +1,8 @@
 """What the trained baselines share: learned x2 stages, then one resize to the exact size.
 
 resize_conv, CARAFE and SAPA all upsample by a stack of x2 stages, each with its own
-weights (FeatUp: four stages for stride-16 backbones), so the stage count is fixed
-when the method is built and every stage always runs; a final bilinear resize then
+weights: four, as FeatUp's code builds for every backbone (x16; a stride-8 grid is then
+resized down, a stride-32 grid up), so every stage always runs; a final bilinear resize then
 reaches any requested size, square or not, multiple of the stride or not. CARAFE
 and SAPA also share the reassembly: each HR pixel is a weighted sum over the k x k
 LR window around its LR parent.
@@ -23,6 +23,10 @@ from methods.guidance import imagenet_normalised
 
 if TYPE_CHECKING:
     from bench.backbones import Backbone
+
+
+FEATUP_STAGES = 4
+"""FeatUp builds four x2 stages whatever the backbone's stride, then resizes to the requested size."""
 
 
 def num_stages(stride: int) -> int:
@@ -103,7 +107,7 @@ class StagedUpsampler(Upsampler):
 
     @classmethod
     def create(cls, backbone: "Backbone") -> "StagedUpsampler":
-        return cls(backbone.dim, num_stages(backbone.stride))
+        return cls(backbone.dim, FEATUP_STAGES)
 
     def forward(self, lr_feats: torch.Tensor, image: torch.Tensor, output_size: tuple[int, int]) -> torch.Tensor:
         if lr_feats.dim() != 4 or lr_feats.shape[1] != self.dim:

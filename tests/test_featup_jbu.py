@@ -1,5 +1,6 @@
 """The JBU stack against independent references: shapes, a flat-guidance Gaussian, its algebra."""
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -18,6 +19,16 @@ def seeded(*shape):
 @pytest.mark.parametrize("stride, stages", [(14, 4), (16, 4), (32, 5), (8, 3)])
 def test_stage_count_covers_the_stride(stride, stages):
     assert num_stages(stride) == stages and 2**stages >= stride
+
+
+@pytest.mark.parametrize("stride", [8, 16, 32])
+def test_create_builds_featup_four_stages_for_any_stride(stride):
+    """FeatUp's JBUStack always has four x2 stages (x16), whatever the backbone's stride."""
+    method = FeatUpJBU.create(SimpleNamespace(dim=6, stride=stride))
+    assert len(method.stages) == 4
+    grid = (-(-64 // stride), -(-48 // stride))
+    out = method.eval()(seeded(1, 6, *grid), seeded(1, 3, 64, 48), (64, 48))
+    assert out.shape == (1, 6, 64, 48) and torch.isfinite(out).all()
 
 
 @pytest.mark.parametrize("stride", [14, 16, 32])

@@ -32,10 +32,11 @@ def test_stage_rule_reaches_image_resolution(stride, stages):
 
 
 @pytest.mark.parametrize("name", NAMES)
-@pytest.mark.parametrize("stride", [14, 16, 32])
+@pytest.mark.parametrize("stride", [8, 14, 16, 32])
 def test_shapes_batch_non_square(name, stride):
+    """Four x2 stages for every stride, as FeatUp's code builds them; the resize reaches any size."""
     method = build(name, stride)
-    assert method.fit == "dataset" and len(method.stages) == num_stages(stride)
+    assert method.fit == "dataset" and len(method.stages) == 4
     image = torch.rand(2, 3, 70, 100)
     lr = rand(2, DIM, -(-70 // stride), -(-100 // stride))
     with torch.no_grad():
