@@ -354,17 +354,17 @@ def cmd_ablate(args: argparse.Namespace) -> int:
 
 def ablate_budget(args: argparse.Namespace) -> int:
     """The training-budget study (bench.running.budget): curves as CSV and PNG under --out."""
-    from bench.running.budget import CSV, DEFAULT_STEPS, PNG, SEEDS, study
+    from bench.running.budget import CSV, PNG, SEEDS, study
 
     context = make_context(args)
-    methods = csv_list(args.methods) if args.methods else [n for n in METHODS.names()
+    methods = csv_list(args.methods) if args.methods else [n for n in default_methods()
                                                            if METHODS.get(n).fit == "dataset"]
     backbone = context_backbone(args, context)
-    curves = study(methods, sorted(set(args.steps or DEFAULT_STEPS)), backbone, context, Path(args.out),
+    curves = study(methods, sorted(set(args.steps)) if args.steps else None, backbone, context, Path(args.out),
                    args.seeds or list(SEEDS))
-    if not curves.empty:
-        shown = curves.assign(mean=curves["mean"].round(4), sd=curves["sd"].round(4))
-        print(shown.pivot_table(index=["method", "steps"], columns="metric", values="mean").round(4).to_string())
+    for scored_on, part in curves.groupby("scored_on"):
+        print(f"scored on the {scored_on} probe images:")
+        print(part.pivot_table(index=["method", "steps"], columns="metric", values="mean").round(4).to_string())
     print(f"wrote {Path(args.out) / CSV} and {Path(args.out) / PNG}", file=sys.stderr)
     return 0
 
@@ -525,12 +525,14 @@ def build_parser() -> argparse.ArgumentParser:
     ablate.add_argument("what", choices=("fourier", "budget"),
                         help="fourier: implicit FeatUp with and without Fourier features; budget: probe scores "
                              "against the training steps of the trainable methods (resumes where it stopped)")
-    ablate.add_argument("-m", "--methods", help="budget: trainable methods to study (default: all)")
+    ablate.add_argument("-m", "--methods", help="budget: trainable methods (trained to each step count) and per-image methods (fitted with "
+                             "each step count on a subset of the probe images); default: every trainable one")
     ablate.add_argument("--images", type=positive_int, default=8,
                         help="fourier: how many of the embedded validation photographs to fit (default 8: all of them)")
     ablate.add_argument("--steps", type=int_list(1, "positive integers", "250,1000,4000"),
                         help="fourier: fit steps (default: the profile's per-image setting); budget: the step "
-                             "counts to checkpoint and score (default 250,500,1000,2000,4000,8000)")
+                             "counts to checkpoint and score (default 250,500,1000,2000,4000,8000; per-image methods' fit steps "
+                             "20,80,320)")
     ablate.add_argument("--seeds", type=int_list(0, "non-negative integers", "0,1,2"),
                         help="budget: probe seeds scored at every step count (default 0,1,2)")
     ablate.add_argument("--out", required=True, help="folder for the CSVs and the PNG")

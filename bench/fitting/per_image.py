@@ -16,7 +16,7 @@ fit; the paper profile fits at full size.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -63,8 +63,11 @@ FIT_SETTINGS: dict[str, ImageFitSettings] = {
 
 
 def fit_settings(profile: "Profile") -> ImageFitSettings:
-    """The profile's per-image fit sizes; profiles registered by plugins get the default profile's."""
-    return FIT_SETTINGS.get(profile.name, FIT_SETTINGS["default"])
+    """The profile's per-image fit sizes (profiles registered by plugins get the default profile's), with its
+    ``fit_steps`` where it sets them."""
+    settings = FIT_SETTINGS.get(profile.name, FIT_SETTINGS["default"])
+    steps = getattr(profile, "fit_steps", None)
+    return settings if steps is None else replace(settings, steps=steps)
 
 
 def image_hash(image: torch.Tensor) -> str:

@@ -154,6 +154,32 @@ def figures_section(run_dir: Path, out_dir: Path, records: list[dict[str, Any]],
             parts += ["", summary_line(pd.read_csv(ablation / "final_errors.csv")) + "."]
     else:
         parts += [f"The run has none (`run_bench.py ablate fourier --out {ablation}` makes it)."]
+    studies = [run_dir / "ablate-budget", SHIPPED_STUDIES / run_dir.name]
+    return "\n".join(parts + ["", budget_section(next((s for s in studies if s.is_dir()), studies[0]), figures)])
+
+
+SHIPPED_STUDIES = Path(__file__).resolve().parents[2] / "results" / "budget"
+"""The budget studies behind the shipped weights, by run-folder name (e.g. default-efficientnet_lite0_s16)."""
+
+
+def budget_section(study: Path, figures: Path) -> str:
+    """The training-budget study's curves (bench.running.budget) when the run folder has one."""
+    from bench.running.budget import CSV, FITS_PNG, PNG, plot_budget
+
+    parts = ["### Training budget", ""]
+    if not (study / CSV).is_file():
+        return "\n".join(parts + [f"The run has none (`run_bench.py ablate budget --out {study}` makes it)."])
+    curves = pd.read_csv(study / CSV)
+    for scored_on, name, fits, what in (("full", PNG, False, "training view-images"),
+                                        ("subset", FITS_PNG, True, "per-image fit steps, on a subset of the probe images")):
+        part = curves[curves["scored_on"] == scored_on]
+        if part.empty:
+            continue
+        plot_budget(part, figures / name, fits=fits)
+        parts += [f"![Probe scores against {what}](figures/{name})", ""]
+        table = part[part["kind"] != "reference"].pivot_table(index=["method", "steps"], columns="metric", values="mean")
+        parts += [table.round(4).reset_index().to_markdown(index=False), ""]
+    parts += [f"From `{study}`: mean over probe seeds, the references (methods that learn nothing) as lines."]
     return "\n".join(parts)
 
 

@@ -32,11 +32,20 @@ from bench.running.runner import create_method, plan, run_cells
 from bench.running.store import ResultStore, atomic_write, atomic_write_json
 
 DEFAULT_STEPS = (250, 500, 1000, 2000, 4000, 8000)
+DEFAULT_FIT_STEPS = (20, 80, 320)
+"""Per-image methods: steps of each image's fit (the default profile fits 20)."""
+FIT_SUBSET = {"probe_seg": {"n_train": 12, "n_val": 6}, "probe_depth": {"n_train": 12, "n_val": 6}}
+"""Per-image methods fit every probe image anew at each step count, so their curve is scored on fewer
+images (and not on the profile's extra datasets): 36 fits per seed and step count."""
 REFERENCES = ("bilinear", "guided_filter", "jbu_classic")
 """Methods that learn nothing: the lines a trained method's curve should rise above."""
 PROBES = ("probe_seg", "probe_depth")
 SEEDS = (0, 1, 2)
-CSV, PNG = "budget.csv", "budget.png"
+CSV, PNG, FITS_PNG = "budget.csv", "budget.png", "budget-fits.png"
+COLUMNS = ["method", "kind", "scored_on", "steps", "view_images", "metric", "higher_is_better", "seeds",
+           "mean", "sd", "lo", "hi"]
+"""``kind``: dataset (steps are training steps), image (steps are each image's fit steps) or reference;
+``scored_on``: the profile's probe images ("full") or FIT_SUBSET's ("subset")."""
 
 
 def study_recipe(method: str, backbone: Backbone, context: RunContext) -> dict[str, Any]:
@@ -91,31 +100,52 @@ def score(methods: list[str], label: str, backbone: Backbone, context: RunContex
     run_cells(cells, backbone, context, out / "scores" / label)
 
 
-def study(methods: list[str], steps: list[int], backbone: Backbone, context: RunContext, out: Path,
+def fit_subset(context: RunContext, fit_steps: int | None = None) -> RunContext:
+    """The context per-image methods' curve is scored in: FIT_SUBSET's images, no extra datasets."""
+    p = context.profile
+    settings = {task: {**p.task_settings.get(task, {}), **sizes} for task, sizes in FIT_SUBSET.items()}
+    return dataclasses.replace(context, profile=p.with_overrides(task_settings=settings, extra_data=(),
+                                                                 fit_steps=fit_steps))
+
+
+def study(methods: list[str], steps: list[int] | None, backbone: Backbone, context: RunContext, out: Path,
           seeds: list[int] = list(SEEDS), references: tuple[str, ...] = REFERENCES) -> pd.DataFrame:
     """Run (or continue) the study; returns the curve table, also written to ``out``/budget.csv with its PNG.
 
-    Every method advances one step count at a time, so a study stopped early has all methods'
-    curves to the same length.
+    Trainable methods (fit="dataset") are trained to each of ``steps`` (default DEFAULT_STEPS); per-image
+    methods (fit="image") are fitted with each of ``steps`` (default DEFAULT_FIT_STEPS) fit steps on the
+    FIT_SUBSET images, beside the references scored on the same subset ("reference-subset"). Every
+    method advances one step count at a time, so a study stopped early has all curves to the same length.
     """
-    for name in methods:
-        if METHODS.get(name).fit != "dataset":
-            raise ValueError(f"method {name!r} is not trained on a dataset (fit={METHODS.get(name).fit!r}); "
-                             f"the budget study trains methods with fit='dataset'")
+    kinds = {name: METHODS.get(name).fit for name in methods}
+    for name, kind in kinds.items():
+        if kind not in ("dataset", "image"):
+            raise ValueError(f"method {name!r} learns nothing (fit={kind!r}); the budget study trains methods "
+                             f"with fit='dataset' and fits those with fit='image'")
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "study.json", {"methods": methods, "steps": steps, "seeds": seeds,
                                            "references": list(references), "backbone": backbone.name,
                                            "profile": context.profile.recipe()})
-    score(list(references), "reference", backbone, context, out, seeds)
-    for count in sorted(steps):
+    trained = [n for n in methods if kinds[n] == "dataset"]
+    fitted = [n for n in methods if kinds[n] == "image"]
+    if trained:
+        score(list(references), "reference", backbone, context, out, seeds)
+    if fitted:
+        score(list(references), "reference-subset", backbone, fit_subset(context), out, seeds)
+    counts = {"dataset": sorted(steps or DEFAULT_STEPS), "image": sorted(steps or DEFAULT_FIT_STEPS)}
+    for rank in range(max(len(c) for c in counts.values())):
         for name in methods:
+            if rank >= len(counts[kinds[name]]):
+                continue
+            count = counts[kinds[name]][rank]
+            if kinds[name] == "image":
+                score([name], f"{name}-{count}", backbone, fit_subset(context, count), out, seeds)
+                continue
             weights = trained_to(name, count, backbone, context, out)
             score([name], f"{name}-{count}", backbone, dataclasses.replace(context, weights={name: str(weights)}),
                   out, seeds)
-        curves = curve_table(out)
-        curves.to_csv(out / CSV, index=False)
-        plot_budget(curves, out / PNG)
-    return curve_table(out)
+        write_curves(out)
+    return write_curves(out)
 
 
 def view_images(steps: int, context: RunContext) -> int:
@@ -134,55 +164,66 @@ def curve_table(out: Path) -> pd.DataFrame:
         rows = with_columns(ResultStore(folder).rows(per_image=True))
         if rows.empty:
             continue
-        steps = 0 if folder.name == "reference" else int(folder.name.rpartition("-")[2])
+        reference = folder.name.startswith("reference")
+        steps = 0 if reference else int(folder.name.rpartition("-")[2])
         rows["steps"] = steps
+        rows["kind"] = "reference" if reference else METHODS.get(rows["method"].iloc[0]).fit
+        rows["scored_on"] = "subset" if folder.name == "reference-subset" or rows["kind"].iloc[0] == "image" else "full"
         frames.append(rows)
     if not frames:
-        return pd.DataFrame(columns=["method", "steps", "view_images", "metric", "higher_is_better", "seeds",
-                                     "mean", "sd", "lo", "hi"])
+        return pd.DataFrame(columns=COLUMNS)
     rows = pd.concat(frames, ignore_index=True)
-    rows["key"] = rows["method"] + "@" + rows["steps"].astype(str)
+    rows["key"] = rows["method"] + "@" + rows["steps"].astype(str) + "@" + rows["scored_on"]
     spans = interval_table(rows.assign(method=rows["key"])).rename(columns={"method": "key"})
-    table = (rows.groupby(["key", "method", "steps", "column"])
+    table = (rows.groupby(["key", "method", "kind", "scored_on", "steps", "column"])
              .agg(higher_is_better=("higher_is_better", "first"), seeds=("seed", "nunique"),
                   mean=("value", "mean"), sd=("value", "std")).reset_index())
     table = table.merge(spans[["key", "column", "lo", "hi"]], on=["key", "column"], how="left")
-    table["view_images"] = table["steps"] * per_step
+    table["view_images"] = (table["steps"] * per_step).where(table["kind"] == "dataset", 0)
     table = table.rename(columns={"column": "metric"})
-    return table[["method", "steps", "view_images", "metric", "higher_is_better", "seeds", "mean", "sd", "lo", "hi"]] \
-        .sort_values(["metric", "method", "steps"]).reset_index(drop=True)
+    return table[COLUMNS].sort_values(["scored_on", "metric", "method", "steps"]).reset_index(drop=True)
 
 
-def plot_budget(curves: pd.DataFrame, path: Path) -> None:
-    """One panel per probe metric: each trained method's mean (±sd over seeds) against training
-    view-images on a log axis; the references as horizontal lines."""
+def plot_budget(curves: pd.DataFrame, path: Path, fits: bool = False) -> None:
+    """One panel per probe metric: each method's mean (± sd over seeds) against its budget on a log axis
+    (training view-images; with ``fits``, each image's fit steps), the references as horizontal lines."""
     import matplotlib.pyplot as plt
 
     if curves.empty:
         return
     metrics = list(dict.fromkeys(curves["metric"]))
-    cols = min(3, len(metrics))
-    fig, axes = plt.subplots(math.ceil(len(metrics) / cols), cols, figsize=(5.2 * cols, 3.8 * math.ceil(len(metrics) / cols)),
-                             squeeze=False)
+    cols, rows_n = min(3, len(metrics)), math.ceil(len(metrics) / 3)
+    fig, axes = plt.subplots(rows_n, cols, figsize=(5.2 * cols, 3.8 * rows_n), squeeze=False)
+    x = "steps" if fits else "view_images"
     for ax, metric in zip(axes.flat, metrics):
         rows = curves[curves["metric"] == metric]
-        trained = rows[rows["steps"] > 0]
-        for method, one in trained.groupby("method", sort=False):
-            line, = ax.plot(one["view_images"], one["mean"], marker="o", label=method)
-            ax.fill_between(one["view_images"], one["mean"] - one["sd"].fillna(0), one["mean"] + one["sd"].fillna(0),
+        for method, one in rows[rows["kind"] != "reference"].groupby("method", sort=False):
+            line, = ax.plot(one[x], one["mean"], marker="o", label=method)
+            ax.fill_between(one[x], one["mean"] - one["sd"].fillna(0), one["mean"] + one["sd"].fillna(0),
                             color=line.get_color(), alpha=0.15)
-        for (method, one), style in zip(rows[rows["steps"] == 0].groupby("method", sort=False), ("--", ":", "-.", "--")):
+        references = rows[rows["kind"] == "reference"].groupby("method", sort=False)
+        for (method, one), style in zip(references, ("--", ":", "-.", (0, (5, 1)))):
             ax.axhline(float(one["mean"].iloc[0]), color="0.35", linestyle=style, linewidth=1.1, label=method)
         ax.set_xscale("log")
         up = bool(rows["higher_is_better"].iloc[0])
         ax.set_title(f"{metric} ({'higher' if up else 'lower'} is better)", fontsize=9)
-        ax.set_xlabel("training view-images")
+        ax.set_xlabel("fit steps per image" if fits else "training view-images")
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(metrics):]:
         ax.axis("off")
     handles, labels = axes.flat[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 7), fontsize=8)
-    fig.suptitle("Probe scores against training budget (mean ± sd over probe seeds)")
-    fig.tight_layout(rect=(0, 0.06, 1, 0.96))
+    what = "per-image fit steps (probe subset)" if fits else "training budget"
+    fig.suptitle(f"Probe scores against {what} (mean ± sd over probe seeds)")
+    fig.tight_layout(rect=(0, 0.07, 1, 0.95))
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def write_curves(out: Path) -> pd.DataFrame:
+    """budget.csv, budget.png (trained methods) and budget-fits.png (per-image methods) from the scored cells."""
+    curves = curve_table(out)
+    curves.to_csv(out / CSV, index=False)
+    plot_budget(curves[curves["scored_on"] == "full"], out / PNG)
+    plot_budget(curves[curves["scored_on"] == "subset"], out / FITS_PNG, fits=True)
+    return curves

@@ -8,7 +8,7 @@ from typing import Any
 
 from bench.data.identity import slug
 
-HASH_NEUTRAL = {"normalisation": "config"}
+HASH_NEUTRAL = {"normalisation": "config", "fit_steps": None}
 """Profile fields added after results were stored, at the value every earlier result was made with:
 left out of the hash at that value, so those results stay valid, yet stored in the recipe like any field."""
 

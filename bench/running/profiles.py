@@ -40,6 +40,9 @@ class Profile:
     """Task name -> overrides of that task's settings (each task declares its own, with defaults)."""
     normalisation: str = "config"
     """Backbone input mean/std: "config" (the model's own timm config) or "imagenet" (FeatUp's code)."""
+    fit_steps: int | None = None
+    """Steps of each per-image fit where not the profile's own (bench.fitting.per_image.FIT_SETTINGS): the
+    budget study's fit-step curve."""
 
     def recipe(self) -> dict[str, Any]:
         """The profile as a plain dict, stored with every result.
