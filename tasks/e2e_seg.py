@@ -14,15 +14,13 @@ pointwise, so differences come from the upsampling alone.
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
-from torch.utils.flop_counter import FlopCounterMode
 from tqdm.auto import tqdm
 
 from bench.backbones import Backbone
@@ -31,6 +29,7 @@ from bench.registry import TASKS
 from bench.running.context import RunContext
 from bench.running.failures import NotApplicable
 from methods.base import Upsampler
+from methods.flops import counted_gflops
 from tasks.base import MetricRow, Task, TaskSettings, Workload
 from tasks.metrics import SegmentationScores
 from tasks.probe_seg import IGNORE
@@ -68,26 +67,10 @@ def segment(upsampler: Upsampler, backbone: Backbone, decoder: Decoder, image: t
     return logits
 
 
-@contextmanager
-def countable(upsampler: Upsampler) -> Iterator[None]:
-    """Run the method's adaptive convolutions as torch ops while counting: Numba kernels are invisible to
-    FlopCounterMode, the "torch" implementation computes the same taps with aten ops it counts."""
-    saved = getattr(upsampler, "kernel_impl", None)
-    if saved is not None:
-        upsampler.kernel_impl = "torch"
-    try:
-        yield
-    finally:
-        if saved is not None:
-            upsampler.kernel_impl = saved
-
-
 def model_gflops(upsampler: Upsampler, backbone: Backbone, decoder: Decoder, image: torch.Tensor) -> float:
-    """GFLOPs (multiply-add = 2) of one forward of the whole model on one image."""
-    counter = FlopCounterMode(display=False)
-    with torch.no_grad(), countable(upsampler), counter:
-        segment(upsampler, backbone, decoder, image[:1])
-    return counter.get_total_flops() / 1e9
+    """GFLOPs (multiply-add = 2) of one forward of the whole model on one image (methods.flops: what torch's
+    FlopCounterMode counts plus the adaptive convolutions and window dot products, which it cannot see)."""
+    return counted_gflops(upsampler, lambda: segment(upsampler, backbone, decoder, image[:1]))
 
 
 def fit_decoder(upsampler: Upsampler, backbone: Backbone, train: Dataset, s: E2ESegSettings, seed: int,
@@ -117,7 +100,8 @@ def fit_decoder(upsampler: Upsampler, backbone: Backbone, train: Dataset, s: E2E
 @TASKS.register
 class E2ESeg(Task):
     name = "e2e_seg"
-    version = "2"  # v1 counted the backbone's unused classifier and skipped stages as model parameters
+    version = "3"  # v1 counted the backbone's unused classifier and skipped stages as model parameters; v2 left
+    # the adaptive convolutions and window dot products (JBU, SAPA) out of gflops
     metrics = {"miou": True, "macc": True, "aacc": True, "gflops": False, "params": False}
     data_kind = "seg"
     Settings = E2ESegSettings

@@ -26,9 +26,13 @@ from tqdm.auto import tqdm
 from bench.profiling.profile import MARGIN, available_bytes, measure
 from bench.running.failures import describe_failure
 from bench.registry import METHODS
+from methods.flops import counted_gflops
 
 STRIDE = 16
-COLUMNS = ["method", "size", "channels", "lr_size", "device", "tile", "dtype", "ms", "peak_mb", "status", "message"]
+COLUMNS = ["method", "size", "channels", "lr_size", "device", "tile", "dtype", "params", "gflops", "ms", "peak_mb",
+           "status", "message"]
+"""``params``: the method's trainable parameters as built for ``channels`` (per-image methods fit theirs per
+image: 0); ``gflops``: one whole forward, counted by methods.flops as the end-to-end task counts it."""
 
 
 @dataclass(frozen=True)
@@ -66,10 +70,11 @@ def profile_one(spec: str, size: int, channels: int, device: str, repeats: int, 
                 reference: tuple[int, float] | None = None, stride: int = STRIDE,
                 dtype: torch.dtype = torch.float32) -> dict:
     row = {"method": spec, "size": size, "channels": channels, "lr_size": math.ceil(size / stride), "device": device,
-           "tile": "", "dtype": str(dtype).removeprefix("torch."), "ms": float("nan"), "peak_mb": float("nan"),
-           "status": "ok", "message": ""}
+           "tile": "", "dtype": str(dtype).removeprefix("torch."), "params": float("nan"), "gflops": float("nan"),
+           "ms": float("nan"), "peak_mb": float("nan"), "status": "ok", "message": ""}
     try:
         upsampler = build(spec, channels, stride).to(device)
+        row["params"] = sum(p.numel() for p in upsampler.parameters())
         with torch.no_grad():
             fallback = upsampler.tiling_fallback() if tile else None
         row["tile"] = tile if tile and not fallback else ""
@@ -94,6 +99,7 @@ def profile_one(spec: str, size: int, channels: int, device: str, repeats: int, 
 
         result = measure(run, device, repeats=repeats, warmup=1)
         row.update(ms=result.ms, peak_mb=result.peak_mb)
+        row["gflops"] = counted_gflops(upsampler, lambda: upsampler(lr_feats, image, (size, size)))
     except Exception as exc:  # one method's failure must not lose the other rows
         status, message = describe_failure(exc)
         row.update(status=status, message=message[:300])
