@@ -105,12 +105,6 @@ def shipped(tiny, tmp_path, monkeypatch):
     backbone, context = tiny
     folder = tmp_path / "shipped"
     monkeypatch.setattr(weights, "SHIPPED_DIR", folder)
-    for fn in ("has_shipped", "find_shipped", "verified_path"):
-        monkeypatch.setattr(weights, fn, _bound(getattr(weights, fn), folder))
-    monkeypatch.setattr(train, "find_shipped", weights.find_shipped)
-    monkeypatch.setattr(train, "verified_path", weights.verified_path)
-    import bench.running.runner as runner
-    monkeypatch.setattr(runner, "has_shipped", weights.has_shipped)
     state = separate_training(backbone, context, 2)
     cache_folder, recipe = train.checkpoint(create_method("resize_conv", backbone, 0), backbone, context)
     entry = weights.ship(cache_folder / "weights.pt", recipe, json.loads((cache_folder / "provenance.json").read_text()),
@@ -118,10 +112,6 @@ def shipped(tiny, tmp_path, monkeypatch):
     import shutil
     shutil.rmtree(cache_folder)  # only the shipped copy is left
     return backbone, context, folder, entry, state
-
-
-def _bound(fn, folder):
-    return lambda *args: fn(*args, folder=folder)
 
 
 def test_shipped_weights_load_and_match_their_manifest(shipped):

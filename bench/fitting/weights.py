@@ -76,8 +76,13 @@ def recipe_digest(recipe: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
-def manifest(folder: Path = SHIPPED_DIR) -> list[dict[str, Any]]:
-    path = folder / MANIFEST
+def shipped_dir(folder: Path | None = None) -> Path:
+    """``folder``, or the suite's results/weights (read at call time, so tests can point it elsewhere)."""
+    return SHIPPED_DIR if folder is None else folder
+
+
+def manifest(folder: Path | None = None) -> list[dict[str, Any]]:
+    path = shipped_dir(folder) / MANIFEST
     if not path.is_file():
         return []
     try:
@@ -86,12 +91,12 @@ def manifest(folder: Path = SHIPPED_DIR) -> list[dict[str, Any]]:
         raise WeightsError(f"{path} is not a weights manifest ({exc}); restore it from the repository") from exc
 
 
-def has_shipped(method: str, backbone_key: str, folder: Path = SHIPPED_DIR) -> bool:
+def has_shipped(method: str, backbone_key: str, folder: Path | None = None) -> bool:
     """Whether any shipped file is for this method and backbone (a cheap test before matching a recipe)."""
     return any(e["method"] == method and e["backbone"] == backbone_key for e in manifest(folder))
 
 
-def find_shipped(recipe: dict[str, Any], folder: Path = SHIPPED_DIR) -> dict[str, Any] | None:
+def find_shipped(recipe: dict[str, Any], folder: Path | None = None) -> dict[str, Any] | None:
     """The manifest entry whose method, version, backbone and recipe digest equal ``recipe``'s, if any."""
     digest = recipe_digest(recipe)
     for entry in manifest(folder):
@@ -101,8 +106,9 @@ def find_shipped(recipe: dict[str, Any], folder: Path = SHIPPED_DIR) -> dict[str
     return None
 
 
-def verified_path(entry: dict[str, Any], folder: Path = SHIPPED_DIR) -> Path:
+def verified_path(entry: dict[str, Any], folder: Path | None = None) -> Path:
     """The shipped file of ``entry``, after checking its sha256 against the manifest."""
+    folder = shipped_dir(folder)
     path = folder / entry["file"]
     if not path.is_file():
         raise WeightsError(f"shipped weights {path} are missing though {folder / MANIFEST} lists them; "
@@ -126,7 +132,7 @@ def load_state(path: Path, device: torch.device) -> dict[str, torch.Tensor]:
     return state
 
 
-def ship(weights: Path, recipe: dict[str, Any], trained: dict[str, Any], folder: Path = SHIPPED_DIR) -> dict[str, Any]:
+def ship(weights: Path, recipe: dict[str, Any], trained: dict[str, Any], folder: Path | None = None) -> dict[str, Any]:
     """Copy trained ``weights`` into ``folder`` and add (or replace) its manifest entry; returns the entry.
 
     ``recipe`` is the training recipe (bench.fitting.train.checkpoint); ``trained`` what the training
@@ -134,6 +140,7 @@ def ship(weights: Path, recipe: dict[str, Any], trained: dict[str, Any], folder:
     """
     digest = recipe_digest(recipe)
     name = f"{recipe['method']}-v{recipe['version']}-{recipe['backbone']}-{digest}.pt"
+    folder = shipped_dir(folder)
     folder.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(weights, folder / name)
     steps = len(trained["losses"])
@@ -150,8 +157,9 @@ def ship(weights: Path, recipe: dict[str, Any], trained: dict[str, Any], folder:
     return entry
 
 
-def weights_table(cache: Path, folder: Path = SHIPPED_DIR) -> pd.DataFrame:
+def weights_table(cache: Path, folder: Path | None = None) -> pd.DataFrame:
     """Shipped and cached trained weights: one row each, with what made them."""
+    folder = shipped_dir(folder)
     rows = [{"method": e["method"], "backbone": e["backbone"], "source": "shipped", "steps": e["steps"],
              "view_images": e["view_images"], "recipe": e["recipe_digest"], "seconds": e["seconds"],
              "where": str(folder / e["file"])} for e in manifest(folder)]
