@@ -128,22 +128,21 @@ def study(methods: list[str], steps: list[int] | None, backbone: Backbone, conte
                                            "profile": context.profile.recipe()})
     trained = [n for n in methods if kinds[n] == "dataset"]
     fitted = [n for n in methods if kinds[n] == "image"]
-    if trained:
-        score(list(references), "reference", backbone, context, out, seeds)
-    if fitted:
-        score(list(references), "reference-subset", backbone, fit_subset(context), out, seeds)
     counts = {"dataset": sorted(steps or DEFAULT_STEPS), "image": sorted(steps or DEFAULT_FIT_STEPS)}
     for rank in range(max(len(c) for c in counts.values())):
-        for name in methods:
-            if rank >= len(counts[kinds[name]]):
-                continue
-            count = counts[kinds[name]][rank]
+        due = [(name, counts[kinds[name]][rank]) for name in methods if rank < len(counts[kinds[name]])]
+        # training first: it is the long, resumable part, so a study stopped early has trained the furthest
+        files = {name: trained_to(name, count, backbone, context, out) for name, count in due if kinds[name] == "dataset"}
+        if rank == 0 and trained:
+            score(list(references), "reference", backbone, context, out, seeds)
+        if rank == 0 and fitted:
+            score(list(references), "reference-subset", backbone, fit_subset(context), out, seeds)
+        for name, count in due:
             if kinds[name] == "image":
                 score([name], f"{name}-{count}", backbone, fit_subset(context, count), out, seeds)
-                continue
-            weights = trained_to(name, count, backbone, context, out)
-            score([name], f"{name}-{count}", backbone, dataclasses.replace(context, weights={name: str(weights)}),
-                  out, seeds)
+            else:
+                score([name], f"{name}-{count}", backbone, dataclasses.replace(context, weights={name: str(files[name])}),
+                      out, seeds)
         write_curves(out)
     return write_curves(out)
 
