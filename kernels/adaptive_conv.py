@@ -7,7 +7,9 @@ caller's permuted view is a legitimate input.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from types import ModuleType, SimpleNamespace
+from typing import Iterator
 
 import torch
 
@@ -16,6 +18,32 @@ from kernels import numba_cpu, reference
 IMPLS = ("reference", "torch", "numba")
 
 _TORCH = SimpleNamespace(forward=reference.tap_forward, grad_v=reference.tap_grad_v, grad_k=reference.tap_grad_k)
+
+
+_FLOP_COUNTERS: list[list[int]] = []
+
+
+@contextmanager
+def counting_flops() -> Iterator[list[int]]:
+    """Count the FLOPs (multiply-add = 2) of every ``adaptive_conv`` and ``filter_grad`` call made inside:
+    2*B*C*(2r+1)^2*H*W each, summed into the yielded one-item list.
+
+    torch's FlopCounterMode does not see them: the Numba kernels run no aten op, and the torch tap
+    loop's ``addcmul_`` is not an op it counts. Calls with impl "reference" are left out, since
+    FlopCounterMode counts the unfold oracle's einsum itself; count under both to get the total.
+    """
+    count = [0]
+    _FLOP_COUNTERS.append(count)
+    try:
+        yield count
+    finally:
+        _FLOP_COUNTERS.remove(count)
+
+
+def _count(impl: str, B: int, C: int, H: int, W: int, T: int) -> None:
+    if _FLOP_COUNTERS and impl != "reference":
+        for count in _FLOP_COUNTERS:
+            count[0] += 2 * B * C * T * T * H * W
 
 
 def _numba_backend(device: torch.device) -> ModuleType:
@@ -79,6 +107,7 @@ def adaptive_conv(V: torch.Tensor, K: torch.Tensor, impl: str = "auto") -> torch
     if impl not in ("auto", *IMPLS):
         raise ValueError(f"unknown impl {impl!r}; expected 'auto' or one of {', '.join(IMPLS)}")
     check_inputs(V, K)
+    _count(impl, V.shape[0], V.shape[1], *K.shape[1:4])
     V, K = V.contiguous(), K.contiguous()
     if impl == "reference":
         return reference.unfold_reference(V, K)
@@ -95,6 +124,7 @@ def filter_grad(V: torch.Tensor, dY: torch.Tensor, impl: str = "auto") -> torch.
     T = V.shape[-1] - dY.shape[-1] + 1
     K = V.new_zeros(1).expand(dY.shape[0], *dY.shape[-2:], T, T)  # checked like a kernel, never filled
     check_inputs(V, K)
+    _count(impl, V.shape[0], V.shape[1], *K.shape[1:4])
     if impl == "reference":
         with torch.enable_grad():
             K = K.contiguous().requires_grad_()
