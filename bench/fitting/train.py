@@ -81,6 +81,7 @@ def checkpoint(upsampler: Upsampler, backbone: Backbone, context: RunContext) ->
     }
     if upsampler.own_objective is not None:  # the method's own loss: none of the multi-view loss's settings apply
         recipe = {k: v for k, v in recipe.items() if k not in MULTIVIEW_ONLY} | {"objective": upsampler.own_objective}
+    recipe = json.loads(json.dumps(recipe, default=str))  # as stored: a tuple compares equal to its JSON list
     digest = hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()[:8]
     folder = (Path(context.cache_dir) / "weights" / f"{upsampler.name}-v{upsampler.version}-{slug(cache_key(backbone))}-"
               f"{slug(data['label'])}-{p.name}-seed{p.seed}-{digest}")
