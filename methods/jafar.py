@@ -45,7 +45,6 @@ Without a file it trains from scratch on any backbone with their objective (``tr
 from __future__ import annotations
 
 import math
-from functools import lru_cache
 from typing import Any, Callable
 
 import torch
@@ -55,7 +54,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from bench.registry import METHODS
 from methods.base import Upsampler
-from methods.tiling import CHUNK_BYTES, Region, Span, spans, widen
+from methods.tiling import CHUNK_BYTES, Region, Span, pool_axis, pool_source, spans, widen
 
 QK_DIM, HEADS, GROUPS = 128, 4, 8
 ROPE_THETA = 100
@@ -208,38 +207,6 @@ def _normalise(x: torch.Tensor, stats: tuple[torch.Tensor, torch.Tensor], norm: 
     out = ((x.reshape(b, norm.num_groups, c // norm.num_groups, *x.shape[2:]) - mean.view(shape)) * rstd.view(shape))
     out = out.reshape(x.shape)
     return out if not norm.affine else out * norm.weight.view(1, -1, 1, 1) + norm.bias.view(1, -1, 1, 1)
-
-
-@lru_cache(maxsize=64)
-def _pool_taps(n_in: int, n_out: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(index, weight), each (n_out, taps), of ``F.adaptive_avg_pool`` along one axis: output i averages
-    inputs floor(i n_in / n_out) .. ceil((i+1) n_in / n_out) - 1; unused taps repeat the first, weight 0."""
-    start = [i * n_in // n_out for i in range(n_out)]
-    stop = [-(-(i + 1) * n_in // n_out) for i in range(n_out)]
-    taps = max(b - a for a, b in zip(start, stop))
-    index = torch.tensor([[a + t if a + t < b else a for t in range(taps)] for a, b in zip(start, stop)])
-    weight = torch.tensor([[1.0 / (b - a) if a + t < b else 0.0 for t in range(taps)] for a, b in zip(start, stop)],
-                          dtype=torch.float64)
-    return index, weight
-
-
-def _pool_source(span: Span, n_in: int, n_out: int) -> Span:
-    """The input rows that adaptive average pooling n_in -> n_out reads for output rows ``span``."""
-    return span[0] * n_in // n_out, -(-span[1] * n_in // n_out)
-
-
-def _pool_axis(x: torch.Tensor, dim: int, offset: int, span: Span, n_in: int, n_out: int) -> torch.Tensor:
-    """Outputs ``span`` of an n_in -> n_out adaptive average pool along ``dim`` of ``x``, a crop from ``offset`` on."""
-    if n_in == n_out:
-        return x.narrow(dim, span[0] - offset, span[1] - span[0])
-    index, weight = _pool_taps(n_in, n_out)
-    index, weight = index[span[0]:span[1]].to(x.device) - offset, weight[span[0]:span[1]].to(x)
-    shape = [1] * x.dim()
-    shape[dim] = -1
-    out = x.index_select(dim, index[:, 0]) * weight[:, 0].view(shape)
-    for t in range(1, index.shape[1]):
-        out = out + x.index_select(dim, index[:, t]) * weight[:, t].view(shape)
-    return out
 
 
 @METHODS.register
@@ -421,8 +388,8 @@ class Jafar(Upsampler):
 
     def _pool_crop(self, y: torch.Tensor, origin: tuple[int, int], full: tuple[int, int], size: tuple[int, int],
                    rows: Span, cols: Span) -> torch.Tensor:
-        y = _pool_axis(y, 2, origin[0], rows, full[0], size[0])
-        return _pool_axis(y, 3, origin[1], cols, full[1], size[1])
+        y = pool_axis(y, 2, origin[0], rows, full[0], size[0])
+        return pool_axis(y, 3, origin[1], cols, full[1], size[1])
 
     def _pooled_keys(self, x: torch.Tensor, grid: tuple[int, int], known: Norm) -> torch.Tensor:
         """The key encoder's map pooled to the LR grid, a band of LR rows at a time."""
@@ -430,7 +397,7 @@ class Jafar(Upsampler):
         per_row = -(-full[0] // grid[0]) + 1
         parts = []
         for rows in spans(grid[0], max(1, self._band_rows(x.shape[0], full[1]) // per_row)):
-            src = _pool_source(rows, full[0], grid[0])
+            src = pool_source(rows, full[0], grid[0])
             y = self._branch_crop(self.key_encoder, x, src, (0, full[1]), known)
             parts.append(self._pool_crop(y, (src[0], 0), full, grid, rows, (0, grid[1])))
         return torch.cat(parts, dim=2)
@@ -438,7 +405,7 @@ class Jafar(Upsampler):
     def _pooled_queries(self, x: torch.Tensor, size: tuple[int, int], rows: Span, cols: Span, known: Norm) -> torch.Tensor:
         """Output rows x cols of the query encoder's map pooled to the output size (before its GroupNorm)."""
         full = tuple(x.shape[-2:])
-        src_rows, src_cols = _pool_source(rows, full[0], size[0]), _pool_source(cols, full[1], size[1])
+        src_rows, src_cols = pool_source(rows, full[0], size[0]), pool_source(cols, full[1], size[1])
         y = self._branch_crop(self.query_encoder, x, src_rows, src_cols, known)
         return self._pool_crop(y, (src_rows[0], src_cols[0]), full, size, rows, cols)
 

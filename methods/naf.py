@@ -71,7 +71,7 @@ from torch import nn
 from bench.registry import METHODS
 from methods.base import Upsampler
 from methods.guidance import imagenet_normalised
-from methods.tiling import CHUNK_BYTES, Region, Span, spans, widen
+from methods.tiling import CHUNK_BYTES, Region, Span, area_taps, pool_axis, pool_source, spans, widen
 
 RELEASE_URL = "https://github.com/valeoai/NAF/releases/download/model/naf_release.pth"
 DIM, HEADS, ROPE_HEADS, KERNEL = 256, 4, 4, 9
@@ -240,43 +240,6 @@ def _normalise(y: torch.Tensor, stats: tuple[torch.Tensor, torch.Tensor], norm: 
     scale = rstd.repeat_interleave(per, dim=1) * norm.weight
     shift = norm.bias - mean.repeat_interleave(per, dim=1) * scale
     return y * scale[:, :, None, None] + shift[:, :, None, None]
-
-
-@lru_cache(maxsize=64)
-def area_taps(n_in: int, n_out: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(index, weight), each (n_out, taps): torch's adaptive average pool n_in -> n_out on one axis (output i
-    averages inputs [floor(i n_in / n_out), ceil((i + 1) n_in / n_out))); unused taps weigh 0 at the bin's start."""
-    i = torch.arange(n_out)
-    start, stop = i * n_in // n_out, ((i + 1) * n_in + n_out - 1) // n_out
-    count = stop - start
-    t = torch.arange(int(count.max()))
-    used = t[None, :] < count[:, None]
-    index = start[:, None] + torch.where(used, t[None, :], 0)
-    weight = torch.where(used, 1.0 / count[:, None].double(), 0.0)
-    return index, weight
-
-
-def _pool_axis(y: torch.Tensor, dim: int, offset: int, span: Span, n_in: int, n_out: int) -> torch.Tensor:
-    """Outputs ``span`` of an adaptive average pool n_in -> n_out along ``dim`` of a crop starting at ``offset``."""
-    if n_in == n_out:
-        return y.narrow(dim, span[0] - offset, span[1] - span[0])
-    index, weight = area_taps(n_in, n_out)
-    index, weight = index[span[0]:span[1]].to(y.device) - offset, weight[span[0]:span[1]].to(y)
-    shape = [1] * y.dim()
-    shape[dim] = -1
-    out = y.index_select(dim, index[:, 0]) * weight[:, 0].view(shape)
-    for t in range(1, index.shape[1]):
-        out = out + y.index_select(dim, index[:, t]) * weight[:, t].view(shape)
-    return out
-
-
-def _pool_source(span: Span, n_in: int, n_out: int) -> Span:
-    """The input span an adaptive average pool n_in -> n_out reads for outputs ``span``."""
-    if n_in == n_out:
-        return span
-    index, weight = area_taps(n_in, n_out)
-    used = index[span[0]:span[1]][weight[span[0]:span[1]] != 0]
-    return int(used.min()), int(used.max()) + 1
 
 
 @METHODS.register
@@ -457,11 +420,11 @@ class NAF(Upsampler):
                  stats: dict) -> torch.Tensor:
         """The rotated, pooled encoding of output rows x cols, from the image crop they depend on."""
         full = tuple(x.shape[-2:])
-        src_rows = _pool_source(rows, full[0], output_size[0])
-        src_cols = _pool_source(cols, full[1], output_size[1])
+        src_rows = pool_source(rows, full[0], output_size[0])
+        src_cols = pool_source(cols, full[1], output_size[1])
         encoded = torch.cat([_run_stack(s, x, src_rows, src_cols, stats, 2 * BLOCKS) for s in self._stacks()], dim=1)
-        pooled = _pool_axis(encoded, 2, src_rows[0], rows, full[0], output_size[0])
-        pooled = _pool_axis(pooled, 3, src_cols[0], cols, full[1], output_size[1])
+        pooled = pool_axis(encoded, 2, src_rows[0], rows, full[0], output_size[0])
+        pooled = pool_axis(pooled, 3, src_cols[0], cols, full[1], output_size[1])
         return self.image_encoder.rope(pooled, output_size, rows, cols)
 
     def _keys(self, x: torch.Tensor, output_size: tuple[int, int], grid: tuple[int, int], stats: dict) -> torch.Tensor:
@@ -471,7 +434,7 @@ class NAF(Upsampler):
         index, weight = area_taps(oh, grid[0])
         keys = None
         for rows in spans(oh, band):
-            queries = _pool_axis(self._queries(x, output_size, rows, (0, ow), stats), 3, 0, (0, grid[1]), ow, grid[1])
+            queries = pool_axis(self._queries(x, output_size, rows, (0, ow), stats), 3, 0, (0, grid[1]), ow, grid[1])
             inside = (index >= rows[0]) & (index < rows[1]) & (weight != 0)
             taps = torch.where(inside, weight, 0.0).to(queries)  # (grid rows, taps)
             local = torch.where(inside, index - rows[0], 0).to(queries.device)

@@ -165,3 +165,36 @@ def _aligned_crop(span: Span, origin: int, n_in: int, n_out: int, mode: str) -> 
         return None
     start, stop = source_span(span, n_in, n_out, mode)
     return start - origin, stop - origin, start * p // q, p / q
+
+
+@lru_cache(maxsize=64)
+def area_taps(n_in: int, n_out: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(index, weight), each (n_out, taps): torch's adaptive average pool n_in -> n_out on one axis (output i
+    averages inputs [floor(i n_in / n_out), ceil((i + 1) n_in / n_out))); unused taps weigh 0 at the bin's start."""
+    i = torch.arange(n_out)
+    start, stop = i * n_in // n_out, ((i + 1) * n_in + n_out - 1) // n_out
+    count = stop - start
+    t = torch.arange(int(count.max()))
+    used = t[None, :] < count[:, None]
+    index = start[:, None] + torch.where(used, t[None, :], 0)
+    weight = torch.where(used, 1.0 / count[:, None].double(), 0.0)
+    return index, weight
+
+
+def pool_source(span: Span, n_in: int, n_out: int) -> Span:
+    """The input span an adaptive average pool n_in -> n_out reads for outputs ``span``."""
+    return span[0] * n_in // n_out, -(-span[1] * n_in // n_out)
+
+
+def pool_axis(y: torch.Tensor, dim: int, offset: int, span: Span, n_in: int, n_out: int) -> torch.Tensor:
+    """Outputs ``span`` of an adaptive average pool n_in -> n_out along ``dim`` of a crop starting at ``offset``."""
+    if n_in == n_out:
+        return y.narrow(dim, span[0] - offset, span[1] - span[0])
+    index, weight = area_taps(n_in, n_out)
+    index, weight = index[span[0]:span[1]].to(y.device) - offset, weight[span[0]:span[1]].to(y)
+    shape = [1] * y.dim()
+    shape[dim] = -1
+    out = y.index_select(dim, index[:, 0]) * weight[:, 0].view(shape)
+    for t in range(1, index.shape[1]):
+        out = out + y.index_select(dim, index[:, t]) * weight[:, t].view(shape)
+    return out

@@ -17,6 +17,19 @@ from bench.registry import METHODS  # noqa: E402
 from methods.bilinear import Bilinear  # noqa: E402
 
 
+class Images(torch.utils.data.Dataset):
+    """``n`` seeded random (3, *size) images in [0, 1]: a training set for the trainer's plumbing in tests."""
+
+    def __init__(self, n, size):
+        self.images = torch.rand(n, 3, *size, generator=torch.Generator().manual_seed(0))
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        return {"image": self.images[i]}
+
+
 # Failing test doubles shared by the runner and CLI tests ("_" names: the contract test skips them).
 @METHODS.register
 class Exploding(Bilinear):

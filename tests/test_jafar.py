@@ -19,6 +19,7 @@ from bench.fitting import train
 from bench.running.context import RunContext
 from bench.running.profiles import PROFILES
 from methods.jafar import Jafar, blur_and_noise, cosine_mse, gaussian_blur
+from conftest import Images
 
 FIXTURES = Path(__file__).parent / "fixtures" / "jafar"
 CASES = {"separate": 6, "packed": 16}
@@ -151,17 +152,6 @@ def test_noise_reaches_the_target_only_without_blur():
         assert torch.equal(target, x) == (blurred or not noised)
         seen.add((blurred, noised))
     assert len(seen) == 4
-
-
-class Images(torch.utils.data.Dataset):
-    def __init__(self, n, size):
-        self.images = torch.rand(n, 3, *size, generator=torch.Generator().manual_seed(0))
-
-    def __len__(self):
-        return len(self.images)
-
-    def __getitem__(self, i):
-        return {"image": self.images[i]}
 
 
 def test_trains_with_its_own_objective(tmp_path, monkeypatch):

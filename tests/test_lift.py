@@ -24,6 +24,7 @@ from bench.running.context import RunContext
 from bench.running.profiles import PROFILES
 from methods import lift
 from methods.lift import Lift, color_jitter, shift_hue, steps_to_cover
+from conftest import Images
 
 FIXTURES = Path(__file__).parent / "fixtures" / "lift"
 DIM = 8
@@ -141,17 +142,6 @@ def test_color_jitter():
     torch.testing.assert_close(shift_hue(red, 1 / 3), torch.tensor([0.0, 1.0, 0.0]).view(3, 1, 1))
     out = color_jitter(img, torch.Generator().manual_seed(1))
     assert out.shape == img.shape and out.min() >= 0 and out.max() <= 1 and not torch.allclose(out, img)
-
-
-class Images(torch.utils.data.Dataset):
-    def __init__(self, n, size):
-        self.images = torch.rand(n, 3, *size, generator=torch.Generator().manual_seed(0))
-
-    def __len__(self):
-        return len(self.images)
-
-    def __getitem__(self, i):
-        return {"image": self.images[i]}
 
 
 def test_trains_with_its_own_objective(tmp_path, monkeypatch):

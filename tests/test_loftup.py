@@ -20,6 +20,7 @@ from bench.fitting.multiview import standardise
 from bench.running.context import RunContext
 from bench.running.profiles import PROFILES
 from methods.loftup import RELEASES, LoftUp
+from conftest import Images
 
 FIXTURE = Path(__file__).parent / "fixtures" / "loftup"
 
@@ -108,17 +109,6 @@ def test_bad_inputs_are_reported():
         method(torch.randn(2, 4, 4, 4), image, (16, 16))
     with pytest.raises(ValueError, match="two positive sizes"):
         method(torch.randn(1, 4, 4, 4), image, (0, 16))
-
-
-class Images(torch.utils.data.Dataset):
-    def __init__(self, n, size):
-        self.images = torch.rand(n, 3, *size, generator=torch.Generator().manual_seed(0))
-
-    def __len__(self):
-        return len(self.images)
-
-    def __getitem__(self, i):
-        return {"image": self.images[i]}
 
 
 def test_trains_with_the_multiview_loss(tmp_path, monkeypatch):

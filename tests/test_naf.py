@@ -21,6 +21,7 @@ from bench.fitting import train
 from bench.running.context import RunContext
 from bench.running.profiles import PROFILES
 from methods.naf import RELEASE_URL, NAF, ImageEncoder, neighbour_table
+from conftest import Images
 
 FIXTURES = Path(__file__).parent / "fixtures" / "naf"
 
@@ -135,17 +136,6 @@ def test_bad_inputs_are_reported():
         method(torch.randn(2, 4, 9, 10), torch.rand(1, 3, 36, 40), (36, 40))
     with pytest.raises(ValueError, match="output size"):
         method(torch.randn(1, 4, 9, 10), torch.rand(1, 3, 36, 40), (0, 40))
-
-
-class Images(torch.utils.data.Dataset):
-    def __init__(self, n, size):
-        self.images = torch.rand(n, 3, *size, generator=torch.Generator().manual_seed(0))
-
-    def __len__(self):
-        return len(self.images)
-
-    def __getitem__(self, i):
-        return {"image": self.images[i]}
 
 
 def test_trains_three_steps_with_its_own_objective(tmp_path, monkeypatch):

@@ -14,6 +14,7 @@ from bench.fitting.multiview import (AttentionDownsampler, Jitter, MultiViewLoss
                              total_variation)
 from bench.running.profiles import PROFILES
 from methods.featup_jbu import FeatUpJBU
+from conftest import Images
 
 
 @pytest.mark.parametrize("hr, lr", [((224, 224), (7, 7)), ((100, 130), (4, 5)), ((70, 100), (3, 4))])
@@ -84,17 +85,6 @@ def test_uncertainty_nll_by_hand():
     pred, target = torch.zeros(1, 3, 2, 2), torch.full((1, 3, 2, 2), 2.0)
     expected = 4.0 / (2 * np.exp(2 * 0.5)) + 0.5
     assert loss.nll(pred, target, torch.rand(1, 4, 2, 2)).item() == pytest.approx(expected, rel=1e-6)
-
-
-class Images(torch.utils.data.Dataset):
-    def __init__(self, n, size):
-        self.images = torch.rand(n, 3, *size, generator=torch.Generator().manual_seed(0))
-
-    def __len__(self):
-        return len(self.images)
-
-    def __getitem__(self, i):
-        return {"image": self.images[i]}
 
 
 @pytest.fixture
