@@ -39,6 +39,17 @@ def _finish(out: torch.Tensor, pixelwise: PixelMap | None, dtype: torch.dtype | 
     return out if dtype is None else out.to(dtype)
 
 
+def check_batch(name: str, dim: int, lr_feats: torch.Tensor, image: torch.Tensor) -> None:
+    """Raise a clear error unless ``lr_feats`` is (B, dim, h, w) and ``image`` a (B, 3, H, W) batch of the same B:
+    what a method built for ``dim`` channels can take."""
+    if lr_feats.dim() != 4 or lr_feats.shape[1] != dim:
+        raise ValueError(f"{name!r} was built for {dim}-channel features (B,{dim},h,w), "
+                         f"got shape {tuple(lr_feats.shape)}")
+    if image.dim() != 4 or image.shape[1] != 3 or image.shape[0] != lr_feats.shape[0]:
+        raise ValueError(f"{name!r} needs an image batch (B,3,H,W) matching the features' batch "
+                         f"{lr_feats.shape[0]}, got shape {tuple(image.shape)}")
+
+
 class ContractError(ValueError):
     """An upsampler returned something other than the interface promises."""
 

@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bench.registry import METHODS
-from methods.base import Upsampler, guidance_at
+from methods.base import Upsampler, check_batch, guidance_at
 from methods.guidance import imagenet_normalised
 from methods.stages import num_stages, resize_to
 from methods.tiling import Region, Span, resize_region, source_span, widen
@@ -164,12 +164,7 @@ class Lift(Upsampler):
 
     def check(self, lr_feats: torch.Tensor, image: torch.Tensor, output_size: tuple[int, int]) -> int:
         """Raise on inputs that do not fit; return the number of x2 steps."""
-        if lr_feats.dim() != 4 or lr_feats.shape[1] != self.dim:
-            raise ValueError(f"{self.name!r} was built for {self.dim}-channel features (B,{self.dim},h,w), "
-                             f"got shape {tuple(lr_feats.shape)}")
-        if image.dim() != 4 or image.shape[1] != 3 or image.shape[0] != lr_feats.shape[0]:
-            raise ValueError(f"{self.name!r} needs an image batch (B,3,H,W) matching the features' batch "
-                             f"{lr_feats.shape[0]}, got shape {tuple(image.shape)}")
+        check_batch(self.name, self.dim, lr_feats, image)
         if len(output_size) != 2 or min(output_size) < 1:
             raise ValueError(f"output size must be two positive integers, got {tuple(output_size)}")
         return steps_to_cover(tuple(lr_feats.shape[-2:]), tuple(output_size))

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kernels.adaptive_conv import adaptive_conv
-from methods.base import Upsampler
+from methods.base import Upsampler, check_batch
 from methods.guidance import imagenet_normalised
 
 if TYPE_CHECKING:
@@ -110,12 +110,7 @@ class StagedUpsampler(Upsampler):
         return cls(backbone.dim, FEATUP_STAGES)
 
     def forward(self, lr_feats: torch.Tensor, image: torch.Tensor, output_size: tuple[int, int]) -> torch.Tensor:
-        if lr_feats.dim() != 4 or lr_feats.shape[1] != self.dim:
-            raise ValueError(f"{self.name!r} was built for {self.dim}-channel features (B,{self.dim},h,w), "
-                             f"got shape {tuple(lr_feats.shape)}")
-        if image.dim() != 4 or image.shape[1] != 3 or image.shape[0] != lr_feats.shape[0]:
-            raise ValueError(f"{self.name!r} needs an image batch (B,3,H,W) matching the features' batch "
-                             f"{lr_feats.shape[0]}, got shape {tuple(image.shape)}")
+        check_batch(self.name, self.dim, lr_feats, image)
         x, guidance = lr_feats, imagenet_normalised(image)
         for stage in self.stages:
             x = stage(x, guidance)
