@@ -17,11 +17,10 @@ forward (tests/test_jafar.py compares against a fixture made by running their co
 
 Differences, none of which changes a number:
 - Their ``nn.MultiheadAttention`` is called only for its averaged attention weights; its value and
-  output projections and the value RMSNorm never reach the output (66,176 parameters at 384 channels,
-  which would get no gradient). We hold the query/key projections only; ``state_from_file`` maps their
-  layout (``in_proj_weight`` packed when the feature width equals qk_dim, else ``q/k/v_proj_weight``)
-  onto ours and drops the unused weights. So at NAF's setting (384 channels) we count 562,304
-  parameters where their model (and NAF's table) counts 628,480.
+  output projections and the value RMSNorm never reach the output (66,176 parameters at 384 channels).
+  We hold them as they do, frozen, so the state-dict layout is theirs (``in_proj_weight`` packed when
+  the feature width equals qk_dim, else ``q/k/v_proj_weight``) and the model counts 628,480 parameters
+  at NAF's setting, as their model and NAF's table do; the query/key projections are read out of it.
 - Attention is computed in chunks of queries (their code materialises every query's weights), and
   ``forward_region`` computes exact tiles: GroupNorm statistics over the whole image (and over the whole
   pooled query map) are gathered in passes over row bands first, so no full-resolution 128-channel map
@@ -138,18 +137,32 @@ class KeyModulation(nn.Module):
 
 
 class HeadAveragedAttention(nn.Module):
-    """RMSNorm + biased projection of queries and keys; softmax per head, averaged over the heads."""
+    """Their CrossAttention: RMSNorm'd queries and keys through nn.MultiheadAttention's query and key
+    in-projections, softmax per head, the weights averaged over the heads.
 
-    def __init__(self, dim: int = QK_DIM, heads: int = HEADS) -> None:
+    It holds their whole ``nn.MultiheadAttention`` and value RMSNorm, so their checkpoints load as they are
+    and the model counts the parameters theirs counts (628,480 at 384 channels, NAF's table); the value and
+    output projections and the value RMSNorm never reach the output (their code calls the module only for
+    its averaged weights), so they are frozen: no gradient could reach them."""
+
+    def __init__(self, dim: int, value_dim: int, heads: int = HEADS) -> None:
         super().__init__()
         self.heads = heads
         self.norm_q = nn.RMSNorm(dim)
         self.norm_k = nn.RMSNorm(dim)
-        self.q_proj = nn.Linear(dim, dim)
-        self.k_proj = nn.Linear(dim, dim)
-        for proj in (self.q_proj, self.k_proj):  # nn.MultiheadAttention's initialisation (unpacked weights)
-            nn.init.xavier_uniform_(proj.weight)
-            nn.init.zeros_(proj.bias)
+        self.norm_v = nn.RMSNorm(value_dim)
+        self.attention = nn.MultiheadAttention(dim, heads, vdim=value_dim, batch_first=True)
+        unused = [self.norm_v.weight, *self.attention.out_proj.parameters()]
+        if not self.attention._qkv_same_embed_dim:  # else the value rows share in_proj_weight with q and k
+            unused.append(self.attention.v_proj_weight)
+        for p in unused:
+            p.requires_grad_(False)
+
+    def projection(self, which: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(weight, bias) of the query (0) or key (1) in-projection, packed or not as their module keeps it."""
+        a = self.attention
+        weight = a.in_proj_weight.chunk(3)[which] if a._qkv_same_embed_dim else (a.q_proj_weight, a.k_proj_weight)[which]
+        return weight, a.in_proj_bias.chunk(3)[which]
 
     def split(self, x: torch.Tensor) -> torch.Tensor:
         """(B, n, dim) -> (B, heads, n, dim / heads)."""
@@ -157,11 +170,11 @@ class HeadAveragedAttention(nn.Module):
 
     def keys(self, keys: torch.Tensor) -> torch.Tensor:
         """(B, dim, h, w) keys -> (B, heads, h*w, d) projected keys, computed once per image."""
-        return self.split(self.k_proj(self.norm_k(keys.flatten(2).transpose(1, 2))))
+        return self.split(F.linear(self.norm_k(keys.flatten(2).transpose(1, 2)), *self.projection(1)))
 
     def weights(self, queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
         """(B, n, dim) queries, projected keys -> (B, n, h*w) attention weights (their mean over heads)."""
-        q = self.split(self.q_proj(self.norm_q(queries)))
+        q = self.split(F.linear(self.norm_q(queries), *self.projection(0)))
         q = q * math.sqrt(1.0 / q.shape[-1])  # scaled before the product, as nn.MultiheadAttention does
         return (q @ keys.transpose(-1, -2)).softmax(dim=-1).mean(dim=1)
 
@@ -169,10 +182,10 @@ class HeadAveragedAttention(nn.Module):
 class QueryDecoder(nn.Module):
     """A 3x3 conv over the normalised queries, then the attention; named as their CrossAttentionBlock."""
 
-    def __init__(self, dim: int = QK_DIM, heads: int = HEADS) -> None:
+    def __init__(self, dim: int, value_dim: int, heads: int = HEADS) -> None:
         super().__init__()
         self.conv2d = nn.Conv2d(dim, dim, 3, padding=1, bias=False)
-        self.cross_attn = HeadAveragedAttention(dim, heads)
+        self.cross_attn = HeadAveragedAttention(dim, value_dim, heads)
 
 
 class _Pending(Exception):
@@ -212,7 +225,7 @@ def _normalise(x: torch.Tensor, stats: tuple[torch.Tensor, torch.Tensor], norm: 
 @METHODS.register
 class Jafar(Upsampler):
     name = "jafar"
-    version = "1"
+    version = "2"  # 2: their nn.MultiheadAttention layout, unused weights held frozen
     fit = "dataset"
     # Not in the CPU default run: one 224² forward at 112 channels is ~0.85-1 s on 2 idle cores (12 s
     # measured on the loaded 2-core machine while a 2048² matmul ran 12-14x below its idle speed), ~6-8 s
@@ -240,7 +253,7 @@ class Jafar(Upsampler):
         self.query_encoder = Encoder(qk_dim, qk_dim)
         self.norm = nn.GroupNorm(GROUPS, qk_dim, affine=False)
         self.key_features_encoder = Encoder(dim, qk_dim)
-        self.cross_decode = QueryDecoder(qk_dim, heads)
+        self.cross_decode = QueryDecoder(qk_dim, dim, heads)
         self.sft_key = KeyModulation(qk_dim)
         self.rope = RoPE(qk_dim)
 
@@ -421,9 +434,7 @@ class Jafar(Upsampler):
     # ---- released weights --------------------------------------------------------------------------------
 
     def state_from_file(self, loaded: dict[str, Any]) -> dict[str, torch.Tensor]:
-        """Their state dict (or their training checkpoint ``{"jafar": state, ...}``) in our layout: the
-        attention's query/key projections taken out of ``nn.MultiheadAttention``'s, its unused value/output
-        projections and the value RMSNorm dropped. Our own saved state passes through unchanged."""
+        """Their state dict, or their training checkpoint ``{"jafar": state, ...}``: our layout is theirs."""
         state = loaded.get("jafar", loaded)
         if not isinstance(state, dict) or "key_features_encoder.0.weight" not in state:
             raise ValueError(f"not a JAFAR state dict (keys: {sorted(state)[:5]} ...): expected a file of "
@@ -433,19 +444,7 @@ class Jafar(Upsampler):
             raise ValueError(f"these JAFAR weights are for {width}-channel features, the backbone gives {self.dim}: "
                              f"their released weights are per backbone (e.g. {RELEASES}"
                              f"vit_small_patch14_dinov2.lvd142m.pth for ViT-S/14 DINOv2, 384 channels)")
-        attn = "cross_decode.cross_attn.attention."
-        if not any(k.startswith(attn) for k in state):
-            return state
-        ours = {k: v for k, v in state.items()
-                if not k.startswith(attn) and k != "cross_decode.cross_attn.norm_v.weight"}
-        if attn + "in_proj_weight" in state:  # packed: the feature width equals qk_dim
-            w_q, w_k, _ = state[attn + "in_proj_weight"].chunk(3)
-        else:
-            w_q, w_k = state[attn + "q_proj_weight"], state[attn + "k_proj_weight"]
-        b_q, b_k, _ = state[attn + "in_proj_bias"].chunk(3)
-        mine = "cross_decode.cross_attn."
-        return ours | {mine + "q_proj.weight": w_q, mine + "q_proj.bias": b_q,
-                       mine + "k_proj.weight": w_k, mine + "k_proj.bias": b_k}
+        return state
 
     # ---- their training objective ---------------------------------------------------------------------
 

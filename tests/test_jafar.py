@@ -68,29 +68,33 @@ def test_training_pieces_equal_public_code():
     torch.testing.assert_close(gaussian_blur(ref["blur_in"]), ref["blur_out"], rtol=0, atol=1e-12)
 
 
-def test_released_layout_loads():
-    state, io = load("separate")
-    method = Jafar(6, qk_dim=16)
-    mapped = method.state_from_file({"jafar": state, "epoch": 0})  # their training checkpoint, unwrapped
-    method.load_state_dict(mapped)  # strict: every one of our parameters comes from their file
-    dropped = set(state) - set(mapped)
-    assert dropped == {f"cross_decode.cross_attn.attention.{k}" for k in
-                       ("q_proj_weight", "k_proj_weight", "v_proj_weight", "in_proj_bias", "out_proj.weight",
-                        "out_proj.bias")} | {"cross_decode.cross_attn.norm_v.weight"}
-    torch.testing.assert_close(mapped["cross_decode.cross_attn.q_proj.bias"],
-                               state["cross_decode.cross_attn.attention.in_proj_bias"][:16])
-    ours = method.state_dict()  # weights this suite trained pass through unchanged
-    assert method.state_from_file(ours).keys() == ours.keys()
-    with pytest.raises(ValueError, match="for 6-channel features, the backbone gives 384.*releases/download"):
+@pytest.mark.parametrize("name", CASES)
+def test_released_layout_loads(name):
+    """Their file, packed or not, loads strictly: the same names and shapes, nothing left over or missing."""
+    state, io = load(name)
+    method = Jafar(CASES[name], qk_dim=16)
+    assert method.state_dict().keys() == state.keys()
+    method.load_state_dict(method.state_from_file({"jafar": state, "epoch": 0}))  # their training checkpoint
+    for key, value in method.state_dict().items():
+        torch.testing.assert_close(value, state[key], rtol=0, atol=0)
+    with pytest.raises(ValueError, match=f"for {CASES[name]}-channel features, the backbone gives 384.*releases/download"):
         Jafar(384, qk_dim=16).state_from_file(state)
     with pytest.raises(ValueError, match="not a JAFAR state dict.*releases/download"):
         method.state_from_file({"weight": torch.zeros(1)})
 
 
-def test_parameter_count_at_nafs_setting():
-    """628,480 in their model (NAF's table) less nn.MultiheadAttention's value/output projections and the
-    value RMSNorm, which never reach the output: 128x384 + 128 + 128x128 + 128 + 384 = 66,176."""
-    assert sum(p.numel() for p in Jafar(384).parameters()) == 628_480 - 66_176
+def test_parameter_count_at_nafs_setting_and_the_frozen_unused_weights():
+    """628,480 parameters at 384 channels, as their model and NAF's table count; of them, the attention's
+    value/output projections and the value RMSNorm never reach the output and are frozen:
+    128x384 + 128x128 + 128 + 384 = 66,048 (the value part of in_proj_bias, 128, shares a tensor with the
+    query and key biases, so it stays trainable and simply gets a zero gradient)."""
+    method = Jafar(384)
+    assert sum(p.numel() for p in method.parameters()) == 628_480
+    frozen = {n: p.numel() for n, p in method.named_parameters() if not p.requires_grad}
+    assert frozen == {"cross_decode.cross_attn.norm_v.weight": 384,
+                      "cross_decode.cross_attn.attention.v_proj_weight": 128 * 384,
+                      "cross_decode.cross_attn.attention.out_proj.weight": 128 * 128,
+                      "cross_decode.cross_attn.attention.out_proj.bias": 128}
 
 
 @pytest.mark.parametrize("size, tile", [((6, 7), 1), ((17, 23), 2), ((17, 23), 7), ((14, 18), 4), ((14, 18), 64),
