@@ -93,7 +93,8 @@ class Upsampler(nn.Module, ABC):
 
     def state_from_file(self, loaded: dict[str, Any]) -> dict[str, torch.Tensor]:
         """The state dict in a weights file given for this method (``--upsampler-weights NAME=PATH``): the file's
-        contents as they are; methods whose authors' released files wrap or rename it unwrap it here."""
+        contents as they are; methods whose authors' released files wrap or rename it unwrap it here, and raise
+        ValueError (saying which file to use) for a file that is not theirs."""
         return loaded
 
     def features(self, backbone: "Backbone", image: torch.Tensor) -> torch.Tensor:

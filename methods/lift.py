@@ -136,7 +136,7 @@ class Lift(Upsampler):
         state = {k.removeprefix("module."): v for k, v in loaded.items()}
         out = state.get("outc.weight")
         if out is not None and out.shape[0] != self.dim:
-            raise RuntimeError(f"the file holds LiFT weights for {out.shape[0]}-channel features, this LiFT is built "
+            raise ValueError(f"the file holds LiFT weights for {out.shape[0]}-channel features, this LiFT is built "
                                f"for {self.dim} channels (released files, {RELEASES}: lift_dino_vits*.pth 384, "
                                f"lift_dino_vitb*.pth 768)")
         return state

@@ -134,7 +134,7 @@ def ensure_trained(upsampler: Upsampler, backbone: Backbone, context: RunContext
     else:
         try:
             upsampler.load_state_dict(upsampler.state_from_file(load_state(source.path, context.device)))
-        except RuntimeError as exc:
+        except (RuntimeError, ValueError) as exc:  # load_state_dict's mismatch, or state_from_file's refusal
             raise WeightsError(f"{source.path} does not fit {upsampler.name!r} on {backbone.name}: {exc}") from exc
         if (upsampler.name, source.describe()) not in _ANNOUNCED:
             _ANNOUNCED.add((upsampler.name, source.describe()))
