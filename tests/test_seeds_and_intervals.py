@@ -8,8 +8,9 @@ import pytest
 from bench.running.cells import Cell
 from bench.running.context import RunContext
 from bench.running.profiles import PROFILES
+from bench.reporting.intervals import interval_table
 from bench.reporting.ranks import rank_agreement, sees_backbone_features
-from bench.reporting.report import detail_table, table_text
+from bench.reporting.report import detail_table, table_text, with_columns
 from bench.running.runner import plan
 from bench.reporting.stats import bootstrap_indices, miou_from_confusions
 from bench.running.store import ResultStore
@@ -78,13 +79,49 @@ def test_intervals_come_from_a_bootstrap_over_images_and_mark_significant_differ
     lo, hi = np.percentile(reps, [2.5, 97.5])
     assert detail.loc["featup_jbu", "probe_seg.miou lo"] == pytest.approx(lo)
     assert detail.loc["featup_jbu", "probe_seg.miou hi"] == pytest.approx(hi)
-    assert detail.loc["featup_jbu", "probe_seg.miou diff_lo"] > 0
+    # the paired difference: the same draws for both methods, one resample at a time
+    base = np.array([miou_from_confusions(stats["bilinear"][i]) for i in idx])
+    diff_lo, diff_hi = np.percentile(reps - base, [2.5, 97.5])
+    assert detail.loc["featup_jbu", "probe_seg.miou diff_lo"] == pytest.approx(diff_lo)
+    assert detail.loc["featup_jbu", "probe_seg.miou diff_hi"] == pytest.approx(diff_hi)
+    assert diff_lo > 0
+    # a method scoring exactly bilinear's images: every paired resample differs by 0
     assert detail.loc["carafe", "probe_seg.miou diff_lo"] == detail.loc["carafe", "probe_seg.miou diff_hi"] == 0
-    assert detail.loc["bilinear", "probe_seg.miou diff_lo"] == detail.loc["bilinear", "probe_seg.miou diff_hi"] == 0
     md = table_text(tmp_path, "md")
     jbu_line = next(line for line in md.splitlines() if line.startswith("| featup_jbu"))
     carafe_line = next(line for line in md.splitlines() if line.startswith("| carafe"))
     assert jbu_line.rstrip(" |").endswith("+") and not carafe_line.rstrip(" |").endswith("+")
+
+
+def test_intervals_pool_several_seeds_each_with_its_own_draws(tmp_path):
+    """Three seeds of 10, 12 and 9 images: each seed's resamples come from its own draws
+    (bootstrap_indices(n, 1000, seed)), the metric of each resample is averaged over seeds, and the
+    difference from bilinear pairs the same draws; brute force, one resample and one seed at a time."""
+    rng = np.random.default_rng(3)
+    sizes = {0: 10, 1: 12, 2: 9}
+    store = ResultStore(tmp_path)
+    stats = {(m, s): confusions(rng, n, 3, accuracy) for s, n in sizes.items()
+             for m, accuracy in (("bilinear", 0.6), ("featup_jbu", 0.7))}
+    for (method, seed), conf in stats.items():
+        write(store, method, seed, miou_from_confusions(conf), conf.tolist(), "miou_confusion")
+    write(store, "sapa", 0, 50.0, stats[("featup_jbu", 0)].tolist(), "miou_confusion")  # seed 0 only
+    spans = interval_table(with_columns(store.rows(per_image=True))).set_index("method")
+
+    def seed_mean(method):
+        per_seed = [[miou_from_confusions(stats[(method, s)][i]) for i in bootstrap_indices(n, 1000, seed=s)]
+                    for s, n in sizes.items()]
+        return np.mean(per_seed, axis=0)
+
+    jbu, base = seed_mean("featup_jbu"), seed_mean("bilinear")
+    for method, reps in (("featup_jbu", jbu), ("bilinear", base)):
+        assert [spans.loc[method, "lo"], spans.loc[method, "hi"]] == pytest.approx(np.percentile(reps, [2.5, 97.5]))
+    assert [spans.loc["featup_jbu", "diff_lo"], spans.loc["featup_jbu", "diff_hi"]] == pytest.approx(
+        np.percentile(jbu - base, [2.5, 97.5]))
+    # one seed alone gives another (wider) interval: the pooling is not a no-op
+    alone = [miou_from_confusions(stats[("featup_jbu", 0)][i]) for i in bootstrap_indices(10, 1000, seed=0)]
+    assert np.ptp(np.percentile(alone, [2.5, 97.5])) > spans.loc["featup_jbu", "hi"] - spans.loc["featup_jbu", "lo"]
+    # seeds that are not bilinear's: an interval of its own, but no paired difference
+    assert spans.loc["sapa", ["lo", "hi"]].notna().all() and spans.loc["sapa", ["diff_lo", "diff_hi"]].isna().all()
 
 
 def test_rank_agreement_against_hand_computed_tau():

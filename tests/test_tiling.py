@@ -187,20 +187,29 @@ def test_a_half_precision_output_is_the_float_output_rounded():
 def test_tiles_mapped_per_pixel_never_hold_the_whole_features():
     """At 1024², C = 64, the features are 256 MB (64 MB at 512²); mapped to 2 channels tile by tile,
     the call needs less than half of them, and grows by less than half of their growth (the
-    guidance images and the mapped output do grow). Mapping the whole output measured 101 / 328 MB."""
+    guidance images and the mapped output do grow).
+
+    The control: the same map of the whole output, measured the same way, must break both bounds
+    (measured 182 / 583 MB), so a peak measurement that under-reported, or reported 0 where the OS
+    does not let it reset the high-water mark, fails here instead of passing the bounds."""
     method, mix = jbu(64, 4), channel_mix(64, 2)
 
-    def peak(size: int) -> float:
+    def peak(size: int, tiled: bool = True) -> float:
         x, image = seeded(1, 64, size // 16, size // 16), seeded(1, 3, size, size).abs()
+        call = (lambda: method.forward_tiled(x, image, (size, size), 64, pixelwise=mix)) if tiled else \
+            (lambda: mix(method(x, image, (size, size))))
         with torch.no_grad():
-            method.forward_tiled(x, image, (size, size), 64, pixelwise=mix)  # warm-up (compilation, pools)
+            if tiled:
+                call()  # warm-up (compilation, pools); the control needs none: a warm-up only lowers a peak
             gc.collect()
             with peak_memory("cpu") as measured:
-                out = method.forward_tiled(x, image, (size, size), 64, pixelwise=mix)
+                out = call()
             del out
         return measured.mb
 
     small, large = peak(512), peak(1024)
+    whole_small, whole_large = peak(512, tiled=False), peak(1024, tiled=False)
+    assert whole_large >= 256 and whole_large - whole_small >= 192, (whole_small, whole_large)  # the features alone
     assert large < 128 and large - small < 96, (small, large)
 
 

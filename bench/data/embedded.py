@@ -94,11 +94,16 @@ class Photos(ItemDataset):
         self.photos = list(PHOTOS)[split == "val"::2]
         super().__init__("photos", split, image_size, len(self.photos) if limit is None else limit, seed)
 
+    def source(self, index: int) -> str:
+        """The name of the photograph item ``index`` shows, whole or cropped (crops of one photograph
+        are not independent samples: statistics over items group them by it)."""
+        return self.photos[index if index < len(self.photos) else self.rng(index).integers(len(self.photos))]
+
     def item(self, index: int) -> dict[str, torch.Tensor]:
         if index < len(self.photos):
             return {"image": image_tensor(resize_image(photo(self.photos[index]), self.image_size))}
         rng = self.rng(index)
-        image = photo(self.photos[rng.integers(len(self.photos))])
+        image = photo(self.photos[rng.integers(len(self.photos))])  # the draw source() repeats
         top, left, h, w = random_box(rng, (0, 0, *image.shape[:2]), self.image_size[1] / self.image_size[0], 0.3)
         crop = image[top:top + h, left:left + w][:, ::-1 if rng.random() < 0.5 else 1]
         return {"image": image_tensor(resize_image(crop, self.image_size))}
@@ -140,6 +145,9 @@ class CamPhotos(Photos):
     def item(self, index: int) -> dict[str, torch.Tensor]:
         source, label = self.kept[index]
         return {**Photos.item(self, source), "label": torch.tensor(label)}
+
+    def source(self, index: int) -> str:
+        return Photos.source(self, self.kept[index][0])
 
 
 @functools.lru_cache(maxsize=8)
