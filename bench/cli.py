@@ -10,12 +10,13 @@ from typing import Callable
 
 import torch
 
-from bench.backbones import NORMALISATIONS, Backbone, load_backbone
-from bench.data.identity import slug
+from bench.backbones import Backbone, load_backbone
+from bench.backbones.specs import NORMALISATIONS
+from bench.core.cells import slug
 from bench.plugins import load_all
 from bench.registry import BACKBONES, DATASETS, METHODS, TASKS, RegistryError
-from bench.running.context import RunContext
-from bench.running.profiles import PROFILES, Profile
+from bench.core.context import RunContext
+from bench.core.profiles import PROFILES, Profile
 
 RUNS_DIR = Path("results/runs")
 CACHE_DIR = Path("results/cache")
@@ -128,7 +129,7 @@ def run_dir(text: str) -> Path:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from bench.backbone_names import describe, resolve_spec
+    from bench.backbones.names import describe, resolve_spec
 
     if args.backbones is not None:
         for name in args.backbones or BACKBONES.names():
@@ -187,13 +188,13 @@ def default_run_dir(profile_name: str, backbone_name: str, cells: list,
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from bench.backbone_names import resolve_spec
+    from bench.backbones.names import resolve_spec
     from bench.reporting.report import table_text
-    from bench.running.failures import SETTLED
+    from bench.core.failures import SETTLED
     from bench.running.ray_executor import ray_executor
     from bench.running.runner import plan, run_cells
     from bench.running.shards import parse_shard, shard_cells
-    from bench.running.store import ResultStore
+    from bench.core.store import ResultStore
 
     if args.ray_address and args.executor != "ray":
         raise UsageError("--ray-address is for --executor ray")
@@ -325,7 +326,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
     else:
         from bench.profiling.methods import STRIDE, profile_methods
 
-        from bench.backbone_names import resolve_spec
+        from bench.backbones.names import resolve_spec
 
         methods = csv_list(args.methods) if args.methods else METHODS.names()
         for name in methods:
@@ -354,7 +355,8 @@ def cmd_ablate(args: argparse.Namespace) -> int:
 
 def ablate_budget(args: argparse.Namespace) -> int:
     """The training-budget study (bench.running.budget): curves as CSV and PNG under --out."""
-    from bench.running.budget import CSV, PNG, SEEDS, study
+    from bench.reporting.budget import CSV, PNG
+    from bench.running.budget import SEEDS, study
 
     context = make_context(args)
     methods = csv_list(args.methods) if args.methods else [n for n in default_methods()

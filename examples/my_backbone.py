@@ -11,7 +11,7 @@ weights with ``--weights PATH`` (or have them in the Hugging Face cache), e.g.
 
 Without a plugin, ``--backbone timm:NAME`` (``timm:NAME@stage`` for a convnet's stage) does the same.
 """
-from bench.backbone_names import timm_spec
+from bench.backbones.names import timm_spec
 from bench.registry import BACKBONES
 
 BACKBONES.register(timm_spec(

@@ -17,13 +17,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.fitting.multiview import standardise
-from bench.fitting.per_image import from_pca
+from bench.core.features import standardise
+from bench.core.features import from_pca
 from methods.tiling import PixelMap, Region, Span, assemble
 
 if TYPE_CHECKING:
     from bench.backbones import Backbone
-    from bench.fitting.batched import Generators
+    from methods.batched import Generators
 
 
 def guidance_at(image: torch.Tensor, size: tuple[int, int], dtype: torch.dtype) -> torch.Tensor:
@@ -194,7 +194,7 @@ class PerImageUpsampler(Upsampler):
     """A method that fits a network to each image at inference (FeatUp implicit, DIP).
 
     Implement ``network`` (a batched network for a group of images, built from
-    bench.fitting.batched layers) and ``render`` (one image's fitted network at any
+    methods.batched layers) and ``render`` (one image's fitted network at any
     output size). The runner's fitting stage fits every image with the multi-view
     loss (bench.fitting.per_image) and attaches the fits as ``fits``; ``forward``
     renders each image's features from its fit and maps them back from the fit's

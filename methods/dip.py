@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.fitting.batched import GroupedConv2d, GroupedInstanceNorm, GroupedLinear, Generators
+from methods.batched import GroupedConv2d, GroupedInstanceNorm, GroupedLinear, Generators
 from bench.registry import METHODS
 from methods.base import PerImageUpsampler, guidance_at
 

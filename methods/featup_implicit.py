@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from bench.fitting.batched import Generators, GroupedChannelNorm, GroupedDropout2d, GroupedLinear
+from methods.batched import Generators, GroupedChannelNorm, GroupedDropout2d, GroupedLinear
 from bench.registry import METHODS
 from methods.base import PerImageUpsampler, guidance_at
 

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bench.backbones import Backbone
-from bench.fitting.multiview import project
+from bench.core.features import project
 from bench.registry import METHODS
 from kernels import resampled_conv
 from kernels.adaptive_conv import adaptive_conv

@@ -10,8 +10,8 @@ if TYPE_CHECKING:
     from torch.utils.data import Dataset
 
     from bench.backbones import Backbone
-    from bench.running.context import RunContext
-    from bench.running.profiles import Profile
+    from bench.core.context import RunContext
+    from bench.core.profiles import Profile
     from methods.base import Upsampler
 
 

@@ -28,11 +28,12 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from bench.backbones import Backbone, cache_key
-from bench.data.identity import dataset_identity, slug
-from bench.fitting.multiview import standardise
+from bench.data.identity import dataset_identity
+from bench.core.cells import slug
+from bench.core.features import standardise
 from bench.registry import TASKS
-from bench.running.context import RunContext
-from bench.running.store import atomic_write
+from bench.core.context import RunContext
+from bench.core.store import atomic_write
 from methods.base import Upsampler
 from tasks.base import MetricRow, Task, TaskSettings, Workload
 from tasks.metrics import ADCC, AverageDrop, AverageIncrease, check_protocol, pearson

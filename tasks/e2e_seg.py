@@ -24,10 +24,10 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from bench.backbones import Backbone
-from bench.fitting.multiview import standardise
+from bench.core.features import standardise
 from bench.registry import TASKS
-from bench.running.context import RunContext
-from bench.running.failures import NotApplicable
+from bench.core.context import RunContext
+from bench.core.failures import NotApplicable
 from methods.base import Upsampler
 from methods.flops import counted_gflops
 from tasks.base import MetricRow, Task, TaskSettings, Workload

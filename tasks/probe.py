@@ -29,8 +29,8 @@ from tqdm.auto import tqdm
 
 from bench.backbones import Backbone
 from bench.data.common import epoch_order
-from bench.running.context import RunContext
-from bench.running.profiles import Profile
+from bench.core.context import RunContext
+from bench.core.profiles import Profile
 from methods.base import Upsampler
 from methods.tiling import PixelMap
 from tasks.base import MetricRow, Task, TaskSettings, Workload

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from bench.registry import TASKS
-from bench.running.profiles import Profile
+from bench.core.profiles import Profile
 from tasks.metrics import DepthScores
 from tasks.probe import ProbeTask
 

@@ -14,15 +14,15 @@ import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 import bench.cli as cli
-from bench.backbone_names import resolve_spec, timm_spec
+from bench.backbones.names import resolve_spec, timm_spec
 from bench.backbones import build_backbone, cache_key, load_backbone
-from bench.data.identity import slug
+from bench.core.cells import slug
 from bench.fitting import train
 from bench.plugins import PluginError, load_plugin_file
 from bench.registry import BACKBONES, METHODS, RegistryError
-from bench.running.cells import Cell
-from bench.running.context import RunContext
-from bench.running.profiles import PROFILES
+from bench.core.cells import Cell
+from bench.core.context import RunContext
+from bench.core.profiles import PROFILES
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "my_backbone.py"
 FAMILIES = {  # registered name -> (timm model, stage, stride, dim)
@@ -120,7 +120,7 @@ def test_plugin_backbone_is_listed_and_scored(tmp_path, monkeypatch, capsys):
 
 def test_plugin_may_register_only_a_backbone_or_only_a_task_but_not_nothing(tmp_path):
     backbone = tmp_path / "only_backbone.py"
-    backbone.write_text("from bench.backbone_names import timm_spec\nfrom bench.registry import BACKBONES\n"
+    backbone.write_text("from bench.backbones.names import timm_spec\nfrom bench.registry import BACKBONES\n"
                         "BACKBONES.register(timm_spec('test_convnext', name='_only_backbone', random_init=True))\n")
     assert load_plugin_file(str(backbone)) == ["_only_backbone"]
     task = tmp_path / "only_task.py"

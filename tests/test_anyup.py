@@ -17,8 +17,8 @@ import methods.anyup as anyup_module
 from bench.backbones import backbone_from_model
 from bench.fitting import train
 from bench.fitting.weights import WeightsError
-from bench.running.context import RunContext
-from bench.running.profiles import PROFILES
+from bench.core.context import RunContext
+from bench.core.profiles import PROFILES
 from methods.anyup import AnyUp
 
 FIXTURE = Path(__file__).parent / "fixtures" / "anyup" / "anyup_public.pt"

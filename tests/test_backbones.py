@@ -9,7 +9,7 @@ import timm
 import torch
 import torch.nn.functional as F
 
-from bench.backbone_weights import BackboneWeightsError
+from bench.backbones.weights import BackboneWeightsError
 from bench.backbones import ImageError, backbone_from_model, load_backbone
 
 LITES = ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]

@@ -12,11 +12,12 @@ import torch
 from bench.backbones import backbone_from_model
 from bench.cli import main
 from bench.fitting import train, weights
+from bench.reporting import budget as curves
 from bench.running import budget
-from bench.running.context import RunContext
-from bench.running.profiles import PROFILES
+from bench.core.context import RunContext
+from bench.core.profiles import PROFILES
 from bench.running.runner import create_method, plan, run_cells
-from bench.running.store import ResultStore
+from bench.core.store import ResultStore
 
 
 class Images(torch.utils.data.Dataset):
@@ -183,13 +184,13 @@ def test_budget_curves_have_every_step_and_the_references(tmp_path):
     args = ["--no-progress", "ablate", "budget", "--profile", "smoke", "-m", "resize_conv", "--steps", "1,2",
             "--seeds", "0,1", "--out", str(out)]
     assert main(args) == 0
-    table = pd.read_csv(out / budget.CSV)
+    table = pd.read_csv(out / curves.CSV)
     trained = table[table["method"] == "resize_conv"]
     assert sorted(trained["steps"].unique()) == [1, 2]
     assert set(trained["view_images"]) == {1 * 2 * 2, 2 * 2 * 2}
     assert set(budget.REFERENCES) <= set(table["method"]) and (table["seeds"] == 2).all()
     assert (table["lo"] <= table["mean"] + 1e-9).all() and (table["mean"] <= table["hi"] + 1e-9).all()
-    assert (out / budget.PNG).stat().st_size > 0
+    assert (out / curves.PNG).stat().st_size > 0
     def stamps():
         return {p: p.stat().st_mtime_ns for p in (out / "scores").rglob("*.json") if p.parent.name == "cells"}
 

@@ -14,8 +14,8 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from bench.data import load_dataset
 from bench.reporting.stats import macc_from_confusions
-from bench.running.context import RunContext
-from bench.running.profiles import PROFILES
+from bench.core.context import RunContext
+from bench.core.profiles import PROFILES
 from bench.running.runner import plan
 from methods.bilinear import Bilinear
 from methods.base import Upsampler

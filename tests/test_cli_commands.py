@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from bench.cli import main
-from bench.running.store import ResultStore
+from bench.core.store import ResultStore
 from tests.test_report import write_cell
 
 
@@ -118,7 +118,7 @@ def vit_weights(tmp_path_factory):
     import timm
     from safetensors.torch import save_file
 
-    from bench.backbone_names import resolve_spec
+    from bench.backbones.names import resolve_spec
 
     torch.manual_seed(1)
     model = timm.create_model(resolve_spec("vit").timm_id, pretrained=False, dynamic_img_size=True,

@@ -8,12 +8,12 @@ import pytest
 from PIL import Image
 
 from bench.cli import default_run_dir, main, parse
-from bench.running.context import RunContext
+from bench.core.context import RunContext
 from bench.data import DatasetError, load_dataset
 from bench.data.identity import dataset_identity
-from bench.running.profiles import PROFILES
+from bench.core.profiles import PROFILES
 from bench.running.runner import plan, run_cells
-from bench.running.store import ResultStore, RunFolderError
+from bench.core.store import ResultStore, RunFolderError
 from bench.reporting.report import table_text
 
 FIXTURE = Path(__file__).parent / "fixtures" / "coco_stuff"

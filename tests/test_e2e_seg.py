@@ -9,10 +9,10 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from bench.data import load_dataset
-from bench.running.context import RunContext
-from bench.running.profiles import PROFILES
+from bench.core.context import RunContext
+from bench.core.profiles import PROFILES
 from bench.running.runner import plan, run_cells
-from bench.running.store import ResultStore
+from bench.core.store import ResultStore
 from methods.featup_jbu import FeatUpJBU
 from methods.resize_conv import ResizeConv
 from tasks.e2e_seg import Decoder, E2ESeg, fit_decoder, model_gflops, segment

@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bench.fitting.multiview import project, random_projection
+from bench.core.features import project
+from bench.fitting.multiview import random_projection
 from kernels.window_dot import WindowDot
 from methods.featup_jbu import FeatUpJBU
 from methods.stages import num_stages

@@ -16,8 +16,8 @@ import torch
 import methods.jafar as jafar_module
 from bench.backbones import backbone_from_model
 from bench.fitting import train
-from bench.running.context import RunContext
-from bench.running.profiles import PROFILES
+from bench.core.context import RunContext
+from bench.core.profiles import PROFILES
 from methods.jafar import Jafar, blur_and_noise, cosine_mse, gaussian_blur
 from conftest import Images
 

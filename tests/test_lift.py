@@ -20,8 +20,8 @@ from bench.backbones import backbone_from_model
 from bench.fitting import train
 from bench.fitting.weights import WeightsError
 from bench.registry import METHODS
-from bench.running.context import RunContext
-from bench.running.profiles import PROFILES
+from bench.core.context import RunContext
+from bench.core.profiles import PROFILES
 from methods import lift
 from methods.lift import Lift, color_jitter, shift_hue, steps_to_cover
 from conftest import Images

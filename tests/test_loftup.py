@@ -16,9 +16,9 @@ import torch
 
 from bench.backbones import backbone_from_model
 from bench.fitting import train
-from bench.fitting.multiview import standardise
-from bench.running.context import RunContext
-from bench.running.profiles import PROFILES
+from bench.core.features import standardise
+from bench.core.context import RunContext
+from bench.core.profiles import PROFILES
 from methods.loftup import RELEASES, LoftUp
 from conftest import Images
 

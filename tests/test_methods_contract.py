@@ -4,8 +4,8 @@ import torch
 
 from bench.fitting import fit_method
 from bench.registry import METHODS
-from bench.running.context import RunContext
-from bench.running.profiles import PROFILES
+from bench.core.context import RunContext
+from bench.core.profiles import PROFILES
 from methods.base import ContractError, Upsampler
 
 OUT = (75, 101)  # not a multiple of the stride, not square

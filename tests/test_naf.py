@@ -18,8 +18,8 @@ import torch.nn.functional as F
 
 from bench.backbones import backbone_from_model
 from bench.fitting import train
-from bench.running.context import RunContext
-from bench.running.profiles import PROFILES
+from bench.core.context import RunContext
+from bench.core.profiles import PROFILES
 from methods.naf import RELEASE_URL, NAF, ImageEncoder, neighbour_table
 from conftest import Images
 

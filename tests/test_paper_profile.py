@@ -3,8 +3,8 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from bench.fitting import train
-from bench.running.context import RunContext
-from bench.running.profiles import PROFILES
+from bench.core.context import RunContext
+from bench.core.profiles import PROFILES
 from methods.featup_jbu import FeatUpJBU
 from tests.test_cli import cli
 

@@ -17,10 +17,11 @@ from torch import nn
 from bench.fitting import fit_method
 from bench.fitting import per_image
 from bench.fitting.fit_cache import FitCache
-from bench.fitting.multiview import Jitter, SimpleDownsampler, replay, standardise
+from bench.fitting.multiview import Jitter, SimpleDownsampler, replay
+from bench.core.features import standardise
 from bench.fitting.per_image import FIT_SETTINGS, ImageFitSettings, downsampler_kernel, fit_images
-from bench.running.context import RunContext
-from bench.running.profiles import PROFILES
+from bench.core.context import RunContext
+from bench.core.profiles import PROFILES
 from methods import featup_implicit
 from methods.dip import DIP
 from methods.featup_implicit import FeatUpImplicit

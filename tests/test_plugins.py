@@ -44,8 +44,8 @@ def test_plugin_that_fails_to_import(tmp_path):
 
 def test_per_image_example_plugin_is_fitted_by_the_runner(lite0, tmp_path):
     from bench.fitting import fit_method
-    from bench.running.context import RunContext
-    from bench.running.profiles import PROFILES
+    from bench.core.context import RunContext
+    from bench.core.profiles import PROFILES
 
     example = EXAMPLE.parent / "my_per_image_upsampler.py"
     assert load_plugin_file(str(example)) in (["my_explicit"], [])

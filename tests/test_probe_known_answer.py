@@ -2,8 +2,8 @@
 import torch
 from torch.utils.data import Dataset
 
-from bench.running.context import RunContext
-from bench.running.profiles import PROFILES
+from bench.core.context import RunContext
+from bench.core.profiles import PROFILES
 from methods.base import Upsampler
 from tasks.probe_depth import ProbeDepth
 from tasks.probe_seg import IGNORE, ProbeSeg

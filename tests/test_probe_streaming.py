@@ -7,8 +7,8 @@ import torch
 from torch.utils.data import Dataset
 
 from bench.profiling.memory import peak_memory
-from bench.running.context import RunContext
-from bench.running.profiles import PROFILES
+from bench.core.context import RunContext
+from bench.core.profiles import PROFILES
 from methods.base import Upsampler
 from tasks.probe import Moments, PixelSource, fit_probe
 from tasks.probe_depth import ProbeDepth

@@ -8,11 +8,11 @@ import ray
 
 from bench.plugins import load_plugin_file
 from bench.registry import METHODS
-from bench.running.context import RunContext
-from bench.running.profiles import PROFILES
+from bench.core.context import RunContext
+from bench.core.profiles import PROFILES
 from bench.running.ray_executor import fit_groups
 from bench.running.runner import plan, run_cells
-from bench.running.store import ResultStore
+from bench.core.store import ResultStore
 
 FLAKY_PLUGIN = '''
 from pathlib import Path

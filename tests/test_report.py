@@ -3,9 +3,9 @@ import io
 import pandas as pd
 import pytest
 
-from bench.running.cells import Cell
+from bench.core.cells import Cell
 from bench.reporting.report import table_text
-from bench.running.store import ResultStore
+from bench.core.store import ResultStore
 
 
 def write_cell(store, method, task, metrics, status="ok", message="", recipe=None, started="2026-01-01T00:00:00"):

@@ -10,7 +10,7 @@ import torch
 
 from bench.reporting.document import write_report
 from bench.reporting.figures import PcaBasis, profile_results
-from bench.running.store import ResultStore
+from bench.core.store import ResultStore
 from tests.test_report import write_cell
 
 METRICS = {"probe_seg": {"miou": 40.0, "acc": 70.0}, "probe_depth": {"rmse": 0.5, "delta1.25": 0.8}}

@@ -3,11 +3,11 @@ import json
 
 import pytest
 
-from bench.running.context import RunContext
-from bench.running.profiles import PROFILES
+from bench.core.context import RunContext
+from bench.core.profiles import PROFILES
 from bench.registry import TASKS
 from bench.running.runner import plan, run_cells
-from bench.running.store import ROW_COLUMNS, ResultStore
+from bench.core.store import ROW_COLUMNS, ResultStore
 from tasks.base import Task
 
 CALLS: list[tuple[str, str]] = []

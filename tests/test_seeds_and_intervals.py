@@ -5,15 +5,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench.running.cells import Cell
-from bench.running.context import RunContext
-from bench.running.profiles import PROFILES
+from bench.core.cells import Cell
+from bench.core.context import RunContext
+from bench.core.profiles import PROFILES
 from bench.reporting.intervals import interval_table
 from bench.reporting.ranks import rank_agreement, sees_backbone_features
 from bench.reporting.report import detail_table, table_text, with_columns
 from bench.running.runner import plan
 from bench.reporting.stats import bootstrap_indices, miou_from_confusions
-from bench.running.store import ResultStore
+from bench.core.store import ResultStore
 
 
 def write(store, method, seed, value, per_image=None, statistic=None, task="probe_seg", metric="miou"):

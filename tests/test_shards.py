@@ -10,8 +10,8 @@ import torch
 
 from bench.registry import TASKS
 from bench.reporting.report import table_text
-from bench.running.context import RunContext
-from bench.running.profiles import PROFILES
+from bench.core.context import RunContext
+from bench.core.profiles import PROFILES
 from bench.running.runner import plan, run_cells
 from bench.running.shards import MergeError, merge_runs, parse_shard, shard_cells
 from tasks.base import Task

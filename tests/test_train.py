@@ -9,10 +9,10 @@ import torch.nn.functional as F
 
 from bench.fitting import train
 from bench.backbones import backbone_from_model
-from bench.running.context import RunContext
+from bench.core.context import RunContext
 from bench.fitting.multiview import (AttentionDownsampler, Jitter, MultiViewLoss, SimpleDownsampler, random_projection,
                              total_variation)
-from bench.running.profiles import PROFILES
+from bench.core.profiles import PROFILES
 from methods.featup_jbu import FeatUpJBU
 from conftest import Images
 

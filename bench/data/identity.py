@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 from pathlib import Path
 from typing import Any
 
@@ -54,8 +53,3 @@ def dataset_identity(name: str, path: str | None) -> dict[str, Any]:
     place = hashlib.sha256(str(root).encode()).hexdigest()[:6]
     return {"name": name, "path": str(root), "fingerprint": fingerprint, "files": files,
             "label": f"{name}@{root.name}-{place}"}
-
-
-def slug(label: str) -> str:
-    """A dataset label made safe for a folder name."""
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", label)

@@ -8,7 +8,7 @@ if TYPE_CHECKING:
     import torch
 
     from bench.backbones import Backbone
-    from bench.running.context import RunContext
+    from bench.core.context import RunContext
     from methods.base import Upsampler
 
 FIT_KINDS = ("none", "dataset", "image")

@@ -19,8 +19,8 @@ import torch
 from tqdm.auto import tqdm
 
 from bench.fitting.multiview import SimpleDownsampler, replay
-from bench.fitting.per_image import (ImageFitSettings, fit_images, fit_inputs, from_pca, image_hash, image_seed,
-                                     sample_views, view_features)
+from bench.fitting.per_image import ImageFitSettings, fit_images, fit_inputs, image_hash, image_seed, sample_views, view_features
+from bench.core.features import from_pca
 from methods.featup_implicit import FeatUpImplicit
 
 if TYPE_CHECKING:

@@ -19,13 +19,13 @@ from typing import TYPE_CHECKING, Any, Iterable
 import torch
 from tqdm.auto import tqdm
 
-from bench.data.identity import slug
+from bench.core.cells import slug
 from bench.fitting.per_image import fit_images, fit_recipe, fit_settings, image_hash, image_seed
-from bench.running.store import atomic_write
+from bench.core.store import atomic_write
 
 if TYPE_CHECKING:
     from bench.backbones import Backbone
-    from bench.running.context import RunContext
+    from bench.core.context import RunContext
     from methods.base import PerImageUpsampler
 
 DEFAULT_MAX_MB = 2048

@@ -16,17 +16,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bench.core.features import project
 from methods.guidance import imagenet_normalised
 
 if TYPE_CHECKING:
     from methods.base import Upsampler
 
 PROJ_DIM = 30
-
-
-def standardise(feats: torch.Tensor) -> torch.Tensor:
-    """LayerNorm over channels without affine, per pixel: what FeatUp's upsamplers see and predict."""
-    return F.layer_norm(feats.permute(0, 2, 3, 1), feats.shape[1:2]).permute(0, 3, 1, 2)
 
 
 @dataclass(frozen=True)
@@ -188,10 +184,6 @@ def random_projection(batch: int, dim: int, generator: torch.Generator, out_dim:
     """(batch, out_dim, dim) Gaussian matrices with unit-norm rows: a fresh view of the channels."""
     proj = torch.randn(batch, out_dim, dim, generator=generator)
     return proj / proj.norm(dim=2, keepdim=True)
-
-
-def project(feats: torch.Tensor, proj: torch.Tensor) -> torch.Tensor:
-    return torch.einsum("bchw,bdc->bdhw", feats, proj.to(feats))
 
 
 def total_variation(x: torch.Tensor) -> torch.Tensor:

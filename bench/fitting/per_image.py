@@ -6,7 +6,7 @@ a network renders the image's HR features in that space; each step jitters its
 output like a few sampled views, pools it onto the backbone's grid with a learned
 kernel and scores it with the Gaussian NLL of a per-pixel uncertainty, plus the
 method's priors (magnitude, TV of the magnitude, blur). A group of images trains
-as one batched network (bench.fitting.batched); every random draw of an image
+as one batched network (methods.batched); every random draw of an image
 comes from its own generator, so its fit does not depend on its group.
 
 The network runs on a grid ``scale`` times coarser than the image (the views the
@@ -23,12 +23,13 @@ import torch
 import torch.nn.functional as F
 
 from bench.backbones import cache_key
-from bench.fitting.batched import GroupedLinear
+from bench.core.features import pca_basis, to_pca
+from methods.batched import GroupedLinear
 from bench.fitting.multiview import Jitter, SimpleDownsampler, gaussian_blur, gaussian_nll, replay, total_variation
 
 if TYPE_CHECKING:
     from bench.backbones import Backbone
-    from bench.running.profiles import Profile
+    from bench.core.profiles import Profile
     from methods.base import PerImageUpsampler
 
 
@@ -90,22 +91,6 @@ def downsampler_kernel(fit: int, lr: int) -> int:
     while k > 1 and (fit - k) % (lr - 1):
         k -= 1
     return k
-
-
-def pca_basis(feats: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(C,) mean and (C, q) orthonormal basis of the top q = min(dim, C) components of (N, C, h, w) features."""
-    rows = feats.permute(0, 2, 3, 1).reshape(-1, feats.shape[1]).double()
-    mean = rows.mean(0)
-    _, _, vh = torch.linalg.svd(rows - mean, full_matrices=False)
-    return mean.float(), vh[: min(dim, feats.shape[1])].T.float().contiguous()
-
-
-def to_pca(feats: torch.Tensor, mean: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
-    return torch.einsum("nchw,cq->nqhw", feats - mean[:, None, None], basis)
-
-
-def from_pca(feats: torch.Tensor, mean: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
-    return torch.einsum("nqhw,cq->nchw", feats, basis) + mean[:, None, None]
 
 
 def magnitude(x: torch.Tensor) -> torch.Tensor:

@@ -31,16 +31,17 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from bench.backbones import Backbone, cache_key
-from bench.running.context import RunContext
-from bench.running.profiles import Profile
+from bench.core.context import RunContext
+from bench.core.profiles import Profile
 from bench.data import load_dataset
 from bench.registry import DATASETS
 from bench.data.common import epoch_order
-from bench.data.identity import dataset_identity, slug
+from bench.data.identity import dataset_identity
+from bench.core.cells import slug
 from bench.fitting.weights import WeightsError, WeightsSource, find_shipped, load_state, verified_path
 from bench.fitting.multiview import PROJ_DIM, Jitter, MultiViewLoss, random_projection
-from bench.running.provenance import git_commit
-from bench.running.store import atomic_write, atomic_write_json
+from bench.core.provenance import git_commit
+from bench.core.store import atomic_write, atomic_write_json
 from methods.base import Upsampler
 
 LR = 1e-3

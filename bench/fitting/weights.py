@@ -21,7 +21,7 @@ from typing import Any
 import pandas as pd
 import torch
 
-from bench.running.store import atomic_write_json
+from bench.core.store import atomic_write_json
 
 SHIPPED_DIR = Path(__file__).resolve().parents[2] / "results" / "weights"
 MANIFEST = "manifest.json"

@@ -24,7 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from bench.profiling.profile import MARGIN, available_bytes, measure
-from bench.running.failures import describe_failure
+from bench.core.failures import describe_failure
 from bench.registry import METHODS
 from methods.flops import counted_gflops
 

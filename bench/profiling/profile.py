@@ -11,7 +11,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from bench.running.failures import describe_failure
+from bench.core.failures import describe_failure
 from bench.profiling.memory import peak_memory
 
 KERNEL_IMPLS = ["reference", "torch", "numba", "numba_cuda"]

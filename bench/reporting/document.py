@@ -17,8 +17,8 @@ import pandas as pd
 import torch
 
 from bench.reporting.report import paper_deltas, render, table_text, wide_table
-from bench.running.failures import SETTLED
-from bench.running.store import ResultStore
+from bench.core.failures import SETTLED
+from bench.core.store import ResultStore
 
 METHOD_KEYS = ("method_version", "train_data")
 """Recipe keys that differ between the methods of one task; the rest is the task's recipe."""
@@ -113,8 +113,8 @@ def figures_section(run_dir: Path, out_dir: Path, records: list[dict[str, Any]],
     from bench.fitting.ablation import plot_curves, summary_line
     from bench.profiling.profile import plot_profile
     from bench.reporting.figures import pca_figure, profile_results
-    from bench.running.context import RunContext
-    from bench.running.profiles import PROFILES
+    from bench.core.context import RunContext
+    from bench.core.profiles import PROFILES
 
     figures = out_dir / "figures"
     figures.mkdir(parents=True, exist_ok=True)
@@ -164,7 +164,7 @@ SHIPPED_STUDIES = Path(__file__).resolve().parents[2] / "results" / "budget"
 
 def budget_section(study: Path, figures: Path) -> str:
     """The training-budget study's curves (bench.running.budget) when the run folder has one."""
-    from bench.running.budget import CSV, FITS_PNG, PNG, plot_budget
+    from bench.reporting.budget import CSV, FITS_PNG, PNG, plot_budget
 
     parts = ["### Training budget", ""]
     if not (study / CSV).is_file():

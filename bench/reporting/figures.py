@@ -17,11 +17,11 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from bench.fitting.multiview import standardise
+from bench.core.features import standardise
 
 if TYPE_CHECKING:
     from bench.backbones import Backbone
-    from bench.running.context import RunContext
+    from bench.core.context import RunContext
 
 COLOUR_QUANTILES = (0.01, 0.99)
 
@@ -102,7 +102,7 @@ def plot_pca(images: torch.Tensor, colours: dict[str, torch.Tensor], path: Path)
 def pca_figure(methods: list[str], backbone: "Backbone", images: torch.Tensor, context: "RunContext",
                path: Path) -> dict[str, str]:
     """Write the PCA figure of ``methods`` on ``images``; returns {method: failure message} for those left out."""
-    from bench.running.runner import failure
+    from bench.core.failures import failure
 
     with torch.no_grad():
         lr = standardise(backbone.features(images.to(context.device)).float().cpu())

@@ -7,8 +7,8 @@ import pandas as pd
 
 from bench.reporting.intervals import BASELINE, LEVEL, N_BOOT, interval_table
 from bench.reporting.ranks import agreement_text, rank_agreement
-from bench.running.failures import SETTLED
-from bench.running.store import ResultStore
+from bench.core.failures import SETTLED
+from bench.core.store import ResultStore
 
 PAPER_TABLE = Path(__file__).resolve().parents[2] / "results" / "paper_table.csv"
 

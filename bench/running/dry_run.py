@@ -21,17 +21,17 @@ from typing import Any, Callable
 import pandas as pd
 import torch
 
-from bench.backbone_weights import BackboneWeightsError
+from bench.backbones.weights import BackboneWeightsError
 from bench.backbones import Backbone, load_backbone
 from bench.data import load_dataset
 from bench.data.common import DatasetError
 from bench.fitting.per_image import fit_images, fit_settings
 from bench.fitting.train import CRF_WEIGHT, train_step, trained_status, training_objective, training_steps
 from bench.registry import METHODS, TASKS
-from bench.running.cells import Cell
-from bench.running.context import RunContext
+from bench.core.cells import Cell
+from bench.core.context import RunContext
 from bench.running.runner import cell_context, plan
-from bench.running.store import ResultStore
+from bench.core.store import ResultStore
 from tasks.base import Workload
 
 

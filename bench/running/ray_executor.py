@@ -19,8 +19,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
-from bench.running.cells import Cell
-from bench.running.context import RunContext
+from bench.core.cells import Cell
+from bench.core.context import RunContext
 
 if TYPE_CHECKING:
     from bench.backbones import Backbone
@@ -49,7 +49,8 @@ def _fit_group(spec: tuple, group: list[tuple[Cell, dict]], context: RunContext)
 
     A failed cell does not stop the others: like a local run, the next cell tries again.
     """
-    from bench.running.runner import cell_context, failure, fitted_method
+    from bench.core.failures import failure
+    from bench.running.runner import cell_context, fitted_method
 
     outcomes: list[tuple[str, str] | None] = []
     for cell, recipe in group:
@@ -71,7 +72,8 @@ def failed_record(cell: Cell, recipe: dict, context: RunContext, failed: tuple[s
 def _prepare(spec: tuple, cell: Cell, recipe: dict, context: RunContext) -> tuple[str, str] | None:
     """Train or load what the task's cells share (Task.prepare); the failure (status, message) or None."""
     from bench.registry import TASKS
-    from bench.running.runner import cell_context, failure
+    from bench.core.failures import failure
+    from bench.running.runner import cell_context
 
     try:
         backbone = _worker_backbone(*spec)  # first: it loads the registries in this worker

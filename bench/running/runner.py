@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import time
-import traceback
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -12,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 import torch
 from tqdm.auto import tqdm
 
-from bench.backbone_names import resolve_spec
+from bench.backbones.names import resolve_spec
 from bench.backbones import Backbone, cache_key
 from bench.data.identity import dataset_identity
 from bench.fitting import fit_method
@@ -20,11 +19,11 @@ from bench.fitting.train import weights_source
 from bench.fitting.weights import has_shipped
 from bench.profiling.memory import peak_memory
 from bench.registry import DATASETS, METHODS, TASKS
-from bench.running.cells import Cell
-from bench.running.context import RunContext
-from bench.running.failures import SETTLED, describe_failure
-from bench.running.provenance import provenance
-from bench.running.store import ResultStore
+from bench.core.cells import Cell
+from bench.core.context import RunContext
+from bench.core.failures import SETTLED, failure
+from bench.core.provenance import provenance
+from bench.core.store import ResultStore
 
 if TYPE_CHECKING:
     from methods.base import Upsampler
@@ -137,14 +136,6 @@ def score_cell(cell: Cell, recipe: dict[str, Any], backbone: Backbone, context: 
 
 Executor = Callable[[list[tuple[Cell, dict]], RunContext], Iterable[tuple[Cell, dict, dict]]]
 """Scores the cells to do and yields (cell, recipe, record) as each finishes, in any order."""
-
-
-def failure(exc: Exception) -> tuple[str, str]:
-    """(status, message) of a failed cell or fit: describe_failure, plus the traceback's tail for errors."""
-    status, message = describe_failure(exc)
-    if status == "error":
-        message += f"\n{traceback.format_exc(limit=-3)}"
-    return status, message
 
 
 def cell_record(cell: Cell, recipe: dict[str, Any], context: RunContext, outcome: tuple[str, str, list],

@@ -15,8 +15,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from bench.running.cells import Cell
-from bench.running.store import ResultStore, atomic_write_json
+from bench.core.cells import Cell
+from bench.core.store import ResultStore, atomic_write_json
 
 SHARD_PATTERN = re.compile(r"^(\d+)/(\d+)$")
 

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 if TYPE_CHECKING:
-    from bench.backbones import BackboneSpec
+    from bench.backbones.specs import BackboneSpec
 
 
 class BackboneWeightsError(RuntimeError):

@@ -3,10 +3,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from bench.data.identity import slug
+
+def slug(label: str) -> str:
+    """A label (backbone, dataset) made safe for a file or folder name."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", label)
+
 
 HASH_NEUTRAL = {"normalisation": "config", "fit_steps": None}
 """Profile fields added after results were stored, at the value every earlier result was made with:

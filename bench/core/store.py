@@ -12,7 +12,7 @@ from typing import Any, Callable, Iterator
 
 import pandas as pd
 
-from bench.running.cells import Cell
+from bench.core.cells import Cell
 
 ROW_COLUMNS = [
     "method", "task", "backbone", "dataset", "profile", "seed", "metric", "value", "higher_is_better",

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from bench.running.profiles import Profile
+from bench.core.profiles import Profile
 
 
 @dataclass

@@ -12,7 +12,7 @@ import timm
 import torch
 from torch import nn
 
-from bench.backbones import BackboneSpec, input_stats
+from bench.backbones.specs import BackboneSpec, input_stats
 from bench.registry import BACKBONES, RegistryError, did_you_mean
 
 TIMM_PREFIX = "timm:"
