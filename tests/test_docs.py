@@ -72,16 +72,16 @@ def substitute(text: str, variables: dict[str, str]) -> str:
 
 
 def command_argv(text: str) -> list[str] | None:
-    """The arguments after ``[python] run_bench.py`` in one shell line, or None if it runs something else."""
+    """The arguments after ``[python] run_bench.py`` (or the ``featup-bench`` script) in one shell line, or None."""
     text = text.strip()
     if text.startswith("$ "):
         text = text[2:]
-    if "run_bench.py" not in text:
+    if "run_bench.py" not in text and not text.startswith("featup-bench"):
         return None
     tokens = shlex.split(text, comments=True)
     if len(tokens) >= 2 and re.fullmatch(r"python3?", tokens[0]) and tokens[1].endswith("run_bench.py"):
         return tokens[2:]
-    if tokens and tokens[0].endswith("run_bench.py"):
+    if tokens and (tokens[0].endswith("run_bench.py") or tokens[0] == "featup-bench"):
         return tokens[1:]
     return None
 
@@ -276,6 +276,7 @@ def test_code_the_docs_name_exists():
     ("python run_bench.py", []),
     ("$ python run_bench.py table --run DIR  # a comment", ["table", "--run", "DIR"]),
     ("run_bench.py profile kernels", ["profile", "kernels"]),
+    ("featup-bench list --weights", ["list", "--weights"]),
     ("ray start --head", None),
     ("# python run_bench.py run, in a comment", None),
 ])
