@@ -12,14 +12,12 @@ import torch
 
 from bench.backbones import Backbone, load_backbone
 from bench.backbones.specs import NORMALISATIONS
-from bench.core.cells import slug
 from bench.plugins import load_all
 from bench.registry import BACKBONES, DATASETS, METHODS, TASKS, RegistryError
 from bench.core.context import RunContext
-from bench.core.profiles import PROFILES, Profile
-
-RUNS_DIR = Path("results/runs")
-CACHE_DIR = Path("results/cache")
+from bench.core.profiles import PROFILES
+from bench.running import session
+from bench.running.session import build_context, default_methods, default_run_dir, resolve_device, run_dir
 
 
 class UsageError(ValueError):
@@ -65,28 +63,6 @@ def parse_data(entries: list[str]) -> dict[str, str | None]:
     return out
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda: no CUDA device is visible to torch on this machine")
-    return torch.device(name)
-
-
-def task_overrides(profile: Profile, args: argparse.Namespace) -> dict[str, dict] | None:
-    """The profile's task settings with those set on the command line (--cam-protocol, --cam-images)."""
-    cam = {k: v for k, v in (("protocol", getattr(args, "cam_protocol", None)),
-                             ("n_val", getattr(args, "cam_images", None))) if v is not None}
-    if not cam:
-        return None
-    return {**profile.task_settings, "cam": {**profile.task_settings.get("cam", {}), **cam}}
-
-
-def default_methods() -> list[str]:
-    """The methods ``run`` scores without ``-m``: every registered one that is in the default run."""
-    return [n for n in METHODS.names() if METHODS.get(n).in_default_run]
-
-
 def parse_upsampler_weights(entries: list[str]) -> dict[str, str]:
     """--upsampler-weights METHOD=PATH entries -> {method: path}, methods checked against the registry."""
     out = {}
@@ -104,28 +80,19 @@ def parse_upsampler_weights(entries: list[str]) -> dict[str, str]:
 
 
 def make_context(args: argparse.Namespace) -> RunContext:
-    """The profile with --data datasets swapped in, the device and the caches."""
-    data = parse_data(args.data)
-    profile = PROFILES.get(args.profile)
-    overrides = {f"{DATASETS.get(n).kind}_data": n for n in data if hasattr(profile, f"{DATASETS.get(n).kind}_data")}
-    profile = profile.with_overrides(**overrides, task_settings=task_overrides(profile, args),
-                                     normalisation=getattr(args, "normalisation", None))
-    return RunContext(profile=profile, device=resolve_device(args.device), cache_dir=CACHE_DIR,
-                      data_paths={n: p for n, p in data.items() if p}, progress=not args.no_progress,
-                      tile=getattr(args, "tile", None),
-                      weights=parse_upsampler_weights(getattr(args, "upsampler_weights", None) or []),
-                      retrain=getattr(args, "retrain", False))
+    """bench.running.session.build_context from a command's arguments."""
+    cam = {k: v for k, v in (("protocol", getattr(args, "cam_protocol", None)),
+                             ("n_val", getattr(args, "cam_images", None))) if v is not None}
+    return build_context(args.profile, parse_data(args.data), args.device, cam, getattr(args, "normalisation", None),
+                         getattr(args, "tile", None),
+                         parse_upsampler_weights(getattr(args, "upsampler_weights", None) or []),
+                         getattr(args, "retrain", False), not args.no_progress)
 
 
 def context_backbone(args: argparse.Namespace, context: RunContext) -> Backbone:
     """The backbone a command names (default: the profile's) with its weights and the profile's normalisation."""
     return load_backbone(args.backbone or context.profile.backbone, args.weights, context.device,
                          context.profile.normalisation)
-
-
-def run_dir(text: str) -> Path:
-    path = Path(text)
-    return path if path.exists() or path.is_absolute() or len(path.parts) > 1 else RUNS_DIR / text
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -138,7 +105,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     if args.weights:
         from bench.fitting.weights import weights_table
 
-        table = weights_table(CACHE_DIR / "weights")
+        table = weights_table(session.CACHE_DIR / "weights")
         print(table.to_markdown(index=False) if len(table) else "no shipped or cached weights")
         return 0
     print("methods:")
@@ -149,7 +116,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     for name in TASKS.names():
         t = TASKS.get(name)
         metrics = ", ".join(f"{k} {'↑' if up else '↓'}" for k, up in t.metrics.items())
-        print(f"  {name:18s} {metrics}  (data: profile's {t.data_kind}_data)")
+        print(f"  {name:18s} {metrics}  (data: the profile's {t.data_kind} dataset)")
     print("backbones:")
     for name in BACKBONES.names():
         print(f"  {describe(BACKBONES.get(name))}")
@@ -162,29 +129,9 @@ def cmd_list(args: argparse.Namespace) -> int:
     for name in PROFILES.names():
         p = PROFILES.get(name)
         print(f"  {name:18s} backbone {p.backbone}, {p.image_size[0]}x{p.image_size[1]} px, "
-              f"seg {p.seg_data}, depth {p.depth_data}"
+              + ", ".join(f"{kind} {dataset}" for kind, dataset in p.data.items())
               + (f", also {', '.join(p.extra_data)}" if p.extra_data else ""))
     return 0
-
-
-def default_run_dir(profile_name: str, backbone_name: str, cells: list,
-                    task_settings: dict[str, dict] | None = None, normalisation: str | None = None) -> Path:
-    """results/runs/<profile>-<backbone>, plus the label of every dataset that is not the profile's own,
-    every task setting changed from the profile's (e.g. ``cam-protocol-relevance``) and the backbone's
-    input normalisation where it is not the profile's (``normalisation-imagenet``).
-
-    Folder datasets always count as not the profile's own (their label names the folder), so
-    runs on two folders never share a default run folder; nor do runs of two CAM protocols, whose
-    newest cells would otherwise replace each other in one table.
-    """
-    profile = PROFILES.get(profile_name)
-    defaults = {profile.seg_data, profile.depth_data, profile.classify_data, *profile.extra_data}
-    labels = sorted({r["data"]["label"] for _, r in cells if "path" in r["data"] or r["data"]["name"] not in defaults})
-    changed = [f"{task}-{key}-{value}" for task, values in sorted((task_settings or {}).items())
-               for key, value in sorted(values.items()) if profile.task_settings.get(task, {}).get(key) != value]
-    if normalisation not in (None, profile.normalisation):
-        changed.append(f"normalisation-{normalisation}")
-    return RUNS_DIR / "-".join([profile_name, *map(slug, [backbone_name, *labels, *changed])])
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -335,7 +282,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
         channels, stride = (spec.dim, spec.stride) if spec else (args.channels[0], STRIDE)
         df = profile_methods(methods, args.sizes, channels, device, stride=stride, progress=not args.no_progress,
                              tile=args.tile, dtype=torch.float16 if args.half else torch.float32)
-    out = Path(args.out) if args.out else RUNS_DIR / f"profile-{args.what}-{device}-{time.strftime('%Y%m%d-%H%M%S')}"
+    out = Path(args.out) if args.out else session.RUNS_DIR / f"profile-{args.what}-{device}-{time.strftime('%Y%m%d-%H%M%S')}"
     out.mkdir(parents=True, exist_ok=True)
     df.to_csv(out / "profile.csv", index=False)
     plot_profile(df, out / "profile.png")
@@ -540,6 +487,7 @@ def build_parser() -> argparse.ArgumentParser:
     ablate.add_argument("--out", required=True, help="folder for the CSVs and the PNG")
     add_common_arguments(ablate, None)
     ablate.set_defaults(fn=cmd_ablate)
+    parser.commands = frozenset(sub.choices)  # for parse(): which word starts a subcommand
     return parser
 
 
@@ -550,7 +498,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     globals_only.add_argument("--plugin", action="append", default=[])
     globals_only.add_argument("--no-progress", action="store_true")
     known, rest = globals_only.parse_known_args(argv)
-    if not any(a in parser._subparsers._group_actions[0].choices for a in rest):
+    if not any(a in parser.commands for a in rest):
         rest = ["run", *rest]
     args = parser.parse_args(rest)
     args.plugin, args.no_progress = known.plugin, known.no_progress

@@ -9,11 +9,11 @@ import sys
 from importlib.metadata import entry_points
 from pathlib import Path
 
-from bench.registry import BACKBONES, METHODS, TASKS
+from bench.registry import BACKBONES, DATASETS, METHODS, TASKS
 
-ENTRY_POINT_GROUPS = ("featup_bench.methods", "featup_bench.backbones", "featup_bench.tasks")
+ENTRY_POINT_GROUPS = ("featup_bench.methods", "featup_bench.backbones", "featup_bench.tasks", "featup_bench.datasets")
 """Installed packages advertise a module per entry point; importing it registers what it defines."""
-PLUGIN_REGISTRIES = (METHODS, BACKBONES, TASKS)
+PLUGIN_REGISTRIES = (METHODS, BACKBONES, TASKS, DATASETS)
 
 
 class PluginError(ImportError):
@@ -28,7 +28,7 @@ def import_package_modules(package: str) -> None:
 
 
 def load_plugin_file(path: str) -> list[str]:
-    """Import a user's file of upsamplers, backbones or tasks; returns the names it registered.
+    """Import a user's file of upsamplers, backbones, tasks or datasets; returns the names it registered.
 
     A file is imported once per process (a second import would register its names again, which the
     registries refuse); loading it again returns the same names.
@@ -57,7 +57,8 @@ def _import_plugin(file: Path) -> list[str]:
         raise PluginError(
             f"--plugin {path!r} registered nothing: decorate your Upsampler subclass with @METHODS.register "
             "(see examples/my_upsampler.py), register a backbone with BACKBONES.register(timm_spec(...)) "
-            "(examples/my_backbone.py) or a Task subclass with @TASKS.register"
+            "(examples/my_backbone.py), a Task subclass with @TASKS.register or a dataset with "
+            "DATASETS.register(DatasetSpec(...)) (examples/my_dataset.py)"
         )
     return added
 

@@ -69,8 +69,6 @@ class Upsampler(nn.Module, ABC):
     untiled_reason: ClassVar[str] = "it has no forward_region yet"
     """Why ``upsample(..., tile=N)`` computes this method untiled; methods that override
     ``forward_region`` tile instead. The reason is warned and stored with profiles."""
-    tile: int | None = None
-    """Default tile of ``upsample`` (the runner sets it from ``--tile``); None computes whole maps."""
     in_default_run: ClassVar[bool] = True
     """Whether ``run`` without ``-m`` scores this method; methods too slow for the CPU default run say False
     (they stay available with ``-m`` and in the GPU profiles)."""
@@ -151,7 +149,7 @@ class Upsampler(nn.Module, ABC):
     ) -> torch.Tensor:
         """Backbone features of ``image`` upsampled to ``output_size``, with the contract checked.
 
-        ``tile`` (default ``self.tile``): compute the output in tile x tile regions, so peak
+        ``tile``: compute the output in tile x tile regions (None: whole maps), so peak
         memory beyond the output is bounded by the tile; the result equals the untiled one.
         ``pixelwise``: return ``pixelwise(features)`` for a map that acts on each pixel alone (a
         probe, a classifier); tiled, each tile is mapped as it comes, so the whole feature map is
@@ -159,7 +157,6 @@ class Upsampler(nn.Module, ABC):
         consumers that tolerate it; the features are computed in their own precision.
         """
         lr_feats = self.features(backbone, image)
-        tile = self.tile if tile is None else tile
         output_size = tuple(output_size)
         if pixelwise is not None and tile is not None:  # mapped tile by tile: the features are never whole
             return self.forward_tiled(lr_feats, image, output_size, tile, pixelwise, dtype)
@@ -196,7 +193,7 @@ class PerImageUpsampler(Upsampler):
     Implement ``network`` (a batched network for a group of images, built from
     methods.batched layers) and ``render`` (one image's fitted network at any
     output size). The runner's fitting stage fits every image with the multi-view
-    loss (bench.fitting.per_image) and attaches the fits as ``fits``; ``forward``
+    loss (bench.fitting.per_image) and hands them over with ``attach_fits``; ``forward``
     renders each image's features from its fit and maps them back from the fit's
     PCA space. Priors on the HR output are weighted by the class variables.
     """
@@ -210,6 +207,11 @@ class PerImageUpsampler(Upsampler):
     blur_weight: ClassVar[float] = 0.0
     """MSE between the HR features and their 5x5 Gaussian blur (FeatUp implicit: 0.1)."""
     fits: Callable[[torch.Tensor], list[dict[str, Any]]] | None = None
+    """Image batch -> each image's fit (set by ``attach_fits``)."""
+
+    def attach_fits(self, fits: Callable[[torch.Tensor], list[dict[str, Any]]]) -> None:
+        """Where ``forward`` gets each image's fit from: the fitting stage's per-image cache (fitting on demand)."""
+        self.fits = fits
 
     @abstractmethod
     def network(self, generators: "Generators", fit_size: tuple[int, int], out_dim: int) -> nn.Module:

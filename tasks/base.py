@@ -47,11 +47,12 @@ class Task(ABC):
     paper_columns: ClassVar[dict[str, str]] = {}
     """Metric name -> column of the paper's table (results/paper_table.csv) it is compared with."""
     data_kind: ClassVar[str]
-    """Which profile dataset the task reads: the profile's ``<kind>_data`` ("seg", "depth", "classify")."""
+    """Which of the profile's datasets the task reads: ``profile.data[data_kind]`` ("seg", "depth", "classify",
+    or a kind of its own, which a profile or ``--data`` then names)."""
     Settings: ClassVar[type[TaskSettings]] = TaskSettings
 
     def dataset(self, profile: "Profile") -> str:
-        return getattr(profile, f"{self.data_kind}_data")
+        return profile.dataset(self.data_kind)
 
     def settings(self, profile: "Profile") -> TaskSettings:
         """The task's defaults with the profile's overrides for this task (``Profile.task_settings``)."""

@@ -86,10 +86,10 @@ def train_head(feats: torch.Tensor, labels: torch.Tensor, steps: int, lr: float,
 
 
 def cam_of(upsampler: Upsampler, backbone: Backbone, head: LinearHead, image: torch.Tensor,
-           k: torch.Tensor) -> torch.Tensor:
-    """(B,H,W) CAMs in [0,1] at the image size for head outputs ``k``."""
+           k: torch.Tensor, tile: int | None = None) -> torch.Tensor:
+    """(B,H,W) CAMs in [0,1] at the image size for head outputs ``k``, upsampled in tiles when ``tile`` is given."""
     # the class map acts per pixel: under --tile each tile is mapped as it comes, the features are never whole
-    cam = upsampler.upsample(backbone, image, tuple(image.shape[-2:]),
+    cam = upsampler.upsample(backbone, image, tuple(image.shape[-2:]), tile,
                              pixelwise=lambda f: head.class_map(standardise(f.float()), k)[:, None])[:, 0].relu()
     lo, hi = cam.amin((1, 2), keepdim=True), cam.amax((1, 2), keepdim=True)
     cam = (cam - lo) / (hi - lo).clamp_min(1e-12)
@@ -177,11 +177,11 @@ class Cam(Task):
                     image, probs, top = image[keep], probs[keep], top[keep]
                 if len(image) == 0:
                     continue
-                cam = cam_of(upsampler, backbone, head, image, top)
+                cam = cam_of(upsampler, backbone, head, image, top, context.tile)
                 masked = image * cam_mask(cam, s.protocol)[:, None]
                 y = probs.gather(1, top[:, None])[:, 0]
                 o = class_probs(backbone, head, masked).gather(1, top[:, None])[:, 0]
-                coherency = (pearson(cam, cam_of(upsampler, backbone, head, masked, top)) + 1) / 2
+                coherency = (pearson(cam, cam_of(upsampler, backbone, head, masked, top, context.tile)) + 1) / 2
             ad.update(y, o)
             ai.update(y, o)
             adcc.update(y.double(), o.double(), coherency, cam.flatten(1).mean(1).double())

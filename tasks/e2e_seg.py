@@ -59,9 +59,10 @@ class Decoder(nn.Module):
         return self.mlp(standardise(feats))
 
 
-def segment(upsampler: Upsampler, backbone: Backbone, decoder: Decoder, image: torch.Tensor) -> torch.Tensor:
-    """(B,3,H,W) -> (B,classes,H,W) logits."""
-    logits = decoder(upsampler.upsample(backbone, image, tuple(image.shape[-2:])))
+def segment(upsampler: Upsampler, backbone: Backbone, decoder: Decoder, image: torch.Tensor,
+            tile: int | None = None) -> torch.Tensor:
+    """(B,3,H,W) -> (B,classes,H,W) logits; the features upsampled in tiles when ``tile`` is given (inference)."""
+    logits = decoder(upsampler.upsample(backbone, image, tuple(image.shape[-2:]), tile))
     if tuple(logits.shape[-2:]) != tuple(image.shape[-2:]):
         logits = F.interpolate(logits, size=image.shape[-2:], mode="bilinear", align_corners=False)
     return logits
@@ -132,7 +133,8 @@ class E2ESeg(Task):
         with torch.no_grad():
             for batch in tqdm(loader, desc="e2e_seg val", leave=False, disable=not context.progress):
                 image, label = batch["image"].to(context.device), batch["label"]
-                scores.update(segment(upsampler, backbone, decoder, image).argmax(1).cpu(), label, label != IGNORE)
+                scores.update(segment(upsampler, backbone, decoder, image, context.tile).argmax(1).cpu(), label,
+                              label != IGNORE)
             gflops = model_gflops(upsampler, backbone, decoder, batch["image"].to(context.device))
         used = [*backbone.feature_parameters(), *upsampler.parameters(), *decoder.parameters()]
         params = sum(p.numel() for p in used) / 1e6

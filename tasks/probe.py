@@ -72,12 +72,13 @@ class Scores(Protocol):
     def result(self) -> tuple[dict[str, float], PerImage]: ...
 
 
-def upsampled(upsampler: Upsampler, backbone: Backbone, image: torch.Tensor,
+def upsampled(upsampler: Upsampler, backbone: Backbone, image: torch.Tensor, tile: int | None,
               pixelwise: PixelMap | None = None) -> torch.Tensor:
-    """HR features at the image size (the grid for low_res), float32, no gradients; mapped by
-    ``pixelwise`` when given (tile by tile under ``--tile``, never holding the whole features)."""
+    """HR features at the image size (the grid for low_res), float32, no gradients, in ``tile`` x ``tile``
+    tiles when given (``--tile``); mapped by ``pixelwise`` when given (tile by tile, never holding the whole
+    features)."""
     with torch.no_grad():
-        return upsampler.upsample(backbone, image, tuple(image.shape[-2:]),
+        return upsampler.upsample(backbone, image, tuple(image.shape[-2:]), tile,
                                   pixelwise=None if pixelwise is None else lambda f: pixelwise(f.float())).float()
 
 
@@ -108,7 +109,7 @@ class PixelSource:
     def __init__(self, task: "ProbeTask", upsampler: Upsampler, backbone: Backbone, data: Dataset,
                  context: RunContext, settings: ProbeSettings) -> None:
         self.task, self.upsampler, self.backbone, self.data = task, upsampler, backbone, data
-        self.device, self.settings, self.seed = context.device, settings, context.profile.seed
+        self.device, self.settings, self.seed, self.tile = context.device, settings, context.profile.seed, context.tile
         self.cache: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = (
             {} if settings.feature_cache == "memory" else None)
 
@@ -123,7 +124,7 @@ class PixelSource:
     def _sample(self, indices: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
         batch = next(iter(DataLoader(Subset(self.data, indices), batch_size=len(indices))))
         batch = {k: v.to(self.device) for k, v in batch.items()}
-        feats = upsampled(self.upsampler, self.backbone, batch["image"])
+        feats = upsampled(self.upsampler, self.backbone, batch["image"], self.tile)
         target, valid = (resize_target(t, feats.shape[-2:]) for t in self.task.targets(batch))
         feats, target, valid = feats.cpu(), target.cpu(), valid.cpu()
         return [sample_pixels(feats[j], target[j], valid[j], self.settings.pixels,
@@ -272,6 +273,6 @@ class ProbeTask(Task):
         def batches() -> Iterator[tuple[torch.Tensor, dict]]:
             for batch in tqdm(loader, desc=f"{self.name} val", leave=False, disable=not context.progress):
                 batch = {k: v.to(context.device) for k, v in batch.items()}
-                yield upsampled(upsampler, backbone, batch["image"], probe.apply_map), batch
+                yield upsampled(upsampler, backbone, batch["image"], context.tile, probe.apply_map), batch
 
         return self.rows(*self.evaluate(probe.linear.out_features, batches()))

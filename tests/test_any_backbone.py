@@ -19,6 +19,7 @@ from bench.backbones import build_backbone, cache_key, load_backbone
 from bench.core.cells import slug
 from bench.fitting import train
 from bench.plugins import PluginError, load_plugin_file
+from bench.running import session
 from bench.registry import BACKBONES, METHODS, RegistryError
 from bench.core.cells import Cell
 from bench.core.context import RunContext
@@ -107,7 +108,7 @@ def test_list_backbones_shows_what_a_name_resolves_to(capsys):
 
 
 def test_plugin_backbone_is_listed_and_scored(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(cli, "CACHE_DIR", tmp_path / "cache")
+    monkeypatch.setattr(session, "CACHE_DIR", tmp_path / "cache")
     assert cli.main(["--plugin", str(EXAMPLE), "list"]) == 0
     assert "my_backbone" in capsys.readouterr().out
     out = tmp_path / "run"
@@ -135,7 +136,7 @@ def test_plugin_may_register_only_a_backbone_or_only_a_task_but_not_nothing(tmp_
 
 @pytest.mark.parametrize("name", FAMILIES)
 def test_smoke_run_with_a_trained_upsampler_completes(name, tmp_path, monkeypatch):
-    monkeypatch.setattr(cli, "CACHE_DIR", tmp_path / "cache")
+    monkeypatch.setattr(session, "CACHE_DIR", tmp_path / "cache")
     out = tmp_path / "run"
     assert cli.main(["--no-progress", "run", "--backbone", name, "--profile", "smoke",
                      "-m", "bilinear,featup_jbu", "-t", "probe_seg", "--out", str(out)]) == 0
@@ -155,7 +156,7 @@ def test_train_command_caches_weights_per_stage_and_normalisation(tmp_path, monk
     folders = [train.checkpoint(METHODS.get("featup_jbu").create(b), b, context)[0].name for b in backbones]
     assert [cache_key(b) for b in backbones] == ["timm:test_resnet@3", "timm:test_resnet@4", "timm:test_resnet@3+imagenet-norm"]
     assert len(set(folders)) == 3 and all(slug(cache_key(b)) in f for b, f in zip(backbones, folders))
-    monkeypatch.setattr(cli, "CACHE_DIR", tmp_path / "cache")
+    monkeypatch.setattr(session, "CACHE_DIR", tmp_path / "cache")
     assert cli.main(["--no-progress", "train", "featup_jbu", "--backbone", "_any_vit16", "--profile", "smoke"]) == 0
     [trained] = (tmp_path / "cache" / "weights").iterdir()
     assert trained.name.startswith(f"featup_jbu-v{METHODS.get('featup_jbu').version}-_any_vit16-photos")
@@ -189,9 +190,9 @@ def test_normalisation_is_in_the_recipe_and_changes_the_hash_but_the_default_kee
 
 
 def test_normalisation_on_the_command_line_gets_its_own_run_folder():
-    assert cli.default_run_dir("smoke", "timm:resnet18@3", [], None, "imagenet").name == \
+    assert session.default_run_dir("smoke", "timm:resnet18@3", [], None, "imagenet").name == \
         "smoke-timm-resnet18-3-normalisation-imagenet"
-    assert cli.default_run_dir("smoke", "timm:resnet18@3", [], None, "config").name == "smoke-timm-resnet18-3"
+    assert session.default_run_dir("smoke", "timm:resnet18@3", [], None, "config").name == "smoke-timm-resnet18-3"
 
 
 def test_a_stage_cut_counts_only_the_parameters_it_runs(backbones):

@@ -37,7 +37,7 @@ def relabel(folder: Path) -> Path:
 
 
 def coco_context(folder: Path) -> RunContext:
-    profile = PROFILES.get("smoke").with_overrides(seg_data="coco_stuff")
+    profile = PROFILES.get("smoke").with_data(seg="coco_stuff")
     return RunContext(profile=profile, progress=False, data_paths={"coco_stuff": str(folder)})
 
 

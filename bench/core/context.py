@@ -21,7 +21,7 @@ class RunContext:
     fit_cache_mb: float = 2048
     """Bound on the per-image fit cache (``<cache_dir>/fits``); least recently used fits go first."""
     tile: int | None = None
-    """Tasks' upsampled maps are computed in tiles of this size (``Upsampler.tile``); None: whole maps.
+    """Tasks' upsampled maps are computed in tiles of this size (``Upsampler.upsample``'s ``tile``); None: whole maps.
     Tiled results equal whole ones to float tolerance, so the tile is not part of a cell's hash."""
     weights: dict[str, str] = field(default_factory=dict)
     """Method name -> a state-dict file its trainable weights are loaded from instead of shipped or trained ones."""

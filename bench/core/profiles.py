@@ -17,8 +17,9 @@ class Profile:
     name: str
     backbone: str
     image_size: tuple[int, int]
-    seg_data: str
-    depth_data: str
+    data: dict[str, str]
+    """Data kind -> the dataset the tasks of that kind score on ("seg", "depth", "classify", or a plugin task's
+    own kind): a task reads ``data[task.data_kind]``, and ``--data NAME[=PATH]`` replaces its kind's entry."""
     train_data: str
     """Images the trainable upsamplers are fitted on (multi-view, no labels)."""
     train_steps: int | None
@@ -28,8 +29,6 @@ class Profile:
     seed: int = 0
     extra_data: tuple[str, ...] = ()
     """Datasets each task of their kind is scored on as well, in table columns of their own."""
-    classify_data: str = "cam_photos"
-    """Images with ImageNet class labels, for the CAM task."""
     train_downsampler: str = "simple"
     """"attention" is FeatUp's JBU recipe; "simple" acts per channel, so the loss runs on the 30
     projected channels (REFERENCE §4), about 10x cheaper on a CPU."""
@@ -49,21 +48,39 @@ class Profile:
 
         Left out: what only some tasks read, which those tasks' cells record themselves (their
         settings in the task's recipe, their dataset's identity in the cell's), so a change to
-        one task's settings does not rehash the cells of every other task.
+        one task's settings does not rehash the cells of every other task. Of the data map, the
+        kinds in RECIPE_KINDS appear as ``<kind>_data``, as every stored result has them.
         """
-        return {k: v for k, v in asdict(self).items() if k not in TASK_OWNED}
+        fields = {k: v for k, v in asdict(self).items() if k not in TASK_OWNED}
+        data = fields.pop("data")
+        return {**fields, **{f"{kind}_data": data[kind] for kind in RECIPE_KINDS if kind in data}}
+
+    def dataset(self, kind: str) -> str:
+        """The dataset of data kind ``kind``; a clear error when the profile has none."""
+        if kind not in self.data:
+            raise ValueError(f"profile {self.name!r} names no {kind!r} dataset (it has {', '.join(sorted(self.data))}): "
+                             f"give one with --data NAME[=PATH]")
+        return self.data[kind]
+
+    def with_data(self, **datasets: str) -> "Profile":
+        """The profile with the datasets of some kinds replaced (or added): ``with_data(seg="coco_stuff")``."""
+        return replace(self, data={**self.data, **datasets})
 
     def with_overrides(self, **changes: Any) -> "Profile":
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
 
 
-TASK_OWNED = ("classify_data", "task_settings")
+TASK_OWNED = ("task_settings",)
+RECIPE_KINDS = ("seg", "depth")
+"""Data kinds whose dataset is part of every cell's profile recipe (``seg_data``, ``depth_data``), as in every
+result stored before the profile held a map; the other kinds are recorded only by the cells of the tasks
+that read them (in the cell's dataset identity), so adding a kind rehashes nothing."""
 
 PROFILES: Registry = Registry("profile")
 SMOKE_PROBE = {"n_train": 4, "n_val": 2, "epochs": 10, "batch_size": 2, "pixels": 256, "feature_cache": "memory"}
 PROFILES.register(Profile(
     name="smoke", backbone="efficientnet_lite0", image_size=(96, 128),
-    seg_data="scenes", depth_data="middlebury", train_data="photos",
+    data={"seg": "scenes", "depth": "middlebury", "classify": "cam_photos"}, train_data="photos",
     train_steps=3, train_batch=2, train_views=2,
     task_settings={"probe_seg": SMOKE_PROBE, "probe_depth": SMOKE_PROBE,
                    "cam": {"n_train": 8, "n_val": 4, "batch_size": 4, "head_steps": 100},
@@ -77,7 +94,8 @@ PROFILES.register(Profile(
     name="default", backbone="efficientnet_lite0_s16", image_size=(224, 224),
     # Depth edges at object silhouettes as in NYUv2 (generated scenes, exact depth) first; the one
     # real Middlebury scene, whose smooth depth rewards smooth predictions, beside it.
-    seg_data="scenes", depth_data="depth_scenes", train_data="photos", extra_data=("middlebury",),
+    data={"seg": "scenes", "depth": "depth_scenes", "classify": "cam_photos"}, train_data="photos",
+    extra_data=("middlebury",),
     train_steps=250, train_batch=2, train_views=3,
     # Probes: 4 images x 2048 sampled pixels per step, ~300 steps; the sampled pixels stay in memory.
     # Crops of one Middlebury scene are strongly correlated: at 48/24 the featup_jbu - bilinear RMSE
@@ -92,9 +110,9 @@ PROFILES.register(Profile(
 PROFILES.register(Profile(
     # Probes: the public probe config (every pixel, batch 2, 200 epochs), streamed (the tasks' defaults).
     name="paper", backbone="vit", image_size=(224, 224),
-    seg_data="coco_stuff", depth_data="nyuv2", train_data="coco_stuff",
+    data={"seg": "coco_stuff", "depth": "nyuv2", "classify": "imagenet"}, train_data="coco_stuff",
     # FeatUp's JBU config: one shuffled epoch over its curated list (97,702 ids, ~24.4k steps at batch 4)
     train_steps=None, train_batch=4, train_views=5, train_downsampler="attention",
     train_list="Coco164kFull_Stuff_Coarse.txt",
-    classify_data="imagenet", task_settings={"cam": {"n_val": 2000}}, normalisation="imagenet",
+    task_settings={"cam": {"n_val": 2000}}, normalisation="imagenet",
 ))

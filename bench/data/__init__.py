@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
+from typing import Callable
 
 from torch.utils.data import Dataset
 
@@ -27,47 +28,53 @@ class DatasetSpec:
     summary: str
     embedded: bool
     """True: generated or shipped with the installed packages, so it needs no path."""
+    loader: str | Callable[..., Dataset] = ""
+    """The Dataset class: "module:Class" (imported when the dataset is loaded, so listing stays cheap) or the
+    class itself (a plugin's). Embedded: ``loader(split, image_size, limit, seed)``; folder datasets:
+    ``loader(path, split, image_size, limit)``, with a ``layout`` string shown when the folder is wrong."""
     version: str = "1"
     """Embedded datasets only: bump when the items would change; it is part of every cell's hash."""
 
+    def dataset_class(self) -> Callable[..., Dataset]:
+        if not isinstance(self.loader, str):
+            return self.loader
+        module, _, cls = self.loader.partition(":")
+        if not module or not cls:
+            raise DatasetError(f"dataset {self.name!r}: loader {self.loader!r} is not 'module:Class' or a class")
+        return getattr(importlib.import_module(module), cls)
 
-_SPECS_AND_LOADERS = (
-    (DatasetSpec("scenes", "seg", "generated scenes of real photo textures in thin, sharp shapes; "
-                 "exact labels, 8 classes", True), "bench.data.scenes:Scenes"),
-    (DatasetSpec("middlebury", "depth", "Middlebury 2014 motorcycle (skimage) with ground-truth depth; "
-                 "train crops from the left 60%, val from the right 40%", True), "bench.data.embedded:Middlebury"),
-    (DatasetSpec("depth_scenes", "depth", "generated scenes of real photo textures on a ground plane, objects "
+
+BUILT_IN = (
+    DatasetSpec("scenes", "seg", "generated scenes of real photo textures in thin, sharp shapes; "
+                 "exact labels, 8 classes", True, loader="bench.data.scenes:Scenes"),
+    DatasetSpec("middlebury", "depth", "Middlebury 2014 motorcycle (skimage) with ground-truth depth; "
+                 "train crops from the left 60%, val from the right 40%", True,
+                loader="bench.data.embedded:Middlebury"),
+    DatasetSpec("depth_scenes", "depth", "generated scenes of real photo textures on a ground plane, objects "
                  "(thin poles, hoops, stars, boards) at 1–10 m before a wall at 10 m; exact depth, its edges the "
-                 "objects' edges", True, version="2"),
-     "bench.data.depth_scenes:DepthScenes"),
-    (DatasetSpec("photos", "images", "scikit-image's photographs and random crops of them, "
-                 "for training upsamplers", True), "bench.data.embedded:Photos"),
-    (DatasetSpec("cam_photos", "classify", "scikit-image's photographs and crops of them that the embedded "
-                 "ImageNet classifier (efficientnet_lite0) recognises, labelled with its top-1 class", True),
-     "bench.data.embedded:CamPhotos"),
-    (DatasetSpec("imagenet", "classify", "ImageNet validation (or train) folder: class sub-folders, or flat files "
-                 "with LOC_val_solution.csv or the devkit labels", False), "bench.data.folders:ImageNetFolder"),
-    (DatasetSpec("ade20k", "seg", "ADE20k scene parsing (ADEChallengeData2016), 150 classes, 0 = ignore", False),
-     "bench.data.folders:Ade20k"),
-    (DatasetSpec("coco_stuff", "seg", "COCO-Stuff 164k stuffthingmaps, 27 coarse classes; "
-                 "FeatUp's curated lists used where present", False), "bench.data.folders:CocoStuff"),
-    (DatasetSpec("nyuv2", "depth", "NYUv2-style depth folders: {train,val}/rgb + {train,val}/depth "
-                 "(16-bit PNG, mm, 0 = invalid); any folder in this format works", False),
-     "bench.data.folders:DepthFolder"),
+                 "objects' edges", True, version="2", loader="bench.data.depth_scenes:DepthScenes"),
+    DatasetSpec("photos", "images", "scikit-image's photographs and random crops of them, "
+                 "for training upsamplers", True, loader="bench.data.embedded:Photos"),
+    DatasetSpec("cam_photos", "classify", "scikit-image's photographs and crops of them that the embedded "
+                 "ImageNet classifier (efficientnet_lite0) recognises, labelled with its top-1 class", True,
+                loader="bench.data.embedded:CamPhotos"),
+    DatasetSpec("imagenet", "classify", "ImageNet validation (or train) folder: class sub-folders, or flat files "
+                 "with LOC_val_solution.csv or the devkit labels", False, loader="bench.data.folders:ImageNetFolder"),
+    DatasetSpec("ade20k", "seg", "ADE20k scene parsing (ADEChallengeData2016), 150 classes, 0 = ignore", False,
+                loader="bench.data.folders:Ade20k"),
+    DatasetSpec("coco_stuff", "seg", "COCO-Stuff 164k stuffthingmaps, 27 coarse classes; "
+                 "FeatUp's curated lists used where present", False, loader="bench.data.folders:CocoStuff"),
+    DatasetSpec("nyuv2", "depth", "NYUv2-style depth folders: {train,val}/rgb + {train,val}/depth "
+                 "(16-bit PNG, mm, 0 = invalid); any folder in this format works", False,
+                loader="bench.data.folders:DepthFolder"),
 )
-_LOADERS = {spec.name: loader for spec, loader in _SPECS_AND_LOADERS}
-for _spec, _ in _SPECS_AND_LOADERS:
+for _spec in BUILT_IN:
     DATASETS.register(_spec)
-
-
-def _loader(name: str) -> type:
-    module, cls = _LOADERS[name].split(":")
-    return getattr(importlib.import_module(module), cls)
 
 
 def dataset_layout(name: str) -> str:
     """The folder layout a folder dataset expects, for error messages."""
-    return _loader(name).layout
+    return DATASETS.get(name).dataset_class().layout
 
 
 def load_dataset(name: str, split: str, image_size: tuple[int, int], limit: int | None = None,
@@ -86,7 +93,7 @@ def load_dataset(name: str, split: str, image_size: tuple[int, int], limit: int 
         raise ValueError(f"image_size must be (H, W) with positive sides, got {image_size!r}")
     if limit is not None and limit < 0:
         raise ValueError(f"limit must be None or >= 0, got {limit}")
-    loader = _loader(name)
+    loader = spec.dataset_class()
     lists = getattr(loader, "image_lists", ())
     if image_list is not None and image_list not in lists:
         raise DatasetError(f"dataset {name!r} has no image list {image_list!r}; "

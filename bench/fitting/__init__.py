@@ -34,5 +34,6 @@ def fit_method(
     elif method.fit == "image":
         from bench.fitting.fit_cache import ImageFits
 
-        method.fits = ImageFits(method, backbone, context)
-        method.fits.prefit(images)
+        fits = ImageFits(method, backbone, context)
+        method.attach_fits(fits)
+        fits.prefit(images)

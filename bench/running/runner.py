@@ -21,6 +21,7 @@ from bench.profiling.memory import peak_memory
 from bench.registry import DATASETS, METHODS, TASKS
 from bench.core.cells import Cell
 from bench.core.context import RunContext
+from bench.core.profiles import Profile
 from bench.core.failures import SETTLED, failure
 from bench.core.provenance import provenance
 from bench.core.store import ResultStore
@@ -68,14 +69,14 @@ def plan(
     for seed in seeds or [p.seed]:
         for task in task_objs:
             for rank, name in enumerate(datasets[task.name]):
-                cell_profile = p.with_overrides(**{f"{task.data_kind}_data": name}, seed=seed)
+                scored_with = cell_profile(p, task.data_kind, name, seed)
                 for method_name, method_cls in zip(methods, method_classes):
                     cell = Cell(method_name, task.name, backbone, data[name]["label"], p.name, seed)
-                    recipe = {**task.recipe(cell_profile), "data": data[name], "primary_data": rank == 0,
-                              "method_version": method_cls.version, "profile": cell_profile.recipe()}
+                    recipe = {**task.recipe(scored_with), "data": data[name], "primary_data": rank == 0,
+                              "method_version": method_cls.version, "profile": scored_with.recipe()}
                     if method_cls.fit == "dataset":
                         recipe["train_data"] = data[p.train_data]
-                        weights = weights_record(method_cls, backbone, replace(context, profile=cell_profile))
+                        weights = weights_record(method_cls, backbone, replace(context, profile=scored_with))
                         if weights is not None:
                             recipe["weights"] = weights
                     cells.append((cell, recipe))
@@ -100,11 +101,15 @@ def should_run(status: str | None, rerun: str) -> bool:
     return rerun == "all" or status is None or (rerun == "failed" and status not in SETTLED)
 
 
+def cell_profile(profile: Profile, kind: str, dataset: str, seed: int) -> Profile:
+    """The profile a cell is planned and scored with: its dataset as its task's kind of data, and its seed."""
+    return replace(profile.with_data(**{kind: dataset}), seed=seed)
+
+
 def cell_context(cell: Cell, recipe: dict[str, Any], context: RunContext) -> RunContext:
-    """The run's context with the profile this cell was planned with (its dataset and seed)."""
-    kind = DATASETS.get(recipe["data"]["name"]).kind
-    return replace(context, profile=context.profile.with_overrides(**{f"{kind}_data": recipe["data"]["name"]},
-                                                                   seed=cell.seed))
+    """The run's context with the profile this cell was planned with (cell_profile, from its stored recipe)."""
+    name = recipe["data"]["name"]
+    return replace(context, profile=cell_profile(context.profile, DATASETS.get(name).kind, name, cell.seed))
 
 
 def create_method(name: str, backbone: Backbone, seed: int) -> "Upsampler":
@@ -121,7 +126,6 @@ def fitted_method(cell: Cell, backbone: Backbone, context: RunContext) -> Upsamp
     trains start from the same initial weights as a local run's.
     """
     method = create_method(cell.method, backbone, cell.seed).to(context.device)
-    method.tile = context.tile
     fit_method(method, backbone, context, TASKS.get(cell.task)().images(context) if method.fit == "image" else ())
     return method
 

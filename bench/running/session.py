@@ -1,0 +1,74 @@
+"""What a command needs before it runs cells: the run context, the device, the run folder's name, the default
+methods. The CLI parses arguments into these calls and prints; the decisions live here."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from bench.core.cells import slug
+from bench.core.context import RunContext
+from bench.core.profiles import PROFILES
+from bench.registry import DATASETS, METHODS, TASKS
+
+RUNS_DIR = Path("results/runs")
+CACHE_DIR = Path("results/cache")
+
+
+def resolve_device(name: str) -> torch.device:
+    """"auto" (CUDA when torch sees one, else the CPU), "cpu" or "cuda" (refused where there is none)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device is visible to torch on this machine")
+    return torch.device(name)
+
+
+def default_methods() -> list[str]:
+    """The methods ``run`` scores without ``-m``: every registered one that is in the default run."""
+    return [n for n in METHODS.names() if METHODS.get(n).in_default_run]
+
+
+def build_context(profile_name: str, data: dict[str, str | None] | None = None, device: str = "auto",
+                  cam_settings: dict[str, object] | None = None, normalisation: str | None = None,
+                  tile: int | None = None, weights: dict[str, str] | None = None, retrain: bool = False,
+                  progress: bool = True) -> RunContext:
+    """The named profile with the given datasets (name -> folder, or None for embedded ones) in place of its
+    own of their kinds, CAM settings and normalisation overridden where given, on ``device``."""
+    data = data or {}
+    profile = PROFILES.get(profile_name)
+    read = {TASKS.get(t).data_kind for t in TASKS.names()}
+    swapped = {DATASETS.get(n).kind: n for n in data if DATASETS.get(n).kind in read}
+    task_settings = None
+    if cam_settings:
+        task_settings = {**profile.task_settings, "cam": {**profile.task_settings.get("cam", {}), **cam_settings}}
+    profile = profile.with_data(**swapped).with_overrides(task_settings=task_settings, normalisation=normalisation)
+    return RunContext(profile=profile, device=resolve_device(device), cache_dir=CACHE_DIR,  # read at call time
+                      data_paths={n: p for n, p in data.items() if p}, progress=progress, tile=tile,
+                      weights=dict(weights or {}), retrain=retrain)
+
+
+def default_run_dir(profile_name: str, backbone_name: str, cells: list,
+                    task_settings: dict[str, dict] | None = None, normalisation: str | None = None) -> Path:
+    """results/runs/<profile>-<backbone>, plus the label of every dataset that is not the profile's own,
+    every task setting changed from the profile's (e.g. ``cam-protocol-relevance``) and the backbone's
+    input normalisation where it is not the profile's (``normalisation-imagenet``).
+
+    Folder datasets always count as not the profile's own (their label names the folder), so
+    runs on two folders never share a default run folder; nor do runs of two CAM protocols, whose
+    newest cells would otherwise replace each other in one table.
+    """
+    profile = PROFILES.get(profile_name)
+    defaults = {*profile.data.values(), *profile.extra_data}
+    labels = sorted({r["data"]["label"] for _, r in cells if "path" in r["data"] or r["data"]["name"] not in defaults})
+    changed = [f"{task}-{key}-{value}" for task, values in sorted((task_settings or {}).items())
+               for key, value in sorted(values.items()) if profile.task_settings.get(task, {}).get(key) != value]
+    if normalisation not in (None, profile.normalisation):
+        changed.append(f"normalisation-{normalisation}")
+    return RUNS_DIR / "-".join([profile_name, *map(slug, [backbone_name, *labels, *changed])])
+
+
+def run_dir(text: str) -> Path:
+    """A run folder as a command names it: a path, or a bare name under results/runs."""
+    path = Path(text)
+    return path if path.exists() or path.is_absolute() or len(path.parts) > 1 else RUNS_DIR / text
