@@ -26,7 +26,7 @@ def keep_freed_memory() -> None:
     By default glibc maps each allocation above a moving threshold afresh and trims the heap
     top once 2x that threshold is free, so a JBU at 224² (about ten 10 MB temporaries per stage)
     pays page faults for every temporary on every call; kept, a loop over images reuses them
-    (featup_jbu at 224²: 124-159 ms against 152-164 ms without, three processes each, idle).
+    (the measured gain is in docs/performance.md).
     PyTorch's CPU tuning guide suggests jemalloc or tcmalloc for the same reason.
     """
     if libc := _glibc():

@@ -3,7 +3,7 @@
 
 FeatUp's "explicit" variant: the HR features of each image are themselves the parameters,
 a (q, h, w) map fitted with the multi-view loss (the runner does the fitting, batching and
-caching; see README "Per-image methods"). A TV prior keeps the map smooth where no view
+caching; see docs/methods.md "Per-image methods"). A TV prior keeps the map smooth where no view
 constrains it. Replace ``network`` and ``render`` with your own per-image model.
 """
 from __future__ import annotations

@@ -294,10 +294,9 @@ class AnyUp(Upsampler):
         "loss": "cosine + min-max MSE (JAFAR)", "local_crops": LOSS_CROPS, "augmentation_regularization": 0.1,
         "downsampling_regularization": 0.1,
     }
-    # Not in the CPU default run: one forward at 224² (14² -> 224², 112 channels) takes 1.7-1.8 s of CPU time on one
-    # thread (40 GFLOP counted: fifteen 128-channel 1x1 convs and a 128 -> 128 3x3 conv at full resolution, as the
-    # public model is), so about 1 s on the 2 cores at best; 448² takes ~12 s of CPU time, and a training step
-    # (three forwards and a backward at half size per image) several times a forward.
+    # Not in the CPU default run: fifteen 128-channel 1x1 convs and a 128 -> 128 3x3 conv at full resolution, as the
+    # public model is, make a forward about a second per 224² image on 2 CPU cores, and a training step (three
+    # forwards and a backward at half size per image) several times that (docs/methods.md has the measured figures).
     in_default_run = False
     q_chunk_size: int | None = None
     """Queries per batched attention step (memory against speed; results do not change); None: STEP_BYTES."""

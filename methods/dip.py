@@ -1,4 +1,4 @@
-"""Deep Image Prior (Ulyanov et al., CVPR 2018) as a feature upsampler, fitted to each image (REFERENCE §5).
+"""Deep Image Prior (Ulyanov et al., CVPR 2018) as a feature upsampler, fitted to each image (docs/reference.md §5).
 
 A small convolutional encoder-decoder with skips maps fixed noise and the image to the
 image's HR features; it is fitted per image with the same multi-view loss as FeatUp

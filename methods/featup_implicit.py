@@ -1,4 +1,4 @@
-"""FeatUp (Implicit): an MLP on Fourier features of (y, x, r, g, b), fitted to each image (REFERENCE §4).
+"""FeatUp (Implicit): an MLP on Fourier features of (y, x, r, g, b), fitted to each image (docs/reference.md §4).
 
 Input: the pixel's coordinates in [-1, 1] and its colour min-max scaled per channel to
 [-0.5, 0.5], each multiplied by 30 frequencies exp(linspace(-2, 10, 30)), sin and cos

@@ -1,4 +1,4 @@
-"""FeatUp's joint bilateral upsampler (JBU) stack (REFERENCE §3), trained with the multi-view loss.
+"""FeatUp's joint bilateral upsampler (JBU) stack (docs/reference.md §3), trained with the multi-view loss.
 
 Stages: four x2 stages (x16) whatever the backbone's stride, as the public code builds,
 then one bilinear resize to exactly the requested size (any size, any aspect): a

@@ -227,10 +227,9 @@ class Jafar(Upsampler):
     name = "jafar"
     version = "2"  # 2: their nn.MultiheadAttention layout, unused weights held frozen
     fit = "dataset"
-    # Not in the CPU default run: one 224² forward at 112 channels is ~0.85-1 s on 2 idle cores (12 s
-    # measured on the loaded 2-core machine while a 2048² matmul ran 12-14x below its idle speed), ~6-8 s
-    # at 448², and its own objective runs it three times per training step (encoders at full image
-    # resolution, a 3x3 conv at the output's, attention of every output pixel to every LR pixel).
+    # Not in the CPU default run: encoders at full image resolution, a 3x3 conv at the output's and attention of
+    # every output pixel to every LR pixel make a forward about a second per 224² image on 2 CPU cores, and its
+    # own objective runs it three times per training step (docs/methods.md has the measured figures).
     in_default_run = False
     own_objective = {
         "optimizer": "AdamW", "lr": 2e-4, "betas": [0.9, 0.999], "weight_decay": 1e-5,

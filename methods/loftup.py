@@ -131,9 +131,9 @@ class LoftUp(Upsampler):
     name = "loftup"
     fit = "dataset"
     # own_objective stays None: the paper's stage 1 needs SAM masks, which the suite lacks (see the docstring).
-    # Not in the CPU default run: one forward at 224² (112 channels) takes 1.9-2.0 s of CPU time on one thread, so
-    # over 1 s on the 2 cores at best (two 3x3 convs, 203 -> 132 -> 132 channels, at full resolution, then two
-    # cross-attention layers for every pixel); 448² takes ~15 s of CPU time; training steps cost several times that.
+    # Not in the CPU default run: two 3x3 convs (203 -> 132 -> 132 channels) at full resolution, then two
+    # cross-attention layers for every pixel, make a forward over a second per 224² image on 2 CPU cores, and a
+    # training step several times that (docs/methods.md has the measured figures).
     in_default_run = False
 
     def __init__(self, dim: int) -> None:

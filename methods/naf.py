@@ -247,8 +247,9 @@ class NAF(Upsampler):
     name = "naf"
     version = "1"
     fit = "dataset"
-    in_default_run = False  # 69 GFLOP a forward at 224^2 (the 3x3 128-channel encoder at image resolution): over
-    # 1 s on the 2 CPU cores even idle (7.6 s measured beside other jobs); scored with -m naf and on a GPU
+    # Not in the CPU default run: a forward is tens of GFLOP at 224² (the 3x3 128-channel encoder at image
+    # resolution), seconds per image on 2 CPU cores (docs/methods.md has the measured figures); -m naf or a GPU.
+    in_default_run = False
     own_objective = {"optimizer": "AdamW", "lr": 2e-4, "betas": [0.9, 0.999], "weight_decay": 1e-5,
                      "loss": "mse(upsampled features of the half-size image, features of the image)",
                      "lr_image_scale": LR_SCALE, "guidance_max": TRAIN_GUIDANCE, "rope_rescale": ROPE_RESCALE}

@@ -1,6 +1,6 @@
 """Resize-conv: bilinear x2, then a learned 1x1 correction from the features and the image.
 
-FeatUp's "resize-conv" baseline (REFERENCE §5): per stage, bilinear x2, then a 1x1
+FeatUp's "resize-conv" baseline (docs/reference.md §5): per stage, bilinear x2, then a 1x1
 conv over [upsampled features, ImageNet-normalised image resized to the stage's size] added back as a
 residual, ReLU on every stage's correction but the last. With zeroed convs it is
 exactly repeated bilinear x2, so training can only add to bilinear.

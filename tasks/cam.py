@@ -1,4 +1,4 @@
-"""CAM faithfulness (REFERENCE §2): A.D. ↓, A.I. ↑ and ADCC ↑ of class activation maps from upsampled features.
+"""CAM faithfulness (docs/reference.md §2): A.D. ↓, A.I. ↑ and ADCC ↑ of class activation maps from upsampled features.
 
 The model explained is the frozen backbone with a linear classifier on its pooled,
 channel-standardised features, as in the paper ("a linear classifier on frozen pooled

@@ -1,4 +1,4 @@
-"""End-to-end segmentation (REFERENCE §2): the upsampler is the decoder's upsampling, the model trained on labels.
+"""End-to-end segmentation (docs/reference.md §2): the upsampler is the decoder's upsampling, the model trained on labels.
 
 Model: frozen backbone -> the method's upsampling to the image size -> channel standardisation ->
 a pointwise MLP decoder (1x1 conv to 128, ReLU, 1x1 conv to the classes); logits still off the

@@ -1,6 +1,6 @@
 """Linear 1x1 probes on frozen, upsampled features: the machinery both probe tasks share.
 
-Recipe (REFERENCE §2, public FeatUp code): training targets are resized (nearest) to the
+Recipe (docs/reference.md §2, public FeatUp code): training targets are resized (nearest) to the
 feature grid, so the low-res row is probed on the backbone's own grid; a linear layer is
 trained with Adam on minibatches of images over epochs; at evaluation its predictions are
 resized to the label grid. Two choices of ours, stored in the recipe: each step trains on a

@@ -31,7 +31,7 @@ class Profile:
     """Datasets each task of their kind is scored on as well, in table columns of their own."""
     train_downsampler: str = "simple"
     """"attention" is FeatUp's JBU recipe; "simple" acts per channel, so the loss runs on the 30
-    projected channels (REFERENCE §4), about 10x cheaper on a CPU."""
+    projected channels (docs/reference.md §4), about 10x cheaper on a CPU."""
     train_list: str | None = None
     """A folder dataset's named image list to train on (COCO-Stuff: FeatUp's curated
     ``Coco164kFull_Stuff_Coarse.txt`` or STEGO's ``Coco164kFull_Stuff_Coarse_7.txt``)."""
@@ -101,7 +101,7 @@ PROFILES.register(Profile(
     # Crops of one Middlebury scene are strongly correlated: at 48/24 the featup_jbu - bilinear RMSE
     # difference varied by 0.034 m (sd) over seeds, more than the difference itself; 96/96 steadies it.
     # CAM: 48 recognised photographs and crops to train the linear classifier, 48 others to score.
-    # e2e_seg: the probe's scenes, 100 steps of batch 4 (see README for what that costs).
+    # e2e_seg: the probe's scenes, 100 steps of batch 4 (docs/results.md: what that costs).
     task_settings={"probe_seg": {**DEFAULT_PROBE, "n_train": 48, "n_val": 24, "epochs": 25},
                    "probe_depth": {**DEFAULT_PROBE, "n_train": 96, "n_val": 96, "epochs": 13},
                    "cam": {"n_train": 48, "n_val": 48, "batch_size": 8},

@@ -1,4 +1,4 @@
-"""FeatUp's multi-view consistency objective (REFERENCE §4), shared by every trainable upsampler.
+"""FeatUp's multi-view consistency objective (docs/reference.md §4), shared by every trainable upsampler.
 
 An upsampler is good if its HR features, jittered like the image and pooled back
 to the backbone's grid, reproduce the backbone's features of the jittered image.
@@ -153,7 +153,7 @@ class AttentionDownsampler(nn.Module):
         super().__init__()
         self.logit = nn.Linear(dim, 1)
         self.dropout = nn.Dropout(0.2)
-        # FeatUp's init: scale 1 and bias 0, each plus 0.01 * randn (REFERENCE §4)
+        # FeatUp's init: scale 1 and bias 0, each plus 0.01 * randn (docs/reference.md §4)
         self.scale = nn.Parameter(1 + 0.01 * torch.randn(kernel_size * kernel_size))
         self.bias = nn.Parameter(0.01 * torch.randn(kernel_size * kernel_size))
 

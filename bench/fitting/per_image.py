@@ -1,6 +1,6 @@
 """Fit a network to each image at inference (FeatUp implicit, DIP): the multi-view loss per image.
 
-REFERENCE §4 (implicit FeatUp): the backbone's standardised features of many
+docs/reference.md §4 (implicit FeatUp): the backbone's standardised features of many
 jittered views of one image are PCA-compressed (PCA fitted on the first views);
 a network renders the image's HR features in that space; each step jitters its
 output like a few sampled views, pools it onto the backbone's grid with a learned
@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class ImageFitSettings:
-    """How hard each image is fitted: the sizes of REFERENCE §4's recipe a profile can afford."""
+    """How hard each image is fitted: the sizes of docs/reference.md §4's recipe a profile can afford."""
 
     steps: int
     views: int
@@ -57,7 +57,7 @@ class ImageFitSettings:
 
 FIT_SETTINGS: dict[str, ImageFitSettings] = {
     "smoke": ImageFitSettings(steps=12, views=6, views_per_step=4, pca_views=6, scale=2, group=6),
-    # Sized for the whole default run (456 images, two per-image methods) on 2 CPU cores: see README.
+    # Sized for the whole default run (456 images, two per-image methods) on 2 CPU cores: see docs/methods.md.
     "default": ImageFitSettings(steps=20, views=8, views_per_step=4, pca_views=8, scale=4, group=8),
     "paper": ImageFitSettings(steps=1200, views=3000, views_per_step=10, pca_views=50, scale=1, group=1),
 }

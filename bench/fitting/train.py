@@ -1,6 +1,6 @@
 """Fit a trainable upsampler with the multi-view loss once, cache it, reuse it.
 
-Any trainable Upsampler is trained the same way (REFERENCE §4): NAdam over its
+Any trainable Upsampler is trained the same way (docs/reference.md §4): NAdam over its
 parameters, the downsampler's and the uncertainty net's; ``train_views`` jittered
 views per batch (see MultiViewLoss) plus FeatUp's sampled CRF term (weight 0.001),
 one step per batch; gradient norm clipped to 1e-4 for the first 10 steps. The
