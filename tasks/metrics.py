@@ -1,9 +1,9 @@
 """torchmetrics Metrics the tasks need that torchmetrics does not ship (CAM faithfulness, δ < 1.25),
 and the dense-prediction scores the probe and end-to-end tasks share.
 
-Each Metric keeps summed states (so it accumulates over batches and syncs across processes like
-any torchmetrics Metric) and offers ``per_image``: the per-image (numerator, denominator) pairs the
-report's bootstrap pools with ``bench.reporting.stats.percent_from_sums`` / ``ratio_from_sums``.
+Each Metric keeps summed states and the per-image pairs as metric states (so it accumulates over batches
+and syncs or merges across processes like any torchmetrics Metric) and offers ``per_image``: those
+(numerator, denominator) pairs, which the report's bootstrap pools with ``bench.reporting.stats.percent_from_sums`` / ``ratio_from_sums``.
 """
 from __future__ import annotations
 
@@ -33,22 +33,21 @@ class _SumRatio(Metric):
         super().__init__()
         self.add_state("numerator", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("denominator", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
-        self.pairs: list[list[float]] = []
+        self.add_state("pairs", [], dist_reduce_fx="cat")  # (n, 2) per batch: per-image (numerator, denominator)
 
     def add(self, numerator: torch.Tensor, denominator: torch.Tensor) -> None:
         self.numerator += numerator.double().sum()
         self.denominator += denominator.double().sum()
-        self.pairs += [[float(n), float(d)] for n, d in zip(numerator, denominator)]
+        self.pairs.append(torch.stack([numerator.double().flatten(), denominator.double().flatten()], dim=1).cpu())
 
     def compute(self) -> torch.Tensor:
         return 100 * self.numerator / self.denominator.clamp_min(1)
 
-    def reset(self) -> None:
-        super().reset()
-        self.pairs = []
-
     def per_image(self) -> list[list[float]]:
-        return self.pairs
+        """The per-image (numerator, denominator) pairs, in the order the images came (gathered across
+        processes when synced, as the sums are)."""
+        pairs = self.pairs if isinstance(self.pairs, torch.Tensor) else (torch.cat(self.pairs) if self.pairs else None)
+        return [] if pairs is None else pairs.tolist()
 
 
 class _CamMetric(_SumRatio):

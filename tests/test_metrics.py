@@ -1,5 +1,6 @@
 """The probe metrics against brute-force numpy formulas."""
 import numpy as np
+import pytest
 import torch
 
 from bench.reporting.stats import STATISTICS
@@ -54,3 +55,18 @@ def test_depth_metrics_match_brute_force():
         assert len(stats) == 2 and abs(STATISTICS[name](np.array(stats)) - got[key]) < 1e-5
     p0, t0 = pred[0][valid[0]], gt[0][valid[0]]
     assert abs(STATISTICS["rmse_sums"](np.array(per_image["rmse"][0][:1])) - np.sqrt(np.mean((p0 - t0) ** 2))) < 1e-5
+
+
+def test_cam_metrics_merge_their_per_image_pairs_as_their_sums():
+    """Each process's AverageDrop holds its images' (drop, 1) pairs as a metric state: merged (as a sync across
+    processes merges them), the pairs are every image's and the score is their pooled ratio."""
+    from tasks.metrics import AverageDrop
+
+    here, there = AverageDrop(), AverageDrop()
+    here.update(torch.tensor([0.8, 0.5]), torch.tensor([0.4, 0.6]))  # drops 0.5 and 0 (the score rose)
+    there.update(torch.tensor([0.9]), torch.tensor([0.3]))  # drop 2/3
+    here.merge_state(there)
+    assert sorted(here.per_image()) == pytest.approx([[0.0, 1.0], [0.5, 1.0], [2 / 3, 1.0]])
+    assert here.compute().item() == pytest.approx(100 * (0.5 + 0 + 2 / 3) / 3)
+    here.reset()
+    assert here.per_image() == []
