@@ -199,7 +199,8 @@ def registered_names_problems(args, registries) -> list[str]:
     for name in getattr(args, "backbones", None) or []:
         if not name.startswith("timm:") and not plugin:
             check("backbone", [name], backbones)
-    check("dataset", [d.partition("=")[0] for d in getattr(args, "data", None) or []], datasets)
+    if not plugin:
+        check("dataset", [d.partition("=")[0] for d in getattr(args, "data", None) or []], datasets)
     if isinstance(getattr(args, "profile", None), str):
         check("profile", [args.profile], profiles)
     return problems
