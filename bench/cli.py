@@ -149,7 +149,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     context = make_context(args)
     backbone_name = args.backbone or context.profile.backbone
     resolve_spec(backbone_name)  # an unknown name or stage fails before any data is read
-    methods = csv_list(args.methods) if args.methods else default_methods()
+    methods = csv_list(args.methods) if args.methods else default_methods(context.profile)
     tasks = csv_list(args.tasks) if args.tasks else TASKS.names()
 
     def out_for(cells: list) -> Path:
@@ -199,7 +199,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
 def cmd_table(args: argparse.Namespace) -> int:
     from bench.reporting.report import table_text
 
-    print(table_text(run_dir(args.run), args.format, args.vs_paper))
+    print(table_text(run_dir(args.run), args.format, "featup" if args.vs_paper else args.vs))
     return 0
 
 
@@ -426,7 +426,10 @@ def build_parser() -> argparse.ArgumentParser:
     table = sub.add_parser("table", help="print a run's results table")
     table.add_argument("--run", required=True, help="run folder, or a name under results/runs")
     table.add_argument("--format", default="md", choices=("md", "csv", "latex"))
-    table.add_argument("--vs-paper", action="store_true", help="add the paper's numbers beside ours")
+    table.add_argument("--vs-paper", action="store_true", help="add the paper's numbers beside ours (--vs featup)")
+    table.add_argument("--vs", choices=("featup", "jafar"),
+                       help="a published table to set beside ours, with the rank agreement against it: featup "
+                            "(the paper's Table 1) or jafar (JAFAR's README table, DINOv2 ViT-S/14 at 448 px)")
     table.set_defaults(fn=cmd_table)
     report = sub.add_parser("report", help="a run's report: Markdown and one HTML page with the table, figures, "
                                            "failures, recipes and provenance")

@@ -38,6 +38,10 @@ class Workload:
 class TaskSettings:
     """A task's own settings: subclass with fields and their defaults (the paper's recipe where it has one)."""
 
+    ADDED: ClassVar[dict[str, Any]] = {}
+    """Settings added after results were stored, at the value every earlier result was made with: left out of
+    the recipe (so of the hash) at that value, so those results stay valid; recorded like any other otherwise."""
+
 
 class Task(ABC):
     name: ClassVar[str]
@@ -66,7 +70,8 @@ class Task(ABC):
 
     def recipe(self, profile: "Profile") -> dict[str, Any]:
         """Everything about how the numbers were made that is not the method itself."""
-        settings = asdict(self.settings(profile))
+        settings = {k: v for k, v in asdict(self.settings(profile)).items()
+                    if k not in self.Settings.ADDED or self.Settings.ADDED[k] != v}
         return {"task": self.name, "task_version": self.version, "dataset": self.dataset(profile),
                 **({"settings": settings} if settings else {})}
 

@@ -37,6 +37,8 @@ from tasks.base import MetricRow, Task, TaskSettings, Workload
 from tasks.metrics import PerImage
 
 FEATURE_CACHES = ("none", "memory")
+OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+LR_SCHEDULES = ("constant", "cosine")
 
 
 @dataclass(frozen=True)
@@ -55,8 +57,17 @@ class ProbeSettings(TaskSettings):
     feature_cache: str = "none"
     """"none": upsample each step's images again (memory bounded by one batch); "memory": keep each
     image's sampled pixels after the first pass."""
+    optimizer: str = "adam"
+    """"adam" (FeatUp's probe config) or "adamw" (JAFAR's, with ``weight_decay``)."""
+    weight_decay: float = 0.0
+    lr_schedule: str = "constant"
+    """"constant" (FeatUp's) or "cosine": cosine annealing over the epochs, stepped per epoch (JAFAR's)."""
+    ADDED: ClassVar[dict[str, Any]] = {"optimizer": "adam", "weight_decay": 0.0, "lr_schedule": "constant"}
 
     def __post_init__(self) -> None:
+        if self.optimizer not in OPTIMIZERS or self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"optimizer {self.optimizer!r} / lr_schedule {self.lr_schedule!r}: expected one of "
+                             f"{', '.join(OPTIMIZERS)} / {', '.join(LR_SCHEDULES)}")
         if self.feature_cache not in FEATURE_CACHES:
             raise ValueError(f"feature_cache {self.feature_cache!r}: expected one of {', '.join(FEATURE_CACHES)}")
         if self.epochs < 1 or self.batch_size < 1 or (self.pixels is not None and self.pixels < 1):
@@ -193,7 +204,8 @@ def fit_probe(source: PixelSource, outputs: int, loss_fn: Callable[[torch.Tensor
     y_mean, y_std = (float(v) for v in y_moments.mean_std()) if regression else (0.0, 1.0)
     torch.manual_seed(seed)
     probe = LinearProbe(mean, std, outputs, y_mean, y_std)
-    opt = torch.optim.Adam(probe.parameters(), lr=s.lr)
+    opt = OPTIMIZERS[s.optimizer](probe.parameters(), lr=s.lr, weight_decay=s.weight_decay)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=s.epochs) if s.lr_schedule == "cosine" else None
     steps = s.epochs * math.ceil(len(source.data) / s.batch_size)
     bar = tqdm(total=steps, desc="probe", leave=False, disable=not progress)
     for epoch in range(s.epochs):
@@ -203,6 +215,8 @@ def fit_probe(source: PixelSource, outputs: int, loss_fn: Callable[[torch.Tensor
             loss.backward()
             opt.step()
             bar.update()
+        if schedule is not None:
+            schedule.step()
     bar.close()
     return probe.eval()
 
@@ -238,7 +252,7 @@ class ProbeTask(Task):
 
     def recipe(self, profile: Profile) -> dict[str, Any]:
         return {**super().recipe(profile), "probe": "linear 1x1, inputs standardised per channel",
-                "optimizer": "Adam", "image_size": list(profile.image_size), "seed": profile.seed,
+                "optimizer": OPTIMIZERS[self.settings(profile).optimizer].__name__, "image_size": list(profile.image_size), "seed": profile.seed,
                 "train_targets": "nearest-resized to the feature grid",
                 "standardised": "inputs per channel" + ("; regression targets" if self.regression else "")}
 

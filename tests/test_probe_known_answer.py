@@ -1,4 +1,5 @@
 """Probe tasks on data whose answer is known: features that encode the target exactly."""
+import pytest
 import torch
 from torch.utils.data import Dataset
 
@@ -65,3 +66,38 @@ def test_depth_probe_recovers_a_linear_target():
     got = run(ProbeDepth())
     assert got["rmse"] < 0.05
     assert got["delta1.25"] == 1.0
+
+
+def test_jafars_probe_config_trains_with_adamw_on_a_cosine_schedule_and_is_recorded(monkeypatch):
+    """The jafar profile's probe: AdamW (weight decay 1e-5) whose rate follows cos annealing over the epochs,
+    read at every step, still perfect on separable features; the recipe names it, while profiles on the
+    original settings keep their recipe (so their hashes) as before the options existed."""
+    import math
+
+    import tasks.probe as probe_module
+
+    rates = []
+
+    class RecordingAdamW(torch.optim.AdamW):
+        def step(self, closure=None):
+            group = self.param_groups[0]
+            rates.append(group["lr"])
+            assert group["weight_decay"] == 1e-5
+            return super().step(closure)
+
+    monkeypatch.setitem(probe_module.OPTIMIZERS, "adamw", RecordingAdamW)
+    settings = {"epochs": 4, "batch_size": 2, "lr": 0.5, "optimizer": "adamw", "weight_decay": 1e-5,
+                "lr_schedule": "cosine", "pixels": 256, "feature_cache": "memory"}
+    task = ProbeSeg()
+    task.load_split = lambda split, context: ColourScenes(*SPLITS[split])
+    profile = PROFILES.get("smoke").with_overrides(task_settings={"probe_seg": settings})
+    got = {r.metric: r.value for r in task.run(ImageAsFeatures(), None, RunContext(profile=profile, progress=False))}
+    assert got == {"miou": 100.0, "acc": 100.0}
+    per_epoch = [0.5 * (1 + math.cos(math.pi * e / 4)) / 2 for e in range(4)]  # 2 steps an epoch (4 images)
+    assert rates == pytest.approx([r for r in per_epoch for _ in range(2)])
+    monkeypatch.undo()
+    recipe = task.recipe(profile)
+    assert recipe["optimizer"] == "AdamW" and recipe["settings"]["lr_schedule"] == "cosine"
+    smoke = task.recipe(PROFILES.get("smoke"))
+    assert smoke["optimizer"] == "Adam" and not {"optimizer", "weight_decay", "lr_schedule"} & set(smoke["settings"])
+    assert PROFILES.get("jafar").task_settings["probe_seg"]["optimizer"] == "adamw"

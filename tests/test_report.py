@@ -45,11 +45,11 @@ def test_markdown_lists_failed_cells(run):
 
 
 def test_vs_paper_puts_paper_numbers_beside_ours(run):
-    t = pd.read_csv(io.StringIO(table_text(run, "csv", vs_paper=True))).set_index("method")
+    t = pd.read_csv(io.StringIO(table_text(run, "csv", vs="featup"))).set_index("method")
     assert t.loc["bilinear", "probe_seg.miou (paper)"] == 42.40  # the paper's 2nd seg column
     assert t.loc["bilinear", "probe_seg.acc (paper)"] == 66.95
     assert t.loc["bilinear", "probe_depth.rmse (paper)"] == 1.19
-    assert "second column" in table_text(run, "md", vs_paper=True)
+    assert "second column" in table_text(run, "md", vs="featup")
 
 
 def test_latex(run):
@@ -69,3 +69,32 @@ def test_a_cell_rerun_under_a_new_recipe_replaces_the_old_number(run):
     t = pd.read_csv(io.StringIO(table_text(run, "csv"))).set_index("method")
     assert t.loc["bilinear", "probe_depth.rmse"] == 0.9  # the newer recipe's number, not the mean 0.7
     assert t.loc["bilinear", "probe_seg.miou"] == 40.0
+
+
+def test_vs_jafar_matches_columns_by_dataset_and_ranks_against_its_table(tmp_path):
+    """COCO-Stuff as the primary segmentation data and VOC as a column group: each meets JAFAR's column of
+    its dataset; τ against JAFAR's numbers, computed here by hand."""
+    store = ResultStore(tmp_path)
+    ours = {"bilinear": (50.0, 70.0), "featup_jbu": (52.0, 69.0), "jafar": (53.0, 75.0)}
+    for method, (coco, voc) in ours.items():
+        for dataset, miou, primary in (("coco_stuff@cocostuff-a1b2c3", coco, True), ("voc@VOC2012-d4e5f6", voc, False)):
+            cell = Cell(method, "probe_seg", "dinov2", dataset, "jafar", 0)
+            recipe = {"method_version": "1", "task_version": "1", "primary_data": primary}
+            store.write(cell, recipe, {
+                "cell": vars(cell), "status": "ok", "message": "", "recipe": recipe,
+                "config_hash": cell.config_hash(recipe),
+                "metrics": [{"metric": "miou", "value": miou, "higher_is_better": True}],
+                "provenance": {"method_version": "1", "task_version": "1", "wall_s": 1.0, "peak_mb": 2.0,
+                               "git_commit": "x", "started": "2026-01-01T00:00:00"}})
+    t = pd.read_csv(io.StringIO(table_text(tmp_path, "csv", vs="jafar"))).set_index("method")
+    assert t.loc["featup_jbu", "probe_seg.miou (jafar)"] == 60.10  # JAFAR's COCO column
+    assert t.loc["jafar", "probe_seg@voc@VOC2012-d4e5f6.miou (jafar)"] == 84.44  # its VOC column
+    md = table_text(tmp_path, "md", vs="jafar")
+    # COCO: ours orders bilinear < featup_jbu < jafar as JAFAR's table does (59.03 < 60.10 < 60.78): τ = +1.
+    # VOC: ours featup_jbu (69) < bilinear (70) < jafar (75), theirs bilinear 80.70 < featup 81.08 < jafar 84.44:
+    # of the 3 pairs one is discordant, τ = (2 - 1) / 3.
+    assert "- probe_seg.miou: τ +1.00 over 3 methods" in md
+    assert "- probe_seg@voc@VOC2012-d4e5f6.miou: τ +0.33 over 3 methods" in md
+    assert "bilinear > featup_jbu" in md and "Depth-Anything" in md
+    with pytest.raises(ValueError, match="no reference table 'nope'"):
+        table_text(tmp_path, "md", vs="nope")

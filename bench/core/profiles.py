@@ -39,6 +39,9 @@ class Profile:
     """Task name -> overrides of that task's settings (each task declares its own, with defaults)."""
     normalisation: str = "config"
     """Backbone input mean/std: "config" (the model's own timm config) or "imagenet" (FeatUp's code)."""
+    methods: str = "default"
+    """What ``run`` scores without ``-m``: "default" (the methods in the CPU default run) or "all" (every
+    registered method). Not in the recipe: it changes which cells run, never a number."""
     fit_steps: int | None = None
     """Steps of each per-image fit where not the profile's own (bench.fitting.per_image.FIT_SETTINGS): the
     budget study's fit-step curve."""
@@ -70,7 +73,7 @@ class Profile:
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
 
 
-TASK_OWNED = ("task_settings",)
+TASK_OWNED = ("task_settings", "methods")
 RECIPE_KINDS = ("seg", "depth")
 """Data kinds whose dataset is part of every cell's profile recipe (``seg_data``, ``depth_data``), as in every
 result stored before the profile held a map; the other kinds are recorded only by the cells of the tasks
@@ -115,4 +118,19 @@ PROFILES.register(Profile(
     train_steps=None, train_batch=4, train_views=5, train_downsampler="attention",
     train_list="Coco164kFull_Stuff_Coarse.txt",
     task_settings={"cam": {"n_val": 2000}}, normalisation="imagenet",
+))
+JAFAR_PROBE = {"epochs": 20, "batch_size": 2, "lr": 5e-4, "optimizer": "adamw", "weight_decay": 1e-5,
+               "lr_schedule": "cosine"}
+"""JAFAR's probe config (config/eval.yaml, optimizer/adamw.yaml, evaluation/train_probes.py): AdamW 5e-4, weight
+decay 1e-5, cosine annealing over 20 epochs, batch 2, every pixel (docs/protocols.md lists what still differs)."""
+PROFILES.register(Profile(
+    # The protocol the upsampling papers since FeatUp report (JAFAR's; AnyUp and NAF reuse it): DINOv2 ViT-S/14
+    # through timm at 448 px, linear probes on COCO-Stuff with VOC, ADE20k and Cityscapes as column groups of their
+    # own, depth on NYUv2 (JAFAR probes depth on COCO with Depth-Anything pseudo-labels), CAM on ImageNet, every
+    # registered upsampler. Trained upsamplers: the paper profile's recipe.
+    name="jafar", backbone="dinov2", image_size=(448, 448),
+    data={"seg": "coco_stuff", "depth": "nyuv2", "classify": "imagenet"}, extra_data=("voc", "ade20k", "cityscapes"),
+    train_data="coco_stuff", train_steps=None, train_batch=4, train_views=5, train_downsampler="attention",
+    train_list="Coco164kFull_Stuff_Coarse.txt", methods="all",
+    task_settings={"probe_seg": JAFAR_PROBE, "probe_depth": JAFAR_PROBE, "cam": {"n_val": 2000}},
 ))

@@ -16,7 +16,8 @@ from typing import Any
 import pandas as pd
 import torch
 
-from bench.reporting.report import paper_deltas, render, table_text, wide_table
+from bench.reporting.references import reference
+from bench.reporting.report import reference_deltas, render, table_text
 from bench.core.failures import SETTLED
 from bench.core.store import ResultStore
 
@@ -50,10 +51,10 @@ def summary_section(run_dir: Path, records: list[dict[str, Any]]) -> str:
 
 
 def table_section(run_dir: Path, rows: pd.DataFrame) -> str:
-    deltas = paper_deltas(wide_table(rows)).dropna(how="all")
+    deltas = reference_deltas(rows, reference("featup")).dropna(how="all")
     parts = ["## Results beside the paper", "",
              "Each cell: our number, then the paper's in the `(paper)` column beside it.", "",
-             table_text(run_dir, "md", vs_paper=True)]
+             table_text(run_dir, "md", vs="featup")]
     if not deltas.empty:
         parts += ["", "Ours minus the paper (same columns as above; the paper used ViT-S/16 on COCO-Stuff, "
                       "NYUv2 and ImageNet at 224 px, so a difference measures the setting as much as the method; "

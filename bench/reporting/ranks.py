@@ -38,12 +38,13 @@ def rank_agreement(table: pd.DataFrame, paper: pd.DataFrame, columns: dict[str, 
     return pd.DataFrame(out)
 
 
-def agreement_text(agreement: pd.DataFrame) -> str:
-    """Markdown lines: τ per metric and the pairs of methods ordered unlike the paper."""
-    lines = ["Rank agreement with the paper (Kendall τ-b; 1 = same order):", ""]
+def agreement_text(agreement: pd.DataFrame, against: str = "featup") -> str:
+    """Markdown lines: τ per metric and the pairs of methods ordered unlike the reference."""
+    who = "the paper" if against == "featup" else f"the {against} reference"
+    lines = [f"Rank agreement with {who} (Kendall τ-b; 1 = same order):", ""]
     for r in agreement.itertuples():
         pairs = ", ".join(f"{a} > {b}" for a, b in r.discordant) or "none"
         lines.append(f"- {r.column}: τ {r.tau_all:+.2f} over {r.n_all} methods, {r.tau_same_features:+.2f} over the "
-                     f"{r.n_same_features} that see the backbone's own features; ordered unlike the paper "
+                     f"{r.n_same_features} that see the backbone's own features; ordered unlike {who} "
                      f"(ours first): {pairs}")
     return "\n".join(lines)

@@ -7,25 +7,10 @@ import pandas as pd
 
 from bench.reporting.intervals import BASELINE, LEVEL, N_BOOT, interval_table
 from bench.reporting.ranks import agreement_text, rank_agreement
+from bench.reporting.references import Reference, reference
 from bench.core.failures import SETTLED
 from bench.core.store import ResultStore
 
-PAPER_TABLE = Path(__file__).resolve().parents[2] / "results" / "paper_table.csv"
-
-
-def paper_columns() -> dict[str, str]:
-    """Our ``task.metric`` column -> the paper table's column, as each registered task declares it."""
-    from bench.registry import TASKS
-
-    return {f"{name}.{metric}": theirs for name in TASKS.names()
-            for metric, theirs in TASKS.get(name).paper_columns.items()}
-
-
-PAPER_NOTE = (
-    "paper: FeatUp Table 1 (ViT-S/16, COCO-Stuff, 224 px). The paper prints its segmentation columns as "
-    "'mIoU' then 'Accuracy'; accuracy is almost always the higher one, so our mIoU is set beside its second "
-    "column and our accuracy beside its first."
-)
 FORMATS = ("md", "csv", "latex")
 
 
@@ -131,22 +116,23 @@ def display_table(detail: pd.DataFrame, higher_is_better: dict[str, bool]) -> pd
     return out
 
 
-def with_paper(table: pd.DataFrame, paper_csv: Path = PAPER_TABLE) -> pd.DataFrame:
-    paper = pd.read_csv(paper_csv).set_index("method")
+def with_reference(table: pd.DataFrame, columns: dict[str, str], ref: Reference) -> pd.DataFrame:
+    """``table`` with the reference's number after each of our ``columns`` it has (NaN: a method it lacks)."""
+    theirs = ref.table()
     out = table.copy()
-    for ours, theirs in paper_columns().items():
+    for ours, column in columns.items():
         if ours in out.columns:
             methods = out.index.get_level_values(0)
-            out.insert(out.columns.get_loc(ours) + 1, f"{ours} (paper)", paper[theirs].reindex(methods).to_numpy())
+            out.insert(out.columns.get_loc(ours) + 1, f"{ours} ({ref.label})", theirs[column].reindex(methods).to_numpy())
     return out
 
 
-def paper_deltas(means: pd.DataFrame, paper_csv: Path = PAPER_TABLE) -> pd.DataFrame:
-    """Our mean minus the paper's number for each of our columns with a paper column (NaN: a method it lacks)."""
-    paper = pd.read_csv(paper_csv).set_index("method")
+def reference_deltas(rows: pd.DataFrame, ref: Reference) -> pd.DataFrame:
+    """Our mean minus the reference's number for each of our columns it has (NaN: a method it lacks)."""
+    means, theirs = wide_table(rows), ref.table()
     methods = means.index.get_level_values(0)
-    deltas = {ours: means[ours].to_numpy() - paper[theirs].reindex(methods).to_numpy()
-              for ours, theirs in paper_columns().items() if ours in means.columns}
+    deltas = {ours: means[ours].to_numpy() - theirs[column].reindex(methods).to_numpy()
+              for ours, column in ref.matches(with_columns(rows)).items() if ours in means.columns}
     return pd.DataFrame(deltas, index=means.index)
 
 
@@ -182,12 +168,12 @@ def interval_note(detail: pd.DataFrame) -> str:
     return "Cells: " + "; ".join(parts) + "."
 
 
-def table_text(run_dir: str | Path, fmt: str = "md", vs_paper: bool = False) -> str:
+def table_text(run_dir: str | Path, fmt: str = "md", vs: str | None = None) -> str:
     """The run's table as text.
 
     csv and latex keep numbers only (means, then sd, lo, hi, diff_lo, diff_hi columns where
     they exist); markdown puts them in one cell per metric and adds failed cells, a legend,
-    and with ``vs_paper`` the paper's numbers, the rank agreement and the footnote.
+    and with ``vs`` (a reference: "featup", the paper; "jafar") its numbers, the rank agreement and its note.
     """
     rows = ResultStore(run_dir).rows(per_image=True)
     detail = detail_table(rows)
@@ -196,7 +182,9 @@ def table_text(run_dir: str | Path, fmt: str = "md", vs_paper: bool = False) -> 
         table = display_table(detail, dict(zip(ok["column"], ok["higher_is_better"].astype(bool))))
     else:
         table = detail
-    text = render(with_paper(table) if vs_paper else table, fmt)
+    ref = reference(vs) if vs else None
+    columns = ref.matches(with_columns(rows)) if ref else {}
+    text = render(with_reference(table, columns, ref) if ref else table, fmt)
     if fmt != "md":
         return text
     notes = [interval_note(detail)]
@@ -209,8 +197,7 @@ def table_text(run_dir: str | Path, fmt: str = "md", vs_paper: bool = False) -> 
     if not skipped.empty:
         notes.append("Not applicable (empty cells): " + "; ".join(
             f"{r.method} / {r.task}: {str(r.message).splitlines()[0]}" for r in skipped.itertuples()))
-    if vs_paper:
+    if ref:
         means = detail[[c for c in detail.columns if " " not in c]]
-        notes += [agreement_text(rank_agreement(means, pd.read_csv(PAPER_TABLE).set_index("method"), paper_columns())),
-                  PAPER_NOTE]
+        notes += [agreement_text(rank_agreement(means, ref.table(), columns), ref.name), ref.note]
     return "\n\n".join([text, *[n for n in notes if n]])

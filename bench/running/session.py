@@ -8,7 +8,7 @@ import torch
 
 from bench.core.cells import slug
 from bench.core.context import RunContext
-from bench.core.profiles import PROFILES
+from bench.core.profiles import PROFILES, Profile
 from bench.registry import DATASETS, METHODS, TASKS
 
 RUNS_DIR = Path("results/runs")
@@ -24,9 +24,11 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def default_methods() -> list[str]:
-    """The methods ``run`` scores without ``-m``: every registered one that is in the default run."""
-    return [n for n in METHODS.names() if METHODS.get(n).in_default_run]
+def default_methods(profile: Profile | None = None) -> list[str]:
+    """The methods ``run`` scores without ``-m``: every registered one that is in the default run, or every
+    registered one where the profile asks for all (``Profile.methods``)."""
+    every = profile is not None and profile.methods == "all"
+    return [n for n in METHODS.names() if every or METHODS.get(n).in_default_run]
 
 
 def build_context(profile_name: str, data: dict[str, str | None] | None = None, device: str = "auto",
