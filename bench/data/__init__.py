@@ -64,9 +64,13 @@ BUILT_IN = (
                 loader="bench.data.folders:Ade20k"),
     DatasetSpec("coco_stuff", "seg", "COCO-Stuff 164k stuffthingmaps, 27 coarse classes; "
                  "FeatUp's curated lists used where present", False, loader="bench.data.folders:CocoStuff"),
-    DatasetSpec("nyuv2", "depth", "NYUv2-style depth folders: {train,val}/rgb + {train,val}/depth "
-                 "(16-bit PNG, mm, 0 = invalid); any folder in this format works", False,
-                loader="bench.data.folders:DepthFolder"),
+    DatasetSpec("nyuv2", "depth", "NYUv2 depth: the published nyu_depth_v2_labeled.mat + splits.mat (official "
+                 "795/654 split, val = test), or depth folders {train,val}/rgb + {train,val}/depth (16-bit PNG, mm, "
+                 "0 = invalid; any folder in this format works)", False, loader="bench.data.nyuv2_mat:Nyuv2"),
+    DatasetSpec("voc", "seg", "Pascal VOC 2012 segmentation (VOCdevkit/VOC2012), 21 classes, 255 = ignore; "
+                 "the SBD-augmented list train_aug.txt where present", False, loader="bench.data.voc:Voc"),
+    DatasetSpec("cityscapes", "seg", "Cityscapes fine annotations (leftImg8bit + gtFine), label ids mapped to "
+                 "the 19 train ids, others 255 = ignore", False, loader="bench.data.cityscapes:Cityscapes"),
 )
 for _spec in BUILT_IN:
     DATASETS.register(_spec)
