@@ -198,3 +198,10 @@ def test_budget_curves_have_every_step_and_the_references(tmp_path):
     assert len(before) == (len(budget.REFERENCES) + 2) * 2 * 2  # (3 references + 2 step counts) x 2 seeds x 2 probes
     assert main(args) == 0  # resumed: nothing trained or scored again
     assert stamps() == before
+    # continued with another step count: study.json keeps what the folder holds; another profile is refused
+    assert main([*args[:8], "1,2,3", *args[9:]]) == 0
+    study = json.loads((out / "study.json").read_text())
+    assert study["counts"] == {"resize_conv": [1, 2, 3]} and study["seeds"] == [0, 1]
+    with pytest.raises(ValueError, match="another profile recipe"):
+        budget.record_study(out, {}, [0], budget.REFERENCES, "efficientnet_lite0",
+                            RunContext(profile=PROFILES.get("default")))

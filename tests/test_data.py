@@ -31,7 +31,7 @@ def test_registered_names_and_kinds():
     kinds = {n: DATASETS.get(n).kind for n in DATASETS.names()}
     assert kinds == {"scenes": "seg", "middlebury": "depth", "depth_scenes": "depth", "photos": "images",
                      "cam_photos": "classify", "coco_stuff": "seg", "nyuv2": "depth", "ade20k": "seg",
-                     "imagenet": "classify"}
+                     "imagenet": "classify", "voc": "seg", "cityscapes": "seg"}
     assert [n for n in DATASETS.names() if DATASETS.get(n).embedded] == ["cam_photos", "depth_scenes", "middlebury",
                                                                         "photos", "scenes"]
 

@@ -116,12 +116,10 @@ def study(methods: list[str], steps: list[int] | None, backbone: Backbone, conte
             raise ValueError(f"method {name!r} learns nothing (fit={kind!r}); the budget study trains methods "
                              f"with fit='dataset' and fits those with fit='image'")
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "study.json", {"methods": methods, "steps": steps, "seeds": seeds,
-                                           "references": list(references), "backbone": backbone.name,
-                                           "profile": context.profile.recipe()})
     trained = [n for n in methods if kinds[n] == "dataset"]
     fitted = [n for n in methods if kinds[n] == "image"]
     counts = {"dataset": sorted(steps or DEFAULT_STEPS), "image": sorted(steps or DEFAULT_FIT_STEPS)}
+    record_study(out, {name: counts[kinds[name]] for name in methods}, seeds, references, backbone.name, context)
     for rank in range(max(len(c) for c in counts.values())):
         due = [(name, counts[kinds[name]][rank]) for name in methods if rank < len(counts[kinds[name]])]
         # training first: it is the long, resumable part, so a study stopped early has trained the furthest
@@ -138,6 +136,22 @@ def study(methods: list[str], steps: list[int] | None, backbone: Backbone, conte
                       out, seeds)
         write_curves(out)
     return write_curves(out)
+
+
+def record_study(out: Path, steps: dict[str, list[int]], seeds: list[int], references: tuple[str, ...],
+                 backbone: str, context: RunContext) -> None:
+    """study.json: what the study holds. Later invocations on the same folder (more step counts, the per-image
+    methods) add their methods and step counts; a folder of another backbone or profile is refused."""
+    path = out / "study.json"
+    before = json.loads(path.read_text()) if path.is_file() else {}
+    profile = context.profile.recipe()
+    if before and (before["backbone"], before["profile"]) != (backbone, json.loads(json.dumps(profile))):
+        raise ValueError(f"{out} holds a study of {before['backbone']} with another profile recipe; "
+                         f"use another --out for this one")
+    counts = {name: sorted({*before.get("counts", {}).get(name, []), *steps.get(name, [])})
+              for name in dict.fromkeys([*before.get("counts", {}), *steps])}
+    atomic_write_json(path, {"methods": list(counts), "counts": counts, "seeds": sorted({*before.get("seeds", []), *seeds}),
+                             "references": list(references), "backbone": backbone, "profile": profile})
 
 
 def view_images(steps: int, context: RunContext) -> int:
