@@ -385,3 +385,21 @@ def test_field_datasets_are_registered_folder_datasets_with_an_identity(tmp_path
     voc = write_voc(tmp_path)
     identity = dataset_identity("voc", str(voc))
     assert identity["label"].startswith("voc@VOC2012-") and identity["files"] == 7 + 5 + 2
+
+
+def test_the_jafar_plan_lists_the_cells_of_the_folders_given_and_reports_the_others(tmp_path):
+    """The jafar profile's dry run on VOC and Cityscapes fixtures: their probe_seg cells are planned (each its
+    own column group), COCO-Stuff and ADE20k, not given, are problems that hide no other dataset's cells."""
+    from bench.running.dry_run import plan_tasks
+    from bench.running.session import build_context
+
+    voc, city = write_voc(tmp_path / "voc"), write_cityscapes(tmp_path / "city")
+    context = build_context("jafar", {"voc": str(voc), "cityscapes": str(city)}, "cpu", progress=False)
+    planned = plan_tasks(["bilinear", "featup_jbu"], ["probe_seg"], "dinov2", context, None)
+    cells = [(c.method, c.dataset.partition("@")[0], r["primary_data"]) for c, r in planned.cells]
+    assert sorted(cells) == [(m, d, False) for m in ("bilinear", "featup_jbu") for d in ("cityscapes", "voc")]
+    assert sorted(planned.missing) == ["ade20k", "coco_stuff"]
+    assert "--data coco_stuff=PATH" in planned.missing["coco_stuff"]
+    trained = next(r for c, r in planned.cells if c.method == "featup_jbu")
+    assert trained["train_data"] == {"name": "coco_stuff", "label": "missing"}
+    assert trained["settings"]["optimizer"] == "adamw" and tuple(trained["profile"]["image_size"]) == (448, 448)

@@ -41,7 +41,7 @@ def test_paper_dry_run_without_weights_or_imagenet_is_still_a_plan(tmp_path):
     proc = cli("run", "--profile", "paper", "--dry-run", "-m", "bilinear", "-t", "probe_seg,cam",
                "--data", f"coco_stuff={FIXTURES / 'coco_stuff'}", "--out", str(tmp_path / "p"), check=False)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
-    assert "backbone weights missing" in proc.stdout and "task cam cannot run" in proc.stdout
+    assert "backbone weights missing" in proc.stdout and "PROBLEM: dataset imagenet: " in proc.stdout
     assert "Coco164kFull_Stuff_Coarse.txt" in proc.stdout and "attention downsampler" in proc.stdout
     rows = [line.split("|")[1:3] for line in proc.stdout.splitlines() if line.startswith("| bilinear")]
     assert [[c.strip() for c in row] for row in rows] == [["bilinear", "probe_seg"]]

@@ -38,20 +38,17 @@ from tasks.base import Workload
 @dataclass
 class Plan:
     cells: list[tuple[Cell, dict]] = field(default_factory=list)
-    blocked: dict[str, str] = field(default_factory=dict)
-    """Task -> why its cells cannot be planned (a missing data folder)."""
+    missing: dict[str, str] = field(default_factory=dict)
+    """Dataset -> why its cells cannot be planned (a missing data folder)."""
     problems: list[str] = field(default_factory=list)
 
 
 def plan_tasks(methods: list[str], tasks: list[str], backbone: str, context: RunContext,
                seeds: list[int] | None) -> Plan:
-    """``plan`` task by task, so a task whose data is missing is reported instead of ending the plan."""
+    """``plan``, with the cells of a dataset that is missing left out and the dataset reported, so one missing
+    folder does not hide the cells of the others."""
     result = Plan()
-    for task in tasks:
-        try:
-            result.cells += plan(methods, [task], backbone, context, seeds)
-        except DatasetError as exc:
-            result.blocked[task] = str(exc).splitlines()[0]
+    result.cells = plan(methods, tasks, backbone, context, seeds, result.missing)
     return result
 
 
@@ -181,8 +178,8 @@ def dry_run(methods: list[str], tasks: list[str], backbone_name: str, weights: s
         lines += ["", "training stage:", pd.DataFrame(stages).to_markdown(index=False, floatfmt=".0f")]
     if cells:
         lines += ["", f"cells ({len(cells)}):", pd.DataFrame(cells).to_markdown(index=False, floatfmt=".0f")]
-    for task, why in planned.blocked.items():
-        planned.problems.append(f"task {task} cannot run: {why}")
+    for name, why in planned.missing.items():
+        planned.problems.append(f"dataset {name}: {why}")
     total = sum(r["est_s"] for r in stages) + sum(r["est_s"] for r in cells)
     todo = sum(r["status"] == "to run" for r in cells)
     lines += ["", *[f"PROBLEM: {p}" for p in planned.problems],

@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 
 from bench.backbones.names import resolve_spec
 from bench.backbones import Backbone, cache_key
+from bench.data.common import DatasetError
 from bench.data.identity import dataset_identity
 from bench.fitting import fit_method
 from bench.fitting.train import weights_source
@@ -41,13 +42,23 @@ class RunSummary:
     """Failures of an earlier run that this run did not retry (``--rerun failed`` does)."""
 
 
-def data_identities(names: list[str], context: RunContext) -> dict[str, dict]:
-    """Dataset name -> identity (bench.data.identity) for each name, every folder fingerprinted once."""
-    return {n: dataset_identity(n, context.data_paths.get(n)) for n in dict.fromkeys(names)}
+def data_identities(names: list[str], context: RunContext, missing: dict[str, str] | None = None) -> dict[str, dict]:
+    """Dataset name -> identity (bench.data.identity) for each name, every folder fingerprinted once. With
+    ``missing``, a dataset that cannot be read is recorded there (name -> why) instead of raising."""
+    out = {}
+    for name in dict.fromkeys(names):
+        try:
+            out[name] = dataset_identity(name, context.data_paths.get(name))
+        except DatasetError as exc:
+            if missing is None:
+                raise
+            missing[name] = str(exc).splitlines()[0]
+    return out
 
 
 def plan(
-    methods: list[str], tasks: list[str], backbone: str, context: RunContext, seeds: list[int] | None = None
+    methods: list[str], tasks: list[str], backbone: str, context: RunContext, seeds: list[int] | None = None,
+    missing: dict[str, str] | None = None,
 ) -> list[tuple[Cell, dict]]:
     """The cells to score with their recipes; unknown names and missing data folders fail here, before any work.
 
@@ -55,7 +66,9 @@ def plan(
     ``extra_data`` of that kind, once per seed (default: the profile's). A cell's dataset is its
     data's identity label, and its recipe holds the whole identity (a folder's path and
     fingerprint; for trained methods the training data's too), so results of other data are
-    never taken for this data's.
+    never taken for this data's. With ``missing`` (the dry run), cells of a dataset that cannot be read are
+    left out and the dataset recorded there; a trained method whose training data is missing is planned
+    with that data's name alone.
     """
     p = context.profile
     task_objs = [TASKS.get(name)() for name in tasks]
@@ -64,18 +77,20 @@ def plan(
                 for t in task_objs}
     trains = any(m.fit == "dataset" for m in method_classes)
     data = data_identities([d for names in datasets.values() for d in names] + ([p.train_data] if trains else []),
-                           context)
+                           context, missing)
     cells = []
     for seed in seeds or [p.seed]:
         for task in task_objs:
             for rank, name in enumerate(datasets[task.name]):
+                if name not in data:
+                    continue
                 scored_with = cell_profile(p, task.data_kind, name, seed)
                 for method_name, method_cls in zip(methods, method_classes):
                     cell = Cell(method_name, task.name, backbone, data[name]["label"], p.name, seed)
                     recipe = {**task.recipe(scored_with), "data": data[name], "primary_data": rank == 0,
                               "method_version": method_cls.version, "profile": scored_with.recipe()}
                     if method_cls.fit == "dataset":
-                        recipe["train_data"] = data[p.train_data]
+                        recipe["train_data"] = data.get(p.train_data, {"name": p.train_data, "label": "missing"})
                         weights = weights_record(method_cls, backbone, replace(context, profile=scored_with))
                         if weights is not None:
                             recipe["weights"] = weights

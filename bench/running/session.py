@@ -35,12 +35,14 @@ def build_context(profile_name: str, data: dict[str, str | None] | None = None, 
                   cam_settings: dict[str, object] | None = None, normalisation: str | None = None,
                   tile: int | None = None, weights: dict[str, str] | None = None, retrain: bool = False,
                   progress: bool = True) -> RunContext:
-    """The named profile with the given datasets (name -> folder, or None for embedded ones) in place of its
-    own of their kinds, CAM settings and normalisation overridden where given, on ``device``."""
+    """The named profile with the given datasets (name -> folder, or None for embedded ones), CAM settings and
+    normalisation overridden where given, on ``device``. A dataset the profile already names (as its data or an
+    extra dataset) just gets its folder; any other takes the place of the profile's dataset of its kind."""
     data = data or {}
     profile = PROFILES.get(profile_name)
     read = {TASKS.get(t).data_kind for t in TASKS.names()}
-    swapped = {DATASETS.get(n).kind: n for n in data if DATASETS.get(n).kind in read}
+    named = {*profile.data.values(), *profile.extra_data}
+    swapped = {DATASETS.get(n).kind: n for n in data if DATASETS.get(n).kind in read and n not in named}
     task_settings = None
     if cam_settings:
         task_settings = {**profile.task_settings, "cam": {**profile.task_settings.get("cam", {}), **cam_settings}}
