@@ -145,7 +145,11 @@ def record_study(out: Path, steps: dict[str, list[int]], seeds: list[int], refer
     path = out / "study.json"
     before = json.loads(path.read_text()) if path.is_file() else {}
     profile = context.profile.recipe()
-    if before and (before["backbone"], before["profile"]) != (backbone, json.loads(json.dumps(profile))):
+
+    def setting(recipe: dict[str, Any]) -> dict[str, Any]:  # the study sets the steps itself
+        return {k: v for k, v in json.loads(json.dumps(recipe)).items() if k != "train_steps"}
+
+    if before and (before["backbone"], setting(before["profile"])) != (backbone, setting(profile)):
         raise ValueError(f"{out} holds a study of {before['backbone']} with another profile recipe; "
                          f"use another --out for this one")
     counts = {name: sorted({*before.get("counts", {}).get(name, []), *steps.get(name, [])})
