@@ -119,6 +119,7 @@ def study(methods: list[str], steps: list[int] | None, backbone: Backbone, conte
     trained = [n for n in methods if kinds[n] == "dataset"]
     fitted = [n for n in methods if kinds[n] == "image"]
     counts = {"dataset": sorted(steps or DEFAULT_STEPS), "image": sorted(steps or DEFAULT_FIT_STEPS)}
+    context = pinned(out, context)
     record_study(out, {name: counts[kinds[name]] for name in methods}, seeds, references, backbone.name, context)
     for rank in range(max(len(c) for c in counts.values())):
         due = [(name, counts[kinds[name]][rank]) for name in methods if rank < len(counts[kinds[name]])]
@@ -136,6 +137,17 @@ def study(methods: list[str], steps: list[int] | None, backbone: Backbone, conte
                       out, seeds)
         write_curves(out)
     return write_curves(out)
+
+
+def pinned(out: Path, context: RunContext) -> RunContext:
+    """The context with the profile's ``train_steps`` the study began with: every cell's recipe holds the profile,
+    and a study continued after the profile's budget changed (as it does once a study chooses it) must keep the
+    hashes of the cells it has scored. The weights each cell scores are named in its recipe anyway."""
+    path = out / "study.json"
+    if not path.is_file():
+        return context
+    steps = json.loads(path.read_text())["profile"]["train_steps"]
+    return dataclasses.replace(context, profile=dataclasses.replace(context.profile, train_steps=steps))
 
 
 def record_study(out: Path, steps: dict[str, list[int]], seeds: list[int], references: tuple[str, ...],
