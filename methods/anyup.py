@@ -58,7 +58,7 @@ from torch import nn
 from bench.registry import METHODS
 from methods.base import Upsampler, check_batch
 from methods.guidance import imagenet_normalised
-from methods.jafar import cosine_mse
+from methods.jafar import cosine_mse, rope_frequencies
 from methods.tiling import Span, pool_axis, pool_source
 
 if TYPE_CHECKING:
@@ -187,12 +187,7 @@ class RoPE(nn.Module):
 
     def __init__(self, dim: int, theta: float = ROPE_THETA) -> None:
         super().__init__()
-        freqs = theta ** torch.linspace(0, -1, dim // 4)
-        freqs = torch.cat([freqs, freqs])
-        init = torch.zeros(2, dim)
-        init[0, : dim // 2] = freqs
-        init[1, -dim // 2:] = freqs
-        self.freqs = nn.Parameter(init * 2 * torch.pi)
+        self.freqs = nn.Parameter(rope_frequencies(dim, theta))
 
     def forward(self, x: torch.Tensor, full: tuple[int, int], rows: Span, cols: Span) -> torch.Tensor:
         """``x`` (B,D,rows,cols): that crop of a ``full``-sized map, rotated by its pixels' angles."""

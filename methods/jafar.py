@@ -100,21 +100,24 @@ class Encoder(nn.Sequential):
         return [n for block in list(self)[1:] for n in (block.norm1, block.norm2)]
 
 
-class RoPE(nn.Module):
-    """Rotary embedding of a map by its (row, column) coordinates in [0, 1]; the frequencies are trained.
+def rope_frequencies(dim: int, theta: float) -> torch.Tensor:
+    """(2, dim) initial angular frequencies of their 2-D RoPE (JAFAR's, which AnyUp reuses): the first half of
+    the channels turns with the row, the second with the column, dim/4 log-spaced frequencies from 1 to
+    1/theta turns per unit, each used by two channels."""
+    turns = theta ** torch.linspace(0, -1, dim // 4)
+    turns = torch.cat([turns, turns])
+    freqs = torch.zeros(2, dim)
+    freqs[0, : dim // 2] = turns
+    freqs[1, -dim // 2:] = turns
+    return freqs * 2 * torch.pi
 
-    Initialised as theirs: the first half of the channels turns with the row, the second with the
-    column, dim/4 log-spaced frequencies from 1 to 1/theta turns per unit, each used by two channels.
-    """
+
+class RoPE(nn.Module):
+    """Rotary embedding of a map by its (row, column) coordinates in [0, 1]; the frequencies are trained."""
 
     def __init__(self, dim: int = QK_DIM, theta: float = ROPE_THETA) -> None:
         super().__init__()
-        turns = theta ** torch.linspace(0, -1, dim // 4)
-        turns = torch.cat([turns, turns])
-        freqs = torch.zeros(2, dim)
-        freqs[0, : dim // 2] = turns
-        freqs[1, -dim // 2:] = turns
-        self.freqs = nn.Parameter(freqs * 2 * torch.pi)
+        self.freqs = nn.Parameter(rope_frequencies(dim, theta))
 
     def forward(self, x: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
         """x (B, C, h, w) at row coordinates ``rows`` (h,) and column coordinates ``cols`` (w,)."""
