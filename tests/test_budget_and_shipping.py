@@ -198,10 +198,14 @@ def test_budget_curves_have_every_step_and_the_references(tmp_path):
     assert len(before) == (len(budget.REFERENCES) + 2) * 2 * 2  # (3 references + 2 step counts) x 2 seeds x 2 probes
     assert main(args) == 0  # resumed: nothing trained or scored again
     assert stamps() == before
-    # continued with another step count: study.json keeps what the folder holds; another profile is refused
-    assert main([*args[:8], "1,2,3", *args[9:]]) == 0
+    # a later invocation's methods, step counts and seeds add to study.json; another profile is refused
+    smoke = RunContext(profile=PROFILES.get("smoke"))
+    budget.record_study(out, {"resize_conv": [4], "dip": [20]}, [2], budget.REFERENCES, "efficientnet_lite0", smoke)
     study = json.loads((out / "study.json").read_text())
-    assert study["counts"] == {"resize_conv": [1, 2, 3]} and study["seeds"] == [0, 1]
+    assert study["counts"] == {"resize_conv": [1, 2, 4], "dip": [20]} and study["seeds"] == [0, 1, 2]
+    # its profile's budget may change since (the study pins the one it began with, so its cells keep their hashes)
+    assert budget.pinned(out, RunContext(profile=PROFILES.get("smoke").with_overrides(train_steps=99))
+                         ).profile.train_steps == PROFILES.get("smoke").train_steps
     with pytest.raises(ValueError, match="another profile recipe"):
         budget.record_study(out, {}, [0], budget.REFERENCES, "efficientnet_lite0",
                             RunContext(profile=PROFILES.get("default")))
