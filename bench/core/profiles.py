@@ -2,7 +2,8 @@
 
 smoke   seconds, for tests and CI;
 default the embedded benchmark on a 2-core CPU;
-paper   the paper's recipe (ViT-S/16, 224 px, full datasets, GPU).
+paper   the paper's recipe (ViT-S/16, 224 px, full datasets, GPU);
+jafar   the protocol papers since FeatUp report (DINOv2 ViT-S/14, 448 px, four segmentation datasets, GPU).
 """
 from __future__ import annotations
 
@@ -99,8 +100,8 @@ PROFILES.register(Profile(
     # real Middlebury scene, whose smooth depth rewards smooth predictions, beside it.
     data={"seg": "scenes", "depth": "depth_scenes", "classify": "cam_photos"}, train_data="photos",
     extra_data=("middlebury",),
-    # The shipped weights' budget (results/weights): the training-budget study (results/budget/) found every
-    # probe metric of the four trained methods flat within its seed sd from 1000 to 2000 steps (docs/methods.md).
+    # The shipped weights' budget (results/weights): the training-budget study's last checkpoint (results/budget/;
+    # from 1000 to 2000 steps no probe metric moved by more than about its seed sd, docs/methods.md).
     train_steps=2000, train_batch=2, train_views=3,
     # Probes: 4 images x 2048 sampled pixels per step, ~300 steps; the sampled pixels stay in memory.
     # Crops of one Middlebury scene are strongly correlated: at 48/24 the featup_jbu - bilinear RMSE
