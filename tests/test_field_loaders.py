@@ -403,3 +403,28 @@ def test_the_jafar_plan_lists_the_cells_of_the_folders_given_and_reports_the_oth
     trained = next(r for c, r in planned.cells if c.method == "featup_jbu")
     assert trained["train_data"] == {"name": "coco_stuff", "label": "missing"}
     assert trained["settings"]["optimizer"] == "adamw" and tuple(trained["profile"]["image_size"]) == (448, 448)
+
+
+def test_the_jafar_dry_run_on_fixtures_of_every_dataset_has_no_problem_but_the_weights(tmp_path, capsys):
+    """Folders for all five of the profile's probe datasets: every probe cell is planned, and the only problem
+    is the DINOv2 weights, which are not here (the plan is timed with an untrained stand-in)."""
+    from bench.cli import main
+
+    fixtures = Path(__file__).parent / "fixtures"
+    ade = tmp_path / "ade"
+    for split in ("training", "validation"):
+        for k in range(2):
+            for folder, array in (("images", voc_image(k)), ("annotations", voc_mask(k) % 151)):
+                (ade / folder / split).mkdir(parents=True, exist_ok=True)
+                Image.fromarray(array).save(ade / folder / split / f"ADE_{split}_{k:08d}.{'jpg' if folder == 'images' else 'png'}")
+    data = {"coco_stuff": fixtures / "coco_stuff", "voc": write_voc(tmp_path / "voc"),
+            "cityscapes": write_cityscapes(tmp_path / "city"), "ade20k": ade, "nyuv2": fixtures / "nyuv2"}
+    args = ["--no-progress", "run", "--profile", "jafar", "--dry-run", "-m", "bilinear", "-t", "probe_seg,probe_depth",
+            "--out", str(tmp_path / "plan"), *[a for name, path in data.items() for a in ("--data", f"{name}={path}")]]
+    assert main(args) == 1  # the missing weights make the plan's status non-zero
+    text = capsys.readouterr().out
+    problems = [line for line in text.splitlines() if line.startswith("PROBLEM")]
+    assert len(problems) == 1 and "backbone weights missing" in problems[0], problems
+    cells = [line for line in text.splitlines() if line.startswith("| bilinear")]
+    assert len(cells) == 5 and all("to run" in line for line in cells)  # 4 segmentation datasets and NYUv2
+    assert all(name in text for name in data) and "optimizer': 'adamw'" in text
