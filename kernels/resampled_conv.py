@@ -154,45 +154,51 @@ def _balanced_blocks(rows: int, images: int, most: int, threads: int) -> tuple[i
     return (rows + step - 1) // step, step
 
 
+@njit(fastmath=FASTMATH, cache=True, inline="always")
+def _compose(K, b, y, row_weights, bounds, col_weights, col_phase, ktr, t1, out, T, S):
+    """out[c, a*S + s, p] = the composed kernel of output (y, class c of column pair p), for both classes.
+
+    The column weights are constant over runs of pairs (``bounds``; all but a few border
+    pairs are one run), so each run is a fixed T-tap filter across its pairs that vectorises. Inlined
+    where T and S are compile-time constants, so its inner loops unroll as a closure's would.
+    """
+    W, P = K.shape[2], ktr.shape[1]
+    for c in range(2):
+        ktr[:] = 0
+        for p in range(P):
+            x = 2 * p - col_phase + c
+            if 0 <= x < W:
+                for t in range(T * T):
+                    ktr[t, p] = K[b, y, x, t]
+        for k in range(bounds.shape[0] - 1):
+            p0, p1 = bounds[k], bounds[k + 1]
+            for i in range(T):
+                for s in range(S):
+                    w = col_weights[c, k, :, s]
+                    dst, src = t1[i * S + s, p0:p1], ktr[i * T:(i + 1) * T, p0:p1]
+                    for p in range(p1 - p0):
+                        v = w[0] * src[0, p]
+                        for j in range(1, T):
+                            v += w[j] * src[j, p]
+                        dst[p] = v
+        r = row_weights[y]
+        for a in range(S):
+            for s in range(S):
+                dst = out[c, a * S + s]
+                for p in range(P):
+                    v = r[0, a] * t1[s, p]
+                    for i in range(1, T):
+                        v += r[i, a] * t1[i * S + s, p]
+                    dst[p] = v
+
+
 @lru_cache(maxsize=None)
 def _kernels(T: int, S: int):
-    """The forward for T x T kernels over S x S source windows (compile-time constants)."""
+    """The forward for T x T kernels over S x S source windows (compile-time constants).
 
-    @njit(fastmath=FASTMATH, cache=True, inline="always")
-    def compose(K, b, y, row_weights, bounds, col_weights, col_phase, ktr, t1, out):
-        """out[c, a*S + s, p] = the composed kernel of output (y, class c of column pair p), for both classes.
-
-        The column weights are constant over runs of pairs (``bounds``; all but a few border
-        pairs are one run), so each run is a fixed T-tap filter across its pairs that vectorises.
-        """
-        W, P = K.shape[2], ktr.shape[1]
-        for c in range(2):
-            ktr[:] = 0
-            for p in range(P):
-                x = 2 * p - col_phase + c
-                if 0 <= x < W:
-                    for t in range(T * T):
-                        ktr[t, p] = K[b, y, x, t]
-            for k in range(bounds.shape[0] - 1):
-                p0, p1 = bounds[k], bounds[k + 1]
-                for i in range(T):
-                    for s in range(S):
-                        w = col_weights[c, k, :, s]
-                        dst, src = t1[i * S + s, p0:p1], ktr[i * T:(i + 1) * T, p0:p1]
-                        for p in range(p1 - p0):
-                            v = w[0] * src[0, p]
-                            for j in range(1, T):
-                                v += w[j] * src[j, p]
-                            dst[p] = v
-            r = row_weights[y]
-            for a in range(S):
-                for s in range(S):
-                    dst = out[c, a * S + s]
-                    for p in range(P):
-                        v = r[0, a] * t1[s, p]
-                        for i in range(1, T):
-                            v += r[i, a] * t1[i * S + s, p]
-                        dst[p] = v
+    Its closure holds only T and S: numba keys a cached closure by its pickled cell contents, and a
+    jitted function pickles with a per-process id, so closing over one would compile it in every process.
+    """
 
     @njit(parallel=True, fastmath=FASTMATH, cache=True)
     def forward(X, K, row_weights, row_phase, row_start, bounds, col_weights, col_phase, col_start, P, bias,
@@ -213,8 +219,8 @@ def _kernels(T: int, S: int):
                 for ry in range(2):
                     y = 2 * (s0 + rr) - row_phase + ry
                     if y_lo <= y < y_hi:
-                        compose(K, b, y, row_weights, bounds, col_weights, col_phase, ktr, t1,
-                                kt[ry, :, :, rr * Wg:rr * Wg + P])
+                        _compose(K, b, y, row_weights, bounds, col_weights, col_phase, ktr, t1,
+                                 kt[ry, :, :, rr * Wg:rr * Wg + P], T, S)
             rows = n + S - 1
             g = np.zeros((CB, rows * Wg), X.dtype)  # the block's source rows, zero outside X
             r_lo, r_hi = max(0, -(row_start + s0)), min(rows, h - (row_start + s0))
