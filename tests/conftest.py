@@ -1,6 +1,8 @@
 """Shared fixtures: everything offline, the real default backbone loaded once."""
 from __future__ import annotations
 
+import concurrent.futures
+import multiprocessing
 import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -60,3 +62,16 @@ def lite0():
 def images():
     """Two non-square images whose sides are not multiples of 32."""
     return torch.rand(2, 3, 70, 100, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.fixture
+def fresh_process():
+    """``call(fn, *args)`` runs a module-level ``fn`` in a newly spawned interpreter and returns its result.
+
+    A CPU peak is read from the process's resident set, which the heap state that earlier tests
+    leave behind moves by hundreds of MB either way; a spawned process starts from the same state
+    in every run, so a memory bound checked there means the same thing alone and in the full suite.
+    """
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
+                                                initializer=load_all) as pool:
+        yield lambda fn, *args: pool.submit(fn, *args).result()

@@ -184,7 +184,23 @@ def test_a_half_precision_output_is_the_float_output_rounded():
     torch.testing.assert_close(half, whole.half(), atol=2e-3, rtol=1e-3)
 
 
-def test_tiles_mapped_per_pixel_never_hold_the_whole_features():
+def mapped_peak_mb(size: int, tiled: bool = True) -> float:
+    """Peak MB of a C = 64 JBU map at ``size``² mapped to 2 channels, tile by tile or whole."""
+    method, mix = jbu(64, 4), channel_mix(64, 2)
+    x, image = seeded(1, 64, size // 16, size // 16), seeded(1, 3, size, size).abs()
+    call = (lambda: method.forward_tiled(x, image, (size, size), 64, pixelwise=mix)) if tiled else \
+        (lambda: mix(method(x, image, (size, size))))
+    with torch.no_grad():
+        if tiled:
+            call()  # warm-up (compilation, pools); the control needs none: a warm-up only lowers a peak
+        gc.collect()
+        with peak_memory("cpu") as measured:
+            out = call()
+        del out
+    return measured.mb
+
+
+def test_tiles_mapped_per_pixel_never_hold_the_whole_features(fresh_process):
     """At 1024², C = 64, the features are 256 MB (64 MB at 512²); mapped to 2 channels tile by tile,
     the call needs less than half of them, and grows by less than half of their growth (the
     guidance images and the mapped output do grow).
@@ -192,31 +208,20 @@ def test_tiles_mapped_per_pixel_never_hold_the_whole_features():
     The control: the same map of the whole output, measured the same way, must break both bounds
     (measured 182 / 583 MB), so a peak measurement that under-reported, or reported 0 where the OS
     does not let it reset the high-water mark, fails here instead of passing the bounds."""
-    method, mix = jbu(64, 4), channel_mix(64, 2)
-
-    def peak(size: int, tiled: bool = True) -> float:
-        x, image = seeded(1, 64, size // 16, size // 16), seeded(1, 3, size, size).abs()
-        call = (lambda: method.forward_tiled(x, image, (size, size), 64, pixelwise=mix)) if tiled else \
-            (lambda: mix(method(x, image, (size, size))))
-        with torch.no_grad():
-            if tiled:
-                call()  # warm-up (compilation, pools); the control needs none: a warm-up only lowers a peak
-            gc.collect()
-            with peak_memory("cpu") as measured:
-                out = call()
-            del out
-        return measured.mb
-
-    small, large = peak(512), peak(1024)
-    whole_small, whole_large = peak(512, tiled=False), peak(1024, tiled=False)
+    small, large = fresh_process(mapped_peak_mb, 512), fresh_process(mapped_peak_mb, 1024)
+    whole_small, whole_large = fresh_process(mapped_peak_mb, 512, False), fresh_process(mapped_peak_mb, 1024, False)
     assert whole_large >= 256 and whole_large - whole_small >= 192, (whole_small, whole_large)  # the features alone
     assert large < 128 and large - small < 96, (small, large)
 
 
-def test_profile_methods_with_a_half_output_needs_half_the_output_memory():
+def half_output_row(dtype: torch.dtype) -> dict:
+    return profiling.profile_methods(["bilinear"], [1024], 256, repeats=1, progress=False, tile=256,
+                                     dtype=dtype).iloc[0].to_dict()
+
+
+def test_profile_methods_with_a_half_output_needs_half_the_output_memory(fresh_process):
     """Bilinear at 1024², C = 256, tiles of 256: the float32 output is 1024 MB, the float16 one 512 MB
     (each tile is computed in float32 first, and the allocator's reuse of tile buffers varies: tens of MB)."""
-    peaks = {str(dtype): profiling.profile_methods(["bilinear"], [1024], 256, repeats=1, progress=False, tile=256,
-                                                   dtype=dtype).iloc[0] for dtype in (torch.float32, torch.float16)}
+    peaks = {str(dtype): fresh_process(half_output_row, dtype) for dtype in (torch.float32, torch.float16)}
     assert [row["dtype"] for row in peaks.values()] == ["float32", "float16"]
     assert peaks["torch.float16"]["peak_mb"] < peaks["torch.float32"]["peak_mb"] - 384, peaks
