@@ -406,6 +406,19 @@ def test_the_jafar_plan_lists_the_cells_of_the_folders_given_and_reports_the_oth
     assert trained["settings"]["optimizer"] == "adamw" and tuple(trained["profile"]["image_size"]) == (448, 448)
 
 
+def test_a_dry_run_without_the_training_folder_plans_a_method_that_has_shipped_weights(tmp_path):
+    """Shipped weights (the default backbone's) are matched on the training data's identity: without the training
+    folder the dry run plans the cell with no weights recorded and reports the folder, instead of raising."""
+    from bench.running.dry_run import plan_tasks
+    from bench.running.session import build_context
+
+    context = build_context("jafar", {"voc": str(write_voc(tmp_path / "voc"))}, "cpu", progress=False)
+    planned = plan_tasks(["featup_jbu"], ["probe_seg"], "efficientnet_lite0_s16", context, None)
+    (cell, recipe), = planned.cells
+    assert recipe["train_data"] == {"name": "coco_stuff", "label": "missing"} and "weights" not in recipe
+    assert "coco_stuff" in planned.missing
+
+
 def test_the_jafar_dry_run_on_fixtures_of_every_dataset_has_no_problem_but_the_weights(tmp_path):
     """Folders for all five of the profile's probe datasets: every probe cell is planned, and the only problem
     is the DINOv2 weights, which are not here (the plan is timed with an untrained stand-in). In a process of its
@@ -425,7 +438,8 @@ def test_the_jafar_dry_run_on_fixtures_of_every_dataset_has_no_problem_but_the_w
     args = ["--no-progress", "run", "--profile", "jafar", "--dry-run", "-m", "bilinear", "-t", "probe_seg,probe_depth",
             "--out", str(tmp_path / "plan"), *[a for name, path in data.items() for a in ("--data", f"{name}={path}")]]
     proc = subprocess.run([sys.executable, "run_bench.py", *args], cwd=Path(__file__).resolve().parents[1],
-                          capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+                          capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")})  # no cached DINOv2
     assert proc.returncode == 1, proc.stderr  # the missing weights make the plan's status non-zero
     text = proc.stdout
     problems = [line for line in text.splitlines() if line.startswith("PROBLEM")]

@@ -90,8 +90,11 @@ def plan(
                     recipe = {**task.recipe(scored_with), "data": data[name], "primary_data": rank == 0,
                               "method_version": method_cls.version, "profile": scored_with.recipe()}
                     if method_cls.fit == "dataset":
-                        recipe["train_data"] = data.get(p.train_data, {"name": p.train_data, "label": "missing"})
-                        weights = weights_record(method_cls, backbone, replace(context, profile=scored_with))
+                        train = data.get(p.train_data)
+                        recipe["train_data"] = train or {"name": p.train_data, "label": "missing"}
+                        # shipped weights are matched on the training data's identity, which a dry run may lack
+                        weights = None if train is None and method_name not in context.weights else \
+                            weights_record(method_cls, backbone, replace(context, profile=scored_with))
                         if weights is not None:
                             recipe["weights"] = weights
                     cells.append((cell, recipe))
