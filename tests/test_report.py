@@ -98,3 +98,14 @@ def test_vs_jafar_matches_columns_by_dataset_and_ranks_against_its_table(tmp_pat
     assert "bilinear > featup_jbu" in md and "Depth-Anything" in md
     with pytest.raises(ValueError, match="no reference table 'nope'"):
         table_text(tmp_path, "md", vs="nope")
+
+
+def test_a_reference_in_percent_is_set_beside_ours_as_a_fraction():
+    """JAFAR prints δ<1.25 in percent (bilinear 59.92); ours is a fraction, so its column reads 0.5992."""
+    from bench.reporting.references import reference
+
+    raw = pd.read_csv(reference("jafar").csv).set_index("method")
+    table = reference("jafar").table()
+    assert raw.loc["bilinear", "depth_delta1"] == 59.92
+    assert table.loc["bilinear", "depth_delta1"] == pytest.approx(0.5992)
+    assert table.loc["bilinear", "voc_miou"] == raw.loc["bilinear", "voc_miou"]  # percentages as ours are

@@ -24,9 +24,15 @@ class Reference:
     columns: dict[tuple[str, str | None, str], str] = field(default_factory=dict)
     """(task, dataset name, metric) -> the reference's column; dataset None: the task's primary dataset,
     whichever it is (the reference's own setting)."""
+    units: dict[str, float] = field(default_factory=dict)
+    """The reference's column -> the factor that puts it in our units (a percentage where ours is a fraction: 0.01)."""
 
     def table(self) -> pd.DataFrame:
-        return pd.read_csv(self.csv).set_index("method")
+        """The reference's numbers in our units, one row per method."""
+        table = pd.read_csv(self.csv).set_index("method")
+        for column, factor in self.units.items():
+            table[column] = table[column] * factor
+        return table
 
     def matches(self, ok: pd.DataFrame) -> dict[str, str]:
         """Our table column -> the reference's, for the columns of ``ok`` (rows with a ``column``, as
@@ -59,7 +65,8 @@ JAFAR_NOTE = (
     "reference: JAFAR's README table (Couairon et al. 2025, github.com/PaulCouairon/JAFAR; DINOv2 ViT-S/14, "
     "448 px; linear probes 20 epochs, AdamW 5e-4, batch 2). Its depth columns are on COCO images with "
     "Depth-Anything-V2-Small pseudo-labels, not NYUv2, so beside our NYUv2 depth they compare ranks, not values; "
-    "its FeatUp row is FeatUp's JBU (our featup_jbu)."
+    "its FeatUp row is FeatUp's JBU (our featup_jbu). Its δ<1.25 is printed in percent; shown here as a fraction, "
+    "as ours is."
 )
 JAFAR_COLUMNS = {
     ("probe_seg", "coco_stuff", "miou"): "coco_miou", ("probe_seg", "voc", "miou"): "voc_miou",
@@ -72,7 +79,8 @@ JAFAR_COLUMNS = {
 def reference(name: str) -> Reference:
     """The reference called ``name`` ("featup" or "jafar"); a clear error otherwise."""
     known = {"featup": lambda: Reference("featup", "paper", RESULTS / "paper_table.csv", FEATUP_NOTE, featup_columns()),
-             "jafar": lambda: Reference("jafar", "jafar", RESULTS / "jafar_table.csv", JAFAR_NOTE, JAFAR_COLUMNS)}
+             "jafar": lambda: Reference("jafar", "jafar", RESULTS / "jafar_table.csv", JAFAR_NOTE, JAFAR_COLUMNS,
+                                        units={"depth_delta1": 0.01})}
     if name not in known:
         raise ValueError(f"no reference table {name!r}: expected one of {', '.join(known)}")
     return known[name]()
