@@ -406,6 +406,18 @@ def test_the_jafar_plan_lists_the_cells_of_the_folders_given_and_reports_the_oth
     assert trained["settings"]["optimizer"] == "adamw" and tuple(trained["profile"]["image_size"]) == (448, 448)
 
 
+def test_data_of_one_kind_twice_or_of_a_kind_no_task_reads_is_refused():
+    from bench.running.session import build_context
+
+    with pytest.raises(ValueError, match="--data voc and --data cityscapes both take the place of .* seg data"):
+        build_context("default", {"voc": "/a", "cityscapes": "/b"}, "cpu")
+    with pytest.raises(ValueError, match="--data photos: no task reads images data"):
+        build_context("paper", {"photos": None}, "cpu")  # the default profile trains on photos; paper does not
+    assert build_context("default", {"voc": "/a"}, "cpu").profile.data["seg"] == "voc"
+    trained_on = build_context("default", {"photos": "/p"}, "cpu")
+    assert trained_on.profile.train_data == "photos" and trained_on.data_paths == {"photos": "/p"}
+
+
 def test_a_dry_run_without_the_training_folder_plans_a_method_that_has_shipped_weights(tmp_path):
     """Shipped weights (the default backbone's) are matched on the training data's identity: without the training
     folder the dry run plans the cell with no weights recorded and reports the folder, instead of raising."""

@@ -20,7 +20,8 @@ class Profile:
     image_size: tuple[int, int]
     data: dict[str, str]
     """Data kind -> the dataset the tasks of that kind score on ("seg", "depth", "classify", or a plugin task's
-    own kind): a task reads ``data[task.data_kind]``, and ``--data NAME[=PATH]`` replaces its kind's entry."""
+    own kind): a task reads ``data[task.data_kind]``, and ``--data NAME[=PATH]`` replaces its kind's entry
+    (for a dataset the profile already names, it only gives the folder)."""
     train_data: str
     """Images the trainable upsamplers are fitted on (multi-view, no labels)."""
     train_steps: int | None

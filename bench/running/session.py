@@ -36,13 +36,23 @@ def build_context(profile_name: str, data: dict[str, str | None] | None = None, 
                   tile: int | None = None, weights: dict[str, str] | None = None, retrain: bool = False,
                   progress: bool = True) -> RunContext:
     """The named profile with the given datasets (name -> folder, or None for embedded ones), CAM settings and
-    normalisation overridden where given, on ``device``. A dataset the profile already names (as its data or an
-    extra dataset) just gets its folder; any other takes the place of the profile's dataset of its kind."""
+    normalisation overridden where given, on ``device``. A dataset the profile already names (as its data, an
+    extra dataset or its training data) just gets its folder; any other takes the place of the profile's
+    dataset of its kind, and two of one kind, or one of a kind no task reads, are refused."""
     data = data or {}
     profile = PROFILES.get(profile_name)
     read = {TASKS.get(t).data_kind for t in TASKS.names()}
-    named = {*profile.data.values(), *profile.extra_data}
-    swapped = {DATASETS.get(n).kind: n for n in data if DATASETS.get(n).kind in read and n not in named}
+    named = {*profile.data.values(), *profile.extra_data, profile.train_data}
+    swapped: dict[str, str] = {}
+    for name in (n for n in data if n not in named):
+        kind = DATASETS.get(name).kind
+        if kind not in read:
+            raise ValueError(f"--data {name}: no task reads {kind} data, and profile {profile.name!r} does not name "
+                             f"{name!r}; the kinds the tasks read: {', '.join(sorted(read))}")
+        if kind in swapped:
+            raise ValueError(f"--data {swapped[kind]} and --data {name} both take the place of the profile's {kind} "
+                             f"data ({profile.data.get(kind)!r}); give one (a profile's extra_data scores more)")
+        swapped[kind] = name
     task_settings = None
     if cam_settings:
         task_settings = {**profile.task_settings, "cam": {**profile.task_settings.get("cam", {}), **cam_settings}}
