@@ -14,7 +14,7 @@ import torch
 
 from bench.cli import main
 from bench.core.store import ResultStore
-from tests.test_report import write_cell
+from test_report import write_cell
 
 
 def png_with_content(path) -> bool:

@@ -6,7 +6,7 @@ from bench.fitting import train
 from bench.core.context import RunContext
 from bench.core.profiles import PROFILES
 from methods.featup_jbu import FeatUpJBU
-from tests.test_cli import cli
+from test_cli import cli
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 

@@ -25,7 +25,7 @@ from bench.core.profiles import PROFILES
 from methods import featup_implicit
 from methods.dip import DIP
 from methods.featup_implicit import FeatUpImplicit
-from tests.test_classic_upsamplers import colour_features, scene
+from test_classic_upsamplers import colour_features, scene
 
 KNOWN_ANSWER = ImageFitSettings(steps=150, views=16, views_per_step=4, pca_views=16, scale=2, group=2)
 QUICK = ImageFitSettings(steps=3, views=4, views_per_step=2, pca_views=4, scale=2, group=4)

@@ -11,7 +11,7 @@ import torch
 from bench.reporting.document import write_report
 from bench.reporting.figures import PcaBasis, profile_results
 from bench.core.store import ResultStore
-from tests.test_report import write_cell
+from test_report import write_cell
 
 METRICS = {"probe_seg": {"miou": 40.0, "acc": 70.0}, "probe_depth": {"rmse": 0.5, "delta1.25": 0.8}}
 
@@ -102,3 +102,14 @@ def test_profile_stored_with_the_run_is_used(run, tmp_path):
     df, source = profile_results(run, tmp_path, ["bilinear"], [32], 8, "cpu", progress=False)
     pd.testing.assert_frame_equal(df, stored)
     assert "stored with the run" in source and not (tmp_path / "profile.csv").exists()
+
+
+@pytest.mark.parametrize("profile, label, theirs", [("smoke", "paper", 0.910), ("jafar", "jafar", 0.5992)])
+def test_the_report_sets_a_run_beside_the_table_of_its_setting(run, profile, label, theirs):
+    """A jafar-profile run is set beside JAFAR's table (its δ in our units), any other beside FeatUp's."""
+    from bench.reporting.document import table_section
+
+    text = table_section(run, ResultStore(run).rows(), profile)
+    assert f"## Results beside the {label} table" in text
+    row = next(line for line in text.splitlines() if line.startswith("| bilinear"))
+    assert f"{theirs:.3f}".rstrip("0") in row, row

@@ -16,7 +16,7 @@ from typing import Any
 import pandas as pd
 import torch
 
-from bench.reporting.references import reference
+from bench.reporting.references import reference_for
 from bench.reporting.report import reference_deltas, render, table_text
 from bench.core.failures import SETTLED
 from bench.core.store import ResultStore
@@ -50,15 +50,16 @@ def summary_section(run_dir: Path, records: list[dict[str, Any]]) -> str:
     ])
 
 
-def table_section(run_dir: Path, rows: pd.DataFrame) -> str:
-    deltas = reference_deltas(rows, reference("featup")).dropna(how="all")
-    parts = ["## Results beside the paper", "",
-             "Each cell: our number, then the paper's in the `(paper)` column beside it.", "",
-             table_text(run_dir, "md", vs="featup")]
+def table_section(run_dir: Path, rows: pd.DataFrame, profile: str) -> str:
+    """Our table beside the published one made in the run's setting, and the differences from it."""
+    ref = reference_for(profile)
+    deltas = reference_deltas(rows, ref).dropna(how="all")
+    parts = [f"## Results beside the {ref.label} table", "",
+             f"Each cell: our number, then the reference's in the `({ref.label})` column beside it.", "",
+             table_text(run_dir, "md", vs=ref.name)]
     if not deltas.empty:
-        parts += ["", "Ours minus the paper (same columns as above; the paper used ViT-S/16 on COCO-Stuff, "
-                      "NYUv2 and ImageNet at 224 px, so a difference measures the setting as much as the method; "
-                      "methods the paper does not have are left out):",
+        parts += ["", "Ours minus the reference (same columns as above; a difference measures the setting as much "
+                      "as the method where the settings differ; methods the reference does not have are left out):",
                   "", render(deltas, "md")]
     return "\n".join(parts)
 
@@ -209,7 +210,7 @@ def write_report(run_dir: Path, out_dir: Path, device: torch.device, weights: st
     out_dir.mkdir(parents=True, exist_ok=True)
     title = f"featup-bench report: {run_dir.name}"
     text = "\n\n".join([
-        f"# {title}", summary_section(run_dir, records), table_section(run_dir, store.rows()),
+        f"# {title}", summary_section(run_dir, records), table_section(run_dir, store.rows(), run_settings(records)[0]),
         figures_section(run_dir, out_dir, records, device, weights, list(sizes), photos, progress),
         failures_section(records), recipes_section(records), provenance_section(records),
     ]) + "\n"

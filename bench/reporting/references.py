@@ -76,6 +76,15 @@ JAFAR_COLUMNS = {
 }
 
 
+PROFILE_REFERENCES = {"jafar": "jafar"}
+"""A profile -> the published table made in its setting (every other profile: FeatUp's)."""
+
+
+def reference_for(profile: str) -> Reference:
+    """The reference a run of ``profile`` is set beside in its report."""
+    return reference(PROFILE_REFERENCES.get(profile, "featup"))
+
+
 def reference(name: str) -> Reference:
     """The reference called ``name`` ("featup" or "jafar"); a clear error otherwise."""
     known = {"featup": lambda: Reference("featup", "paper", RESULTS / "paper_table.csv", FEATUP_NOTE, featup_columns()),
