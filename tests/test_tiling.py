@@ -225,3 +225,39 @@ def test_profile_methods_with_a_half_output_needs_half_the_output_memory(fresh_p
     peaks = {str(dtype): fresh_process(half_output_row, dtype) for dtype in (torch.float32, torch.float16)}
     assert [row["dtype"] for row in peaks.values()] == ["float32", "float16"]
     assert peaks["torch.float16"]["peak_mb"] < peaks["torch.float32"]["peak_mb"] - 384, peaks
+
+
+class TileSpy(Bilinear):
+    """Bilinear that records the ``tile`` of every upsample call (not registered: the tasks take it as given)."""
+
+    name = "bilinear"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tiles: list[int | None] = []
+
+    def upsample(self, backbone, image, output_size, tile=None, pixelwise=None, dtype=None):
+        self.tiles.append(tile)
+        return super().upsample(backbone, image, output_size, tile, pixelwise, dtype)
+
+
+@pytest.mark.parametrize("task", ["probe_seg", "probe_depth", "cam", "e2e_seg"])
+def test_every_task_upsamples_in_the_tiles_the_run_asks_for(task, lite0, tmp_path):
+    """--tile lives in the run context, and each task hands it to every inference upsample (e2e_seg's training
+    steps run whole: tiling is inference-only)."""
+    from dataclasses import replace
+
+    from bench.registry import TASKS
+    from bench.running.session import build_context
+
+    context = build_context("smoke", device="cpu", tile=32, progress=False)
+    tiny = {"probe_seg": {"n_train": 2, "n_val": 1, "epochs": 1}, "probe_depth": {"n_train": 2, "n_val": 1, "epochs": 1},
+            "cam": {"n_train": 2, "n_val": 1, "head_steps": 1}, "e2e_seg": {"n_train": 2, "n_val": 1, "steps": 1}}
+    settings = {t: {**context.profile.task_settings.get(t, {}), **tiny[t]} for t in tiny}
+    context = replace(context, cache_dir=tmp_path, profile=context.profile.with_overrides(task_settings=settings))
+    spy = TileSpy()
+    TASKS.get(task)().run(spy, lite0, context)
+    inference = [t for t in spy.tiles if t is not None]
+    assert inference and set(inference) == {32}, spy.tiles
+    if task != "e2e_seg":
+        assert None not in spy.tiles, spy.tiles
