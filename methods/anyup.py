@@ -59,7 +59,7 @@ from bench.registry import METHODS
 from methods.base import Upsampler, check_batch
 from methods.guidance import imagenet_normalised
 from methods.jafar import cosine_mse, rope_frequencies
-from methods.tiling import Span, pool_axis, pool_source
+from methods.tiling import GroupMoments, GroupStats, Span, group_norm, pool_axis, pool_source
 
 if TYPE_CHECKING:
     from bench.backbones import Backbone
@@ -89,44 +89,7 @@ class Residual(nn.Module):
         return self.block(x) + x
 
 
-Stats = tuple[torch.Tensor, torch.Tensor]
-"""(mean, 1/std) of one GroupNorm's input, (B, groups): the whole image's, used on a band of it."""
-
-
-class Moments:
-    """Running mean and sum of squared deviations per group over bands of a map, merged in float64
-    (Chan et al.'s pairwise update: no cancellation, whatever the mean)."""
-
-    def __init__(self) -> None:
-        self.count, self.mean, self.m2 = 0, 0.0, 0.0
-
-    def add(self, x: torch.Tensor) -> None:
-        x = x.reshape(x.shape[0], GROUPS, -1)
-        n = x.shape[-1]
-        mean = x.sum(-1, dtype=torch.float64) / n
-        shift = mean.to(x.dtype)  # deviations in x's precision, from its rounded mean, corrected below
-        m2 = (x - shift[..., None]).square_().sum(-1, dtype=torch.float64) - n * (mean - shift.double()).square()
-        delta, total = mean - self.mean, self.count + n
-        self.mean = self.mean + delta * (n / total)
-        self.m2 = self.m2 + m2 + delta.square() * (self.count * n / total)
-        self.count = total
-
-    def stats(self) -> Stats:
-        return self.mean, (self.m2 / self.count + GN_EPS).rsqrt()
-
-
-def group_norm(gn: nn.GroupNorm, x: torch.Tensor, stats: Stats | None) -> torch.Tensor:
-    """``gn(x)``, or with statistics collected over the whole map when ``x`` is only part of it."""
-    if stats is None:
-        return F.group_norm(x, gn.num_groups, gn.weight, gn.bias, gn.eps)
-    mean, rstd = (s.to(x.dtype).repeat_interleave(x.shape[1] // gn.num_groups, 1)[..., None, None] for s in stats)
-    scale, bias = rstd * gn.weight.view(1, -1, 1, 1), gn.bias.view(1, -1, 1, 1)
-    if torch.is_grad_enabled():
-        return (x - mean) * scale + bias
-    return (x - mean).mul_(scale).add_(bias)
-
-
-def run_encoder(encoder: nn.Sequential, x: torch.Tensor, stats: list[Stats] | None = None,
+def run_encoder(encoder: nn.Sequential, x: torch.Tensor, stats: list[GroupStats] | None = None,
                 stop: int | None = None) -> torch.Tensor:
     """An encoder (first layer, then residual blocks) on ``x``; GroupNorm n uses ``stats[n]`` where given.
 
@@ -356,7 +319,7 @@ class AnyUp(Upsampler):
         keys = self.project_keys(pooled, lr_feats)
         return self.attend(queries, keys, lr_feats, output_size, (0, output_size[0]), (0, output_size[1]))
 
-    def encode_image(self, guidance: torch.Tensor, stats: list[Stats] | None, size: tuple[int, int],
+    def encode_image(self, guidance: torch.Tensor, stats: list[GroupStats] | None, size: tuple[int, int],
                      rows: Span, cols: Span, stop: int | None = None) -> torch.Tensor:
         """Image encoder + RoPE on the crop ``rows`` x ``cols`` of a ``size`` image (the whole image: stats None)."""
         enc = run_encoder(self.image_encoder, guidance, stats, stop)
@@ -437,7 +400,7 @@ class AnyUp(Upsampler):
         rows = max(1, BAND_BYTES // (12 * guidance.shape[0] * self.qk_dim * w * guidance.element_size()))
         return [(r, min(h, r + rows)) for r in range(0, h, rows)]
 
-    def norm_statistics(self, guidance: torch.Tensor) -> tuple[list[Stats], list[Stats], list[Stats]]:
+    def norm_statistics(self, guidance: torch.Tensor) -> tuple[list[GroupStats], list[GroupStats], list[GroupStats]]:
         """Whole-image statistics of every GroupNorm at image resolution, one streamed pass per depth.
 
         Pass n recomputes the encoders up to GroupNorm n in bands of rows (the earlier ones with the
@@ -446,25 +409,25 @@ class AnyUp(Upsampler):
         size = tuple(guidance.shape[-2:])
         full_cols = (0, size[1])
 
-        stats_image: list[Stats] = []
+        stats_image: list[GroupStats] = []
         for n in range(encoder_norms(self.image_encoder)):
-            moments = Moments()
+            moments = GroupMoments()
             for r0, r1 in self.bands(guidance):
-                moments.add(self.encode_image(guidance[:, :, r0:r1], stats_image, size, (r0, r1), full_cols, stop=n))
-            stats_image.append(moments.stats())
-        stats_query: list[Stats] = []
-        stats_key: list[Stats] = []
+                moments.add(self.encode_image(guidance[:, :, r0:r1], stats_image, size, (r0, r1), full_cols, stop=n), GROUPS)
+            stats_image.append(moments.stats(GN_EPS))
+        stats_query: list[GroupStats] = []
+        stats_key: list[GroupStats] = []
         for n in range(encoder_norms(self.query_encoder)):
-            query_moments, key_moments = Moments(), Moments()
+            query_moments, key_moments = GroupMoments(), GroupMoments()
             for r0, r1 in self.bands(guidance):
                 enc = self.encode_image(guidance[:, :, r0:r1], stats_image, size, (r0, r1), full_cols)
-                query_moments.add(run_encoder(self.query_encoder, enc, stats_query, stop=n))
-                key_moments.add(run_encoder(self.key_encoder, enc, stats_key, stop=n))
-            stats_query.append(query_moments.stats())
-            stats_key.append(key_moments.stats())
+                query_moments.add(run_encoder(self.query_encoder, enc, stats_query, stop=n), GROUPS)
+                key_moments.add(run_encoder(self.key_encoder, enc, stats_key, stop=n), GROUPS)
+            stats_query.append(query_moments.stats(GN_EPS))
+            stats_key.append(key_moments.stats(GN_EPS))
         return stats_image, stats_query, stats_key
 
-    def pooled_keys(self, guidance: torch.Tensor, stats_image: list[Stats], stats_key: list[Stats],
+    def pooled_keys(self, guidance: torch.Tensor, stats_image: list[GroupStats], stats_key: list[GroupStats],
                     lr_size: tuple[int, int]) -> torch.Tensor:
         """The key encoder pooled to the LR grid, computed in bands of whole pooling bins."""
         size = tuple(guidance.shape[-2:])
@@ -480,7 +443,7 @@ class AnyUp(Upsampler):
             out.append(pool_axis(keys, 3, 0, (0, lr_size[1]), size[1], lr_size[1]))
         return torch.cat(out, dim=2)
 
-    def region_queries(self, guidance: torch.Tensor, stats_image: list[Stats], stats_query: list[Stats],
+    def region_queries(self, guidance: torch.Tensor, stats_image: list[GroupStats], stats_query: list[GroupStats],
                        output_size: tuple[int, int], rows: Span, cols: Span) -> torch.Tensor:
         """(B, D, rows, cols) queries of one region: the query encoder on the image pixels its pooled,
         3x3-convolved (zero padded at the image border only) queries read."""

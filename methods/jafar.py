@@ -53,7 +53,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from bench.registry import METHODS
 from methods.base import Upsampler
-from methods.tiling import CHUNK_BYTES, Region, Span, pool_axis, pool_source, spans, widen
+from methods.tiling import CHUNK_BYTES, GroupMoments, GroupStats, Region, Span, group_norm, pool_axis, pool_source, spans, widen
 
 QK_DIM, HEADS, GROUPS = 128, 4, 8
 ROPE_THETA = 100
@@ -195,36 +195,6 @@ class _Pending(Exception):
     """A GroupNorm whose statistics are still being gathered: the pass stops there for this band."""
 
 
-class _Moments:
-    """Running per-(image, group) sums of a map in float64, for GroupNorm statistics gathered band by band."""
-
-    def __init__(self) -> None:
-        self.sum = self.squares = None
-        self.count = 0
-
-    def add(self, x: torch.Tensor, groups: int = GROUPS) -> None:
-        x = x.reshape(x.shape[0], groups, -1).double()
-        s, q = x.sum(-1), x.square().sum(-1)
-        self.sum, self.squares = (s, q) if self.sum is None else (self.sum + s, self.squares + q)
-        self.count += x.shape[-1]
-
-    def finish(self, eps: float, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """(mean, 1 / std) per (image, group), std with the biased variance as GroupNorm's."""
-        mean = self.sum / self.count
-        var = (self.squares / self.count - mean.square()).clamp_min(0)
-        return mean.to(dtype), (var + eps).rsqrt().to(dtype)
-
-
-def _normalise(x: torch.Tensor, stats: tuple[torch.Tensor, torch.Tensor], norm: nn.GroupNorm) -> torch.Tensor:
-    """GroupNorm of ``x`` (a crop of the map) with the whole map's statistics."""
-    mean, rstd = stats
-    b, c = x.shape[:2]
-    shape = (b, norm.num_groups, 1, 1, 1)
-    out = ((x.reshape(b, norm.num_groups, c // norm.num_groups, *x.shape[2:]) - mean.view(shape)) * rstd.view(shape))
-    out = out.reshape(x.shape)
-    return out if not norm.affine else out * norm.weight.view(1, -1, 1, 1) + norm.bias.view(1, -1, 1, 1)
-
-
 @METHODS.register
 class Jafar(Upsampler):
     name = "jafar"
@@ -342,7 +312,7 @@ class Jafar(Upsampler):
         def queries(rows: Span, cols: Span) -> torch.Tensor:
             """The conv'd queries of output rows x cols, from the normalised pooled queries one pixel around."""
             wide_rows, wide_cols = widen(rows, 1, output_size[0]), widen(cols, 1, output_size[1])
-            q = _normalise(self._pooled_queries(x, output_size, wide_rows, wide_cols, known), query_stats, self.norm)
+            q = group_norm(self.norm, self._pooled_queries(x, output_size, wide_rows, wide_cols, known), query_stats)
             pad = [1 - (cols[0] - wide_cols[0]), 1 - (wide_cols[1] - cols[1]),
                    1 - (rows[0] - wide_rows[0]), 1 - (wide_rows[1] - rows[1])]  # zeros only at the map's borders
             return F.conv2d(F.pad(q, pad), self.cross_decode.conv2d.weight)
@@ -363,20 +333,20 @@ class Jafar(Upsampler):
         """Rows of a qk_dim-channel band of ``width`` columns whose temporaries fit in CHUNK_BYTES."""
         return max(1, CHUNK_BYTES // (batch * self.qk_dim * max(1, width) * 4 * TEMPORARIES))
 
-    def _encoder_stats(self, x: torch.Tensor) -> dict[nn.GroupNorm, tuple[torch.Tensor, torch.Tensor]]:
+    def _encoder_stats(self, x: torch.Tensor) -> dict[nn.GroupNorm, GroupStats]:
         """Whole-image statistics of every GroupNorm of the image, query and key encoders, one level per pass
         over row bands of the image (a pass runs each band up to the first GroupNorm still unknown)."""
         full = tuple(x.shape[-2:])
         needed = [*self.image_encoder.norms(), *self.query_encoder.norms(), *self.key_encoder.norms()]
-        known: dict[nn.GroupNorm, tuple[torch.Tensor, torch.Tensor]] = {}
+        known: dict[nn.GroupNorm, GroupStats] = {}
         while len(known) < len(needed):
-            pending: dict[nn.GroupNorm, _Moments] = {}
+            pending: dict[nn.GroupNorm, GroupMoments] = {}
             before = len(known)
 
             def norm(module: nn.GroupNorm, y: torch.Tensor) -> torch.Tensor:
                 if module in known:
-                    return _normalise(y, known[module], module)
-                pending.setdefault(module, _Moments()).add(y, module.num_groups)
+                    return group_norm(module, y, known[module])
+                pending.setdefault(module, GroupMoments()).add(y, module.num_groups)
                 raise _Pending
 
             for rows in spans(full[0], self._band_rows(x.shape[0], full[1])):
@@ -389,13 +359,13 @@ class Jafar(Upsampler):
                         branch(encoded, norm)
                     except _Pending:
                         pass
-            known.update({m: acc.finish(m.eps, x.dtype) for m, acc in pending.items()})
+            known.update({m: acc.stats(m.eps) for m, acc in pending.items()})
             if len(known) == before:
                 raise RuntimeError("jafar: a GroupNorm's statistics could not be gathered")
         return known
 
     def _known(self, stats: dict) -> Norm:
-        return lambda module, y: _normalise(y, stats[module], module)
+        return lambda module, y: group_norm(module, y, stats[module])
 
     def _branch_crop(self, branch: Encoder, x: torch.Tensor, rows: Span, cols: Span, known: Norm) -> torch.Tensor:
         crop = x[:, :, rows[0]:rows[1], cols[0]:cols[1]]
@@ -424,14 +394,14 @@ class Jafar(Upsampler):
         y = self._branch_crop(self.query_encoder, x, src_rows, src_cols, known)
         return self._pool_crop(y, (src_rows[0], src_cols[0]), full, size, rows, cols)
 
-    def _query_stats(self, x: torch.Tensor, size: tuple[int, int], known: Norm) -> tuple[torch.Tensor, torch.Tensor]:
+    def _query_stats(self, x: torch.Tensor, size: tuple[int, int], known: Norm) -> GroupStats:
         """Statistics of the query GroupNorm over the whole pooled query map, a band of output rows at a time."""
         full = tuple(x.shape[-2:])
         band = max(1, min(self._band_rows(x.shape[0], size[1]), self._band_rows(x.shape[0], full[1]) * size[0] // full[0]))
-        moments = _Moments()
+        moments = GroupMoments()
         for rows in spans(size[0], band):
             moments.add(self._pooled_queries(x, size, rows, (0, size[1]), known), self.norm.num_groups)
-        return moments.finish(self.norm.eps, x.dtype)
+        return moments.stats(self.norm.eps)
 
     # ---- released weights --------------------------------------------------------------------------------
 

@@ -71,7 +71,8 @@ from torch import nn
 from bench.registry import METHODS
 from methods.base import Upsampler
 from methods.guidance import imagenet_normalised
-from methods.tiling import CHUNK_BYTES, Region, Span, area_taps, pool_axis, pool_source, spans, widen
+from methods.tiling import (CHUNK_BYTES, GroupMoments, GroupStats, Region, Span, area_taps, group_norm, pool_axis,
+                            pool_source, spans, widen)
 
 RELEASE_URL = "https://github.com/valeoai/NAF/releases/download/model/naf_release.pth"
 DIM, HEADS, ROPE_HEADS, KERNEL = 256, 4, 4, 9
@@ -211,35 +212,6 @@ def _cells(index: torch.Tensor, valid: torch.Tensor, size: int) -> torch.Tensor:
             cols = list(range(start, min(start + size, b)))
             cells.append(cols + [cols[-1]] * (size - len(cols)))
     return torch.tensor(cells, dtype=torch.long)
-
-
-class _Moments:
-    """Per-(image, group) sums of a GroupNorm's input, gathered band by band."""
-
-    def __init__(self) -> None:
-        self.total = self.squares = None
-        self.count = 0
-
-    def add(self, y: torch.Tensor, groups: int) -> None:
-        y = y.double().flatten(2).unflatten(1, (groups, -1)).flatten(2)
-        s, q = y.sum(2), y.square().sum(2)
-        self.total = s if self.total is None else self.total + s
-        self.squares = q if self.squares is None else self.squares + q
-        self.count += y.shape[2]
-
-    def finish(self, eps: float, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        mean = self.total / self.count
-        var = (self.squares / self.count - mean.square()).clamp(min=0)
-        return mean.to(dtype), (var + eps).rsqrt().to(dtype)
-
-
-def _normalise(y: torch.Tensor, stats: tuple[torch.Tensor, torch.Tensor], norm: nn.GroupNorm) -> torch.Tensor:
-    """GroupNorm of ``y`` with given whole-image statistics (B, groups) and the module's affine."""
-    mean, rstd = stats
-    per = y.shape[1] // norm.num_groups
-    scale = rstd.repeat_interleave(per, dim=1) * norm.weight
-    shift = norm.bias - mean.repeat_interleave(per, dim=1) * scale
-    return y * scale[:, :, None, None] + shift[:, :, None, None]
 
 
 @METHODS.register
@@ -402,19 +374,19 @@ class NAF(Upsampler):
         channels = self.image_encoder.encoder[0].out_channels
         return max(1, CHUNK_BYTES // (x.shape[0] * channels * max(1, width) * x.element_size() * TEMPORARIES))
 
-    def _encoder_stats(self, x: torch.Tensor) -> dict[nn.GroupNorm, tuple[torch.Tensor, torch.Tensor]]:
+    def _encoder_stats(self, x: torch.Tensor) -> dict[nn.GroupNorm, GroupStats]:
         """Whole-image statistics of every GroupNorm, one level per pass over full-width row bands."""
-        known: dict[nn.GroupNorm, tuple[torch.Tensor, torch.Tensor]] = {}
+        known: dict[nn.GroupNorm, GroupStats] = {}
         height, width = x.shape[-2:]
         for level in range(2 * BLOCKS):
-            moments = {stack: _Moments() for stack in self._stacks()}
+            moments = {stack: GroupMoments() for stack in self._stacks()}
             for band in spans(height, self._band_rows(x, width)):
                 for stack in self._stacks():
                     norm = stack_layers(stack)[1][level]
                     moments[stack].add(_run_stack(stack, x, band, (0, width), known, level), norm.num_groups)
             for stack in self._stacks():
                 norm = stack_layers(stack)[1][level]
-                known[norm] = moments[stack].finish(norm.eps, x.dtype)
+                known[norm] = moments[stack].stats(norm.eps)
         return known
 
     def _queries(self, x: torch.Tensor, output_size: tuple[int, int], rows: Span, cols: Span,
@@ -456,7 +428,7 @@ def _run_stack(stack: nn.Sequential, x: torch.Tensor, rows: Span, cols: Span, st
     y = x[:, :, r[0]:r[1], c[0]:c[1]]
     for i, conv in enumerate(convs):
         if i:
-            y = F.silu(_normalise(y, stats[norms[i - 1]], norms[i - 1]))
+            y = F.silu(group_norm(norms[i - 1], y, stats[norms[i - 1]]))
         p = conv.padding[0]
         if p:
             sides = [p * (c[0] == 0), p * (c[1] == width), p * (r[0] == 0), p * (r[1] == height)]

@@ -198,3 +198,44 @@ def pool_axis(y: torch.Tensor, dim: int, offset: int, span: Span, n_in: int, n_o
     for t in range(1, index.shape[1]):
         out = out + y.index_select(dim, index[:, t]) * weight[:, t].view(shape)
     return out
+
+
+GroupStats = tuple[torch.Tensor, torch.Tensor]
+"""(mean, 1/std) per (image, group) of a GroupNorm's input over the whole map, float64: applied to a band of it."""
+
+
+class GroupMoments:
+    """Running mean and sum of squared deviations per (image, group) over bands of a map, merged in float64
+    (Chan et al.'s pairwise update: no cancellation, whatever the mean), for the GroupNorm statistics of a map
+    that is computed band by band. No library keeps grouped moments across chunks without holding them."""
+
+    def __init__(self) -> None:
+        self.count, self.mean, self.m2 = 0, 0.0, 0.0
+
+    def add(self, x: torch.Tensor, groups: int) -> None:
+        x = x.reshape(x.shape[0], groups, -1)
+        n = x.shape[-1]
+        mean = x.sum(-1, dtype=torch.float64) / n
+        shift = mean.to(x.dtype)  # deviations in x's precision, from its rounded mean, corrected below
+        m2 = (x - shift[..., None]).square_().sum(-1, dtype=torch.float64) - n * (mean - shift.double()).square()
+        delta, total = mean - self.mean, self.count + n
+        self.mean = self.mean + delta * (n / total)
+        self.m2 = self.m2 + m2 + delta.square() * (self.count * n / total)
+        self.count = total
+
+    def stats(self, eps: float) -> GroupStats:
+        """(mean, 1 / std), std from the biased variance as GroupNorm's."""
+        return self.mean, (self.m2 / self.count + eps).rsqrt()
+
+
+def group_norm(gn: torch.nn.GroupNorm, x: torch.Tensor, stats: GroupStats | None) -> torch.Tensor:
+    """``gn(x)``, or with the whole map's statistics when ``x`` is only part of it (in place under no_grad)."""
+    if stats is None:
+        return F.group_norm(x, gn.num_groups, gn.weight, gn.bias, gn.eps)
+    mean, rstd = (s.to(x.dtype).repeat_interleave(x.shape[1] // gn.num_groups, 1)[..., None, None] for s in stats)
+    scale = rstd if gn.weight is None else rstd * gn.weight.view(1, -1, 1, 1)
+    inplace = not torch.is_grad_enabled()
+    out = (x - mean).mul_(scale) if inplace else (x - mean) * scale
+    if gn.bias is None:
+        return out
+    return out.add_(gn.bias.view(1, -1, 1, 1)) if inplace else out + gn.bias.view(1, -1, 1, 1)

@@ -261,3 +261,30 @@ def test_every_task_upsamples_in_the_tiles_the_run_asks_for(task, lite0, tmp_pat
     assert inference and set(inference) == {32}, spy.tiles
     if task != "e2e_seg":
         assert None not in spy.tiles, spy.tiles
+
+
+@pytest.mark.parametrize("affine", [True, False])
+def test_group_norm_of_bands_with_moments_gathered_band_by_band_equals_group_norm_of_the_map(affine):
+    """Moments merged over uneven row bands give torch's GroupNorm of the whole map, also where the mean is
+    1e4 times the spread (the E[x²] - E[x]² formula loses the variance there in float32)."""
+    from methods.tiling import GroupMoments, group_norm
+
+    x = seeded(2, 8, 13, 9) + 1e4
+    gn = torch.nn.GroupNorm(4, 8, affine=affine)
+    if affine:
+        with torch.no_grad():
+            gn.weight.copy_(seeded(8, seed=1))
+            gn.bias.copy_(seeded(8, seed=2))
+    moments = GroupMoments()
+    for r0, r1 in spans(13, 5):
+        moments.add(x[:, :, r0:r1], 4)
+    grouped = x.double().reshape(2, 4, -1)
+    var, mean = torch.var_mean(grouped, -1, unbiased=False)
+    mean_got, rstd_got = moments.stats(gn.eps)
+    torch.testing.assert_close(mean_got, mean)
+    torch.testing.assert_close(rstd_got, (var + gn.eps).rsqrt(), rtol=1e-4, atol=0)
+    whole = F.group_norm(x.double(), 4, None if not affine else gn.weight.double(),
+                         None if not affine else gn.bias.double(), gn.eps).float()
+    for r0, r1 in spans(13, 5):
+        torch.testing.assert_close(group_norm(gn, x[:, :, r0:r1], moments.stats(gn.eps)), whole[:, :, r0:r1],
+                                   rtol=1e-4, atol=1e-3)
