@@ -306,7 +306,7 @@ def ablate_budget(args: argparse.Namespace) -> int:
     from bench.running.budget import SEEDS, study
 
     context = make_context(args)
-    methods = csv_list(args.methods) if args.methods else [n for n in default_methods()
+    methods = csv_list(args.methods) if args.methods else [n for n in default_methods(context.profile)
                                                            if METHODS.get(n).fit == "dataset"]
     backbone = context_backbone(args, context)
     curves = study(methods, sorted(set(args.steps)) if args.steps else None, backbone, context, Path(args.out),
@@ -426,10 +426,11 @@ def build_parser() -> argparse.ArgumentParser:
     table = sub.add_parser("table", help="print a run's results table")
     table.add_argument("--run", required=True, help="run folder, or a name under results/runs")
     table.add_argument("--format", default="md", choices=("md", "csv", "latex"))
-    table.add_argument("--vs-paper", action="store_true", help="add the paper's numbers beside ours (--vs featup)")
-    table.add_argument("--vs", choices=("featup", "jafar"),
-                       help="a published table to set beside ours, with the rank agreement against it: featup "
-                            "(the paper's Table 1) or jafar (JAFAR's README table, DINOv2 ViT-S/14 at 448 px)")
+    versus = table.add_mutually_exclusive_group()
+    versus.add_argument("--vs-paper", action="store_true", help="add the paper's numbers beside ours (--vs featup)")
+    versus.add_argument("--vs", choices=("featup", "jafar"),
+                        help="a published table to set beside ours, with the rank agreement against it: featup "
+                             "(the paper's Table 1) or jafar (JAFAR's README table, DINOv2 ViT-S/14 at 448 px)")
     table.set_defaults(fn=cmd_table)
     report = sub.add_parser("report", help="a run's report: Markdown and one HTML page with the table, figures, "
                                            "failures, recipes and provenance")

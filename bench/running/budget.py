@@ -168,7 +168,3 @@ def record_study(out: Path, steps: dict[str, list[int]], seeds: list[int], refer
               for name in dict.fromkeys([*before.get("counts", {}), *steps])}
     atomic_write_json(path, {"methods": list(counts), "counts": counts, "seeds": sorted({*before.get("seeds", []), *seeds}),
                              "references": list(references), "backbone": backbone, "profile": profile})
-
-
-def view_images(steps: int, context: RunContext) -> int:
-    return steps * context.profile.train_batch * context.profile.train_views

@@ -126,8 +126,8 @@ def cell_profile(profile: Profile, kind: str, dataset: str, seed: int) -> Profil
 
 def cell_context(cell: Cell, recipe: dict[str, Any], context: RunContext) -> RunContext:
     """The run's context with the profile this cell was planned with (cell_profile, from its stored recipe)."""
-    name = recipe["data"]["name"]
-    return replace(context, profile=cell_profile(context.profile, DATASETS.get(name).kind, name, cell.seed))
+    return replace(context, profile=cell_profile(context.profile, TASKS.get(cell.task).data_kind, recipe["data"]["name"],
+                                                 cell.seed))
 
 
 def create_method(name: str, backbone: Backbone, seed: int) -> "Upsampler":
