@@ -22,7 +22,7 @@ class ProbeSeg(ProbeTask):
     version = "2"
     """v2: settings of its own; steps over batches of images, pixels fixed per image (v1: random pixels of all)."""
     metrics = {"miou": True, "acc": True}
-    paper_columns = {"miou": "seg_printed_acc", "acc": "seg_printed_miou"}  # see PAPER_NOTE: the paper's labels are swapped
+    paper_columns = {"miou": "seg_printed_acc", "acc": "seg_printed_miou"}  # see bench.reporting.references.FEATUP_NOTE: the paper's labels are swapped
     data_kind = "seg"
 
     def targets(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
