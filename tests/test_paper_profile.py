@@ -45,3 +45,13 @@ def test_paper_dry_run_without_weights_or_imagenet_is_still_a_plan(tmp_path):
     assert "Coco164kFull_Stuff_Coarse.txt" in proc.stdout and "attention downsampler" in proc.stdout
     rows = [line.split("|")[1:3] for line in proc.stdout.splitlines() if line.startswith("| bilinear")]
     assert [[c.strip() for c in row] for row in rows] == [["bilinear", "probe_seg"]]
+
+
+def test_paper_per_image_fits_pool_with_the_attention_downsampler_as_featups_implicit_config():
+    from bench.fitting.per_image import fit_recipe
+    from methods.featup_implicit import FeatUpImplicit
+
+    vit = SimpleNamespace(name="vit", dim=384, stride=16, normalisation="imagenet")
+    recipes = {name: fit_recipe(FeatUpImplicit(), vit, PROFILES.get(name)) for name in ("paper", "default")}
+    assert recipes["paper"]["downsampler"] == "attention" and recipes["default"]["downsampler"] == "simple"
+    assert "downsampler" not in recipes["default"]["settings"]  # a key of its own: the default fits' hash is kept

@@ -60,17 +60,49 @@ def test_recovers_features_better_than_bilinear(cls, tmp_path, monkeypatch):
     assert mse < mse_bilinear
 
 
-def test_fits_are_deterministic_and_independent_of_their_group():
+@pytest.mark.parametrize("downsampler", ["simple", "attention"])
+def test_fits_are_deterministic_and_independent_of_their_group(downsampler):
     backbone, images = PooledColours(), torch.stack([scene(0), scene(1)])
-    method = FeatUpImplicit()
-    alone = fit_images(method, backbone, images[:1], QUICK, [7]).fits[0]
-    again = fit_images(method, backbone, images[:1], QUICK, [7]).fits[0]
-    grouped = fit_images(method, backbone, images, QUICK, [7, 8]).fits[0]
-    other_seed = fit_images(method, backbone, images[:1], QUICK, [9]).fits[0]
+    method, settings = FeatUpImplicit(), dataclasses.replace(QUICK, downsampler=downsampler)
+    alone = fit_images(method, backbone, images[:1], settings, [7]).fits[0]
+    again = fit_images(method, backbone, images[:1], settings, [7]).fits[0]
+    grouped = fit_images(method, backbone, images, settings, [7, 8]).fits[0]
+    other_seed = fit_images(method, backbone, images[:1], settings, [9]).fits[0]
     for key, value in alone["net"].items():
         assert torch.equal(value, again["net"][key]), key
         torch.testing.assert_close(value, grouped["net"][key], rtol=1e-4, atol=1e-5)
     assert not torch.allclose(alone["net"]["layers.2.weight"], other_seed["net"]["layers.2.weight"])
+    down = alone["down"]
+    if downsampler == "attention":  # the pooling weights were learned too, and are image 7's alone
+        assert sorted(down) == ["bias", "logit.bias", "logit.weight", "scale"]
+        for key, value in down.items():
+            torch.testing.assert_close(value, grouped["down"][key], rtol=1e-4, atol=1e-5)
+    else:
+        torch.testing.assert_close(down, grouped["down"], rtol=1e-4, atol=1e-5)
+
+
+def test_grouped_attention_downsampler_is_featups_downsampler_per_image():
+    """Each image's slice of the grouped downsampler, given the same weights, pools as the single one does
+    (eval: no dropout); in training, image g's draws come from generator g alone."""
+    from bench.fitting.multiview import AttentionDownsampler, GroupedAttentionDownsampler
+
+    generators = [torch.Generator().manual_seed(s) for s in (1, 2)]
+    grouped = GroupedAttentionDownsampler(generators, 6, 5).eval()
+    hr = torch.randn(2 * 3, 6, 24, 28)  # 2 images x 3 views
+    out = grouped(hr, (4, 5))
+    for g in range(2):
+        single = AttentionDownsampler(6, 5).eval()
+        with torch.no_grad():
+            single.logit.weight.copy_(grouped.logit.weight[g])
+            single.logit.bias.copy_(grouped.logit.bias[g])
+            single.scale.copy_(grouped.scale[g])
+            single.bias.copy_(grouped.bias[g])
+        torch.testing.assert_close(out[3 * g:3 * g + 3], single(hr[3 * g:3 * g + 3], (4, 5)))
+    first = GroupedAttentionDownsampler([torch.Generator().manual_seed(1)], 6, 5).train()
+    pair = GroupedAttentionDownsampler([torch.Generator().manual_seed(1), torch.Generator().manual_seed(2)], 6, 5).train()
+    torch.testing.assert_close(pair(hr, (4, 5))[:3], first(hr[:3], (4, 5)))
+    with pytest.raises(ValueError, match="does not split into 2 equal groups"):
+        pair(hr[:5], (4, 5))
 
 
 def test_second_call_hits_the_cache_and_a_damaged_entry_is_refitted(tmp_path, monkeypatch):

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bench.core.features import project
+from methods.batched import GroupedLinear
 from methods.guidance import imagenet_normalised
 
 if TYPE_CHECKING:
@@ -144,6 +145,28 @@ def gaussian_blur(x: torch.Tensor, size: int = 5, sigma: float = 1.0) -> torch.T
     return F.conv2d(F.pad(x, [size // 2] * 4, mode="reflect"), kernel, groups=x.shape[1])
 
 
+def patch_grid(hr_size: tuple[int, int], lr_size: tuple[int, int], k: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    """(stride, patches per side) of k x k patches of an HR map pooled onto the LR grid."""
+    stride = tuple(_patch_stride(n, m, k) for n, m in zip(hr_size, lr_size))
+    return stride, tuple((n - k) // s + 1 for n, s in zip(hr_size, stride))
+
+
+def attention_pool(blurred: torch.Tensor, logits: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor, k: int,
+                   lr_size: tuple[int, int], keep: torch.Tensor | None = None) -> torch.Tensor:
+    """FeatUp's attention pooling: k x k patches of ``blurred`` (B,C,H,W) weighted by the softmax over each patch
+    of ``logits`` (B,1,H,W) * scale + bias (each broadcast to (B, k*k, patches)), onto the LR grid. ``keep``
+    (B, 1, patches): whole-patch logit dropout, a dropped patch falling back to the learned bias."""
+    (b, c, h, w) = blurred.shape
+    stride, grid = patch_grid((h, w), lr_size, k)
+    logits = F.unfold(logits, k, stride=stride).view(b, k * k, -1)
+    patches = F.unfold(blurred, k, stride=stride).view(b, c, k * k, -1)
+    if keep is not None:
+        logits = logits * keep.to(logits.dtype)
+    attention = torch.softmax(logits * scale + bias, dim=1)
+    out = torch.einsum("bcpl,bpl->bcl", patches, attention).view(b, c, *grid)
+    return out[..., :lr_size[0], :lr_size[1]]
+
+
 class AttentionDownsampler(nn.Module):
     """Softmax-weighted pooling of blurred HR patches, weights from a learned per-pixel logit."""
 
@@ -158,18 +181,49 @@ class AttentionDownsampler(nn.Module):
         self.bias = nn.Parameter(0.01 * torch.randn(kernel_size * kernel_size))
 
     def forward(self, hr: torch.Tensor, lr_size: tuple[int, int]) -> torch.Tensor:
-        (b, c, h, w), k = hr.shape, math.isqrt(self.scale.numel())
-        stride = (_patch_stride(h, lr_size[0], k), _patch_stride(w, lr_size[1], k))
+        k = math.isqrt(self.scale.numel())
         blurred = gaussian_blur(hr)
         logits = self.logit(self.dropout(blurred.permute(0, 2, 3, 1))).permute(0, 3, 1, 2)
-        logits = F.unfold(logits, k, stride=stride).view(b, k * k, -1)
-        patches = F.unfold(blurred, k, stride=stride).view(b, c, k * k, -1)
-        if self.training:  # whole-patch logit dropout: the patch falls back to the learned bias
-            logits = logits * (torch.rand(b, 1, logits.shape[-1], device=hr.device) > 0.2).to(hr.dtype)
-        attention = torch.softmax(logits * self.scale[:, None] + self.bias[:, None], dim=1)
-        grid = ((h - k) // stride[0] + 1, (w - k) // stride[1] + 1)
-        out = torch.einsum("bcpl,bpl->bcl", patches, attention).view(b, c, *grid)
-        return out[..., :lr_size[0], :lr_size[1]]
+        keep = None
+        if self.training:
+            grid = patch_grid(tuple(hr.shape[-2:]), lr_size, k)[1]
+            keep = torch.rand(hr.shape[0], 1, grid[0] * grid[1], device=hr.device) > 0.2
+        return attention_pool(blurred, logits, self.scale[:, None], self.bias[:, None], k, lr_size, keep)
+
+
+class GroupedAttentionDownsampler(nn.Module):
+    """The attention downsampler with one set of weights per image, for the per-image fitter (FeatUp's implicit
+    config pools with it): the batch is G equal slices of views, image g's initial weights and dropout masks
+    drawn from generator g, so a fit does not depend on its group (methods.batched)."""
+
+    def __init__(self, generators: list[torch.Generator], dim: int, kernel_size: int, p: float = 0.2) -> None:
+        super().__init__()
+        self.generators, self.p, taps = generators, p, kernel_size * kernel_size
+        self.logit = GroupedLinear(generators, dim, 1)
+        self.scale = nn.Parameter(torch.stack([1 + 0.01 * torch.randn(taps, generator=g) for g in generators]))
+        self.bias = nn.Parameter(torch.stack([0.01 * torch.randn(taps, generator=g) for g in generators]))
+
+    def _keep(self, shape: tuple[int, ...], p: float) -> torch.Tensor:
+        """(G * shape[0], *shape[1:]) Bernoulli(1 - p) masks, image g's from generator g."""
+        return torch.cat([torch.rand(shape, generator=g) >= p for g in self.generators])
+
+    def forward(self, hr: torch.Tensor, lr_size: tuple[int, int]) -> torch.Tensor:
+        (b, c, h, w), groups, k = hr.shape, len(self.generators), math.isqrt(self.scale.shape[1])
+        if b % groups:
+            raise ValueError(f"a batch of {b} maps does not split into {groups} equal groups")
+        views = b // groups
+        blurred = gaussian_blur(hr)
+        dropped = blurred
+        if self.training:  # FeatUp's nn.Dropout(0.2) on the logit layer's input
+            dropped = blurred * self._keep((views, c, h, w), self.p).to(hr.device, hr.dtype) / (1 - self.p)
+        stacked = dropped.view(groups, views, c, h, w).transpose(1, 2).reshape(groups, c, views * h, w)
+        logits = self.logit(stacked).view(groups, 1, views, h, w).transpose(1, 2).reshape(b, 1, h, w)
+        keep = None
+        if self.training:
+            grid = patch_grid((h, w), lr_size, k)[1]
+            keep = self._keep((views, 1, grid[0] * grid[1]), 0.2).to(hr.device)
+        scale, bias = (t.repeat_interleave(views, 0)[..., None] for t in (self.scale, self.bias))
+        return attention_pool(blurred, logits, scale, bias, k, lr_size, keep)
 
 
 def make_downsampler(kind: str, dim: int, kernel_size: int) -> nn.Module:

@@ -25,7 +25,8 @@ import torch.nn.functional as F
 from bench.backbones import cache_key
 from bench.core.features import pca_basis, to_pca
 from methods.batched import GroupedLinear
-from bench.fitting.multiview import Jitter, SimpleDownsampler, gaussian_blur, gaussian_nll, replay, total_variation
+from bench.fitting.multiview import (GroupedAttentionDownsampler, Jitter, SimpleDownsampler, gaussian_blur, gaussian_nll,
+                                    replay, total_variation)
 
 if TYPE_CHECKING:
     from bench.backbones import Backbone
@@ -53,13 +54,17 @@ class ImageFitSettings:
     pad: int = 30
     """Reflect padding of the views, in image pixels."""
     max_zoom: float = 1.8
+    downsampler: str = "simple"
+    """How a rendered view is pooled onto the backbone's grid: "simple" (a learned blur) or "attention" (FeatUp's
+    implicit config); recorded as the fit recipe's ``downsampler``."""
 
 
 FIT_SETTINGS: dict[str, ImageFitSettings] = {
     "smoke": ImageFitSettings(steps=12, views=6, views_per_step=4, pca_views=6, scale=2, group=6),
     # Sized for the whole default run (456 images, two per-image methods) on 2 CPU cores: see docs/methods.md.
     "default": ImageFitSettings(steps=20, views=8, views_per_step=4, pca_views=8, scale=4, group=8),
-    "paper": ImageFitSettings(steps=1200, views=3000, views_per_step=10, pca_views=50, scale=1, group=1),
+    "paper": ImageFitSettings(steps=1200, views=3000, views_per_step=10, pca_views=50, scale=1, group=1,
+                              downsampler="attention"),
 }
 
 
@@ -159,7 +164,9 @@ def fit_images(
 
     with torch.enable_grad():
         net = method.network(generators, fit_size, q).to(device).train()
-        down = SimpleDownsampler(downsampler_kernel(fit_size[0], lr_size[0]), groups=g_count).to(device)
+        kernel = downsampler_kernel(fit_size[0], lr_size[0])
+        down = (SimpleDownsampler(kernel, groups=g_count) if settings.downsampler == "simple" else
+                GroupedAttentionDownsampler(generators, q + 1, kernel)).to(device)
         uncertainty = GroupedLinear(generators, q, 1).to(device)
         with torch.no_grad():
             uncertainty.weight.mul_(0.1)
@@ -192,15 +199,25 @@ def fit_images(
             losses.append(rec.detach().cpu())
     state = {k_: v.detach().cpu() for k_, v in net.state_dict().items()}
     fits = [{"net": {k_: v[i:i + 1].clone() for k_, v in state.items()}, "mean": pcas[i][0].cpu(),
-             "basis": pcas[i][1].cpu(), "down": down.weight.detach()[i:i + 1].cpu().clone(),
+             "basis": pcas[i][1].cpu(), "down": down_state(down, i),
              "fit_size": torch.tensor(fit_size)}
             for i in range(g_count)]
     return FitResult(fits, torch.stack(losses) if losses else torch.zeros(0, g_count))
 
 
+def down_state(down: torch.nn.Module, i: int) -> torch.Tensor | dict[str, torch.Tensor]:
+    """Image i's pooling weights: the simple kernel's tensor (the fit cache's format), or the attention
+    downsampler's parameters by name."""
+    if isinstance(down, SimpleDownsampler):
+        return down.weight.detach()[i:i + 1].cpu().clone()
+    return {name: p.detach()[i:i + 1].cpu().clone() for name, p in down.named_parameters()}
+
+
 def fit_recipe(method: "PerImageUpsampler", backbone: "Backbone", profile: "Profile") -> dict[str, Any]:
     """Everything a cached fit must match besides the image: method, backbone, sizes, priors, seed."""
+    settings = asdict(fit_settings(profile))
+    downsampler = settings.pop("downsampler")  # its own key, as before it was a setting: the simple fits' hash stays
     return {"method": method.name, "version": method.version, "method_config": method.fit_config(),
             "backbone": cache_key(backbone), "dim": backbone.dim, "stride": backbone.stride,
-            "settings": asdict(fit_settings(profile)), "seed": profile.seed, "optimizer": "NAdam",
-            "downsampler": "simple", "loss": "gaussian nll + priors"}
+            "settings": settings, "seed": profile.seed, "optimizer": "NAdam", "downsampler": downsampler,
+            "loss": "gaussian nll + priors"}
