@@ -1,6 +1,7 @@
 """Every registered method honours the Upsampler contract."""
 import pytest
 import torch
+import torch.nn.functional as F
 
 from bench.fitting import fit_method
 from bench.registry import METHODS
@@ -58,3 +59,24 @@ def test_wrong_size_is_reported(lite0, images):
 
     with pytest.raises(ContractError, match="spatial size"):
         Small().upsample(lite0, images, OUT)
+
+
+@pytest.mark.parametrize("bad", [[float("nan")], [float("inf")], [float("inf"), -float("inf")], []],
+                         ids=["nan", "inf", "inf and -inf", "large but finite"])
+def test_non_finite_values_anywhere_are_reported(bad, lite0, images):
+    """One NaN or inf pixel breaks the contract (an inf and a -inf too, which a plain sum would cancel into NaN,
+    still non-finite); values near float32's largest are finite and pass."""
+    class Spiky(Upsampler):
+        name = "spiky"
+
+        def forward(self, lr_feats, image, output_size):
+            out = F.interpolate(lr_feats, size=output_size, mode="bilinear").mul(0).add(3e38)
+            for k, value in enumerate(bad):
+                out[-1, -1 - k, 40, 7] = value
+            return out
+
+    if bad:
+        with pytest.raises(ContractError, match="'spiky' returned non-finite values"):
+            Spiky().upsample(lite0, images, OUT)
+    else:
+        assert Spiky().upsample(lite0, images, OUT).max() == torch.tensor(3e38)
