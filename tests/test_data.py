@@ -241,3 +241,39 @@ def test_unknown_name_suggests_and_bad_split_is_refused():
         load_dataset("scene", "train", (32, 32))
     with pytest.raises(ValueError, match="split"):
         load_dataset("scenes", "test", (32, 32))
+
+
+def test_generated_items_are_drawn_once_and_handed_out_as_copies(monkeypatch):
+    """A memoised dataset draws an item once for every instance (each cell loads its own), gives the drawn
+    values, and hands out copies: a caller that writes into its item does not change the next one's."""
+    from bench.data import common
+    from bench.data.scenes import Scenes
+
+    monkeypatch.setattr(common, "MEMO", common.ItemMemo(common.MEMO_BYTES))
+    draws = []
+    original = Scenes.item
+    monkeypatch.setattr(Scenes, "item", lambda self, i: draws.append(i) or original(self, i))
+    first = Scenes("val", (40, 56), 3, seed=5)[2]
+    truth = original(Scenes("val", (40, 56), 3, seed=5), 2)
+    first["image"].zero_()
+    again = Scenes("val", (40, 56), 3, seed=5)[2]
+    assert draws == [2]
+    for key in truth:
+        assert torch.equal(again[key], truth[key]), key
+    Scenes("val", (40, 56), 3, seed=6)[2]  # another seed is another item
+    assert draws == [2, 2]
+
+
+def test_the_item_memo_drops_the_least_recently_used_past_its_bytes():
+    from bench.data.common import ItemMemo
+
+    memo, drawn = ItemMemo(limit=3 * 400), []
+
+    def item(k):
+        return lambda: drawn.append(k) or {"x": torch.full((100,), float(k))}  # 400 bytes each
+
+    for k in (0, 1, 2, 0, 3):  # 0 is used again before 3 arrives, so 1 is the one dropped
+        memo.get((k,), item(k))
+    memo.get((0,), item(0))
+    memo.get((1,), item(1))
+    assert drawn == [0, 1, 2, 3, 1] and memo.size <= 3 * 400

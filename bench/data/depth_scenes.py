@@ -272,6 +272,7 @@ class DepthScenes(ItemDataset):
     """``draw_depth_scene`` items as the depth contract has them: image, depth in metres, all valid."""
 
     kind = "depth"
+    memoised = True
 
     def __init__(self, split: str, image_size: tuple[int, int], limit: int | None, seed: int) -> None:
         super().__init__("depth_scenes", split, image_size, DEFAULT_LENGTH if limit is None else limit, seed)

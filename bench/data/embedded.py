@@ -45,6 +45,7 @@ def split_columns(split: str, width: int) -> tuple[int, int]:
 
 class Middlebury(ItemDataset):
     kind = "depth"
+    memoised = True
 
     def __init__(self, split: str, image_size: tuple[int, int], limit: int | None, seed: int) -> None:
         super().__init__("middlebury", split, image_size, MIDDLEBURY_CROPS if limit is None else limit, seed)
@@ -89,6 +90,7 @@ class Photos(ItemDataset):
     """The split's whole photographs first, then seeded random crops (30–100%, flipped) of them."""
 
     kind = "images"
+    memoised = True
 
     def __init__(self, split: str, image_size: tuple[int, int], limit: int | None, seed: int) -> None:
         self.photos = list(PHOTOS)[split == "val"::2]

@@ -176,6 +176,7 @@ def draw_scene(size: tuple[int, int], rng: np.random.Generator) -> tuple[torch.T
 
 class Scenes(ItemDataset):
     kind = "seg"
+    memoised = True
     class_names = CLASS_NAMES
     num_classes = len(CLASS_NAMES)
 
