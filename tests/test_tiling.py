@@ -288,3 +288,27 @@ def test_group_norm_of_bands_with_moments_gathered_band_by_band_equals_group_nor
     for r0, r1 in spans(13, 5):
         torch.testing.assert_close(group_norm(gn, x[:, :, r0:r1], moments.stats(gn.eps)), whole[:, :, r0:r1],
                                    rtol=1e-4, atol=1e-3)
+
+
+def test_a_sampled_tiled_call_computes_its_tiles_exactly_and_zero_fills_the_others():
+    """bench.profiling.sampled_tiles (the 2048² peaks of the attention methods): the tiles it keeps equal the
+    whole call's, the others are zero, and keeping every tile is the whole tiled call."""
+    from bench.profiling.sampled_tiles import default_tiles, sampled_tiled_call
+
+    method = profiling.build("naf", 16, 16)  # whole-image GroupNorm statistics in its setup, windowed attention
+    lr, image = seeded(1, 16, 6, 6, seed=2), (seeded(1, 3, 96, 96, seed=3) + 1) / 2
+    with torch.no_grad():
+        whole = method.forward_tiled(lr, image, (96, 96), 32)
+    keep = default_tiles(96, 32)
+    assert keep == {((0, 32), (0, 32)), ((32, 64), (32, 64))}
+    sampled, setup, seconds = sampled_tiled_call(method, lr, image, 96, 32, keep)
+    assert len(seconds) == 2 and setup >= 0
+    mask = torch.zeros(96, 96, dtype=torch.bool)
+    mask[:32, :32] = mask[32:64, 32:64] = True
+    torch.testing.assert_close(sampled[..., mask], whole[..., mask], rtol=0, atol=0)
+    assert sampled[..., ~mask].abs().max() == 0 and whole[..., ~mask].abs().max() > 0
+    every = {(r, c) for r in spans(96, 32) for c in spans(96, 32)}
+    torch.testing.assert_close(sampled_tiled_call(method, lr, image, 96, 32, every)[0], whole, rtol=0, atol=0)
+    assert "regions" not in vars(method)  # the instance is left as it was
+    with pytest.raises(ValueError, match="does not tile"):
+        sampled_tiled_call(profiling.build("carafe", 16, 16), lr, image, 96, 32, keep)
