@@ -4,9 +4,9 @@ Methods whose queries attend to every grid token (``jafar``, ``loftup``) cost ab
 call, so a 2048² call from a 128² grid takes over an hour on 2 CPU cores (440x their 448² call). Tiles
 run one after another into one preallocated output, so a whole call's peak is the output, plus one
 tile's work, plus what the method's setup (``regions``: e.g. whole-image GroupNorm statistics) keeps.
-This runs the setup in full, computes the chosen tiles (default: the corner and the first interior
-tile, which has the full halo), and zero-fills the others, so every page of the output is touched as
-in a whole call. It reports that call's peak and an estimate of the whole call's seconds (setup plus
+This runs the setup in full, computes the chosen tiles (default: the corner and the second tile on the
+diagonal, interior when a side has three or more tiles: the full halo), and zero-fills the others, so
+every page of the output is touched as in a whole call. It reports that call's peak and an estimate of the whole call's seconds (setup plus
 every tile at the slowest computed tile's time). The peak call here has no warm-up, unlike
 ``profile methods``: first-call allocations count, so read it as an upper bound.
 
@@ -31,7 +31,8 @@ Tile = tuple[Span, Span]
 
 
 def default_tiles(size: int, tile: int) -> set[Tile]:
-    """The corner tile and the first interior one (the first tile whose crop has the halo on every side)."""
+    """The corner tile and the second tile on the diagonal: with three or more tiles a side, an interior one,
+    whose crop has the halo on every side."""
     cuts = spans(size, tile)
     inner = cuts[min(1, len(cuts) - 1)]
     return {(cuts[0], cuts[0]), (inner, inner)}
