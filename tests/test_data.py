@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import skimage.data
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from scipy import ndimage
 
@@ -193,9 +194,20 @@ def test_nyuv2_millimetres_to_metres_and_zero_is_invalid():
     np.testing.assert_allclose(item["depth"].numpy(), mm / 1000, rtol=1e-6)
 
 
-def test_labels_are_resized_with_nearest_only():
-    item = load_dataset("coco_stuff", "train", (50, 41), path=PATHS["coco_stuff"])[0]
-    assert set(item["label"].unique().tolist()) <= set(STEGO) | {255}
+@pytest.mark.parametrize("size", [(50, 41), (13, 7), (48, 64)])
+def test_labels_are_resized_with_nearest_pixel_centres_and_cropped_as_the_image(size):
+    """Against torch's nearest-exact (pixel centres) resize to the short-side fit, then the image's centre crop."""
+    root = FIXTURES / "coco_stuff"
+    item = load_dataset("coco_stuff", "train", size, path=str(root))[0]
+    stem = (root / "curated/train2017/Coco164kFull_Stuff_Coarse_7.txt").read_text().split()[0]
+    fine = np.asarray(Image.open(root / "annotations/train2017" / f"{stem}.png"))
+    coarse = torch.from_numpy(np.where(fine == 255, 255, np.asarray(STEGO + [0] * 74)[fine]).astype(np.float64))
+    h, w = coarse.shape
+    scale = max(size[0] / h, size[1] / w)
+    rh, rw = max(size[0], round(h * scale)), max(size[1], round(w * scale))
+    full = F.interpolate(coarse[None, None], size=(rh, rw), mode="nearest-exact")[0, 0]
+    top, left = (rh - size[0]) // 2, (rw - size[1]) // 2
+    assert torch.equal(item["label"], full[top:top + size[0], left:left + size[1]].long())
 
 
 def test_needs_path_names_the_flag():
