@@ -17,7 +17,8 @@ from bench.registry import BACKBONES, DATASETS, METHODS, TASKS, RegistryError
 from bench.core.context import RunContext
 from bench.core.profiles import PROFILES
 from bench.running import session
-from bench.running.session import build_context, default_methods, default_run_dir, resolve_device, run_dir
+from bench.running.session import (build_context, default_methods, default_run_dir, default_tasks, resolve_device,
+                                   run_dir)
 
 
 class UsageError(ValueError):
@@ -150,7 +151,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     backbone_name = args.backbone or context.profile.backbone
     resolve_spec(backbone_name)  # an unknown name or stage fails before any data is read
     methods = csv_list(args.methods) if args.methods else default_methods(context.profile)
-    tasks = csv_list(args.tasks) if args.tasks else TASKS.names()
+    tasks = csv_list(args.tasks) if args.tasks else default_tasks(context.profile)
 
     def out_for(cells: list) -> Path:
         return Path(args.out) if args.out else default_run_dir(args.profile, backbone_name, cells,
@@ -388,8 +389,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "results/cache, with their steps, view-images and recipe digest")
     lister.set_defaults(fn=cmd_list)
     run = sub.add_parser("run", help="score methods on tasks; resumes where a run stopped")
-    run.add_argument("-m", "--methods", help="comma-separated method names (default: all registered)")
-    run.add_argument("-t", "--tasks", help="comma-separated task names (default: all registered)")
+    run.add_argument("-m", "--methods", help="comma-separated method names (default: the profile's: those in the "
+                     "CPU default run, every registered one for jafar)")
+    run.add_argument("-t", "--tasks", help="comma-separated task names (default: the profile's; every registered one but "
+                     "for jafar, which has no e2e_seg)")
     run.add_argument("--out", help="run folder (default: results/runs/<profile>-<backbone>)")
     run.add_argument("--seeds", type=int_list(0, "non-negative integers", "0,1,2"),
                      help="score every cell once per seed (probe init, sampled pixels, training, crops); "

@@ -8,6 +8,7 @@ dataset names, axis order and userblock, plus a MATLAB v5 splits.mat of 1-based 
 import os
 import pickle
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import h5py
@@ -459,3 +460,13 @@ def test_the_jafar_dry_run_on_fixtures_of_every_dataset_has_no_problem_but_the_w
     cells = [line for line in text.splitlines() if line.startswith("| bilinear")]
     assert len(cells) == 5 and all("to run" in line for line in cells)  # 4 segmentation datasets and NYUv2
     assert all(name in text for name in data) and "optimizer': 'adamw'" in text
+
+
+def test_the_jafar_profile_runs_the_tasks_of_jafars_table_and_the_others_every_task():
+    from bench.core.profiles import PROFILES
+    from bench.registry import TASKS
+    from bench.running.session import default_tasks
+
+    assert default_tasks(PROFILES.get("jafar")) == ["probe_seg", "probe_depth", "cam"]
+    assert default_tasks(PROFILES.get("default")) == TASKS.names() and "e2e_seg" in TASKS.names()
+    assert PROFILES.get("jafar").recipe() == replace(PROFILES.get("jafar"), tasks=None).recipe()  # not in the recipe

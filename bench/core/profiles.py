@@ -44,6 +44,8 @@ class Profile:
     methods: str = "default"
     """What ``run`` scores without ``-m``: "default" (the methods in the CPU default run) or "all" (every
     registered method). Not in the recipe: it changes which cells run, never a number."""
+    tasks: tuple[str, ...] | None = None
+    """What ``run`` scores without ``-t`` (None: every registered task). Not in the recipe, like ``methods``."""
     fit_steps: int | None = None
     """Steps of each per-image fit where not the profile's own (bench.fitting.per_image.FIT_SETTINGS): the
     budget study's fit-step curve."""
@@ -75,7 +77,7 @@ class Profile:
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
 
 
-TASK_OWNED = ("task_settings", "methods")
+TASK_OWNED = ("task_settings", "methods", "tasks")
 RECIPE_KINDS = ("seg", "depth")
 """Data kinds whose dataset is part of every cell's profile recipe (``seg_data``, ``depth_data``), as in every
 result stored before the profile held a map; the other kinds are recorded only by the cells of the tasks
@@ -136,5 +138,6 @@ PROFILES.register(Profile(
     data={"seg": "coco_stuff", "depth": "nyuv2", "classify": "imagenet"}, extra_data=("voc", "ade20k", "cityscapes"),
     train_data="coco_stuff", train_steps=None, train_batch=4, train_views=5, train_downsampler="attention",
     train_list="Coco164kFull_Stuff_Coarse.txt", methods="all",
+    tasks=("probe_seg", "probe_depth", "cam"),  # JAFAR's table has no end-to-end column
     task_settings={"probe_seg": JAFAR_PROBE, "probe_depth": JAFAR_PROBE, "cam": {"n_val": 2000}},
 ))

@@ -31,6 +31,11 @@ def default_methods(profile: Profile | None = None) -> list[str]:
     return [n for n in METHODS.names() if every or METHODS.get(n).in_default_run]
 
 
+def default_tasks(profile: Profile) -> list[str]:
+    """The tasks ``run`` scores without ``-t``: the profile's list (``Profile.tasks``), or every registered one."""
+    return list(profile.tasks) if profile.tasks is not None else TASKS.names()
+
+
 def build_context(profile_name: str, data: dict[str, str | None] | None = None, device: str = "auto",
                   cam_settings: dict[str, object] | None = None, normalisation: str | None = None,
                   tile: int | None = None, weights: dict[str, str] | None = None, retrain: bool = False,
