@@ -4,6 +4,7 @@ from __future__ import annotations
 import concurrent.futures
 import multiprocessing
 import os
+from typing import Callable, Iterator
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("MPLBACKEND", "Agg")
@@ -64,6 +65,19 @@ def images():
     return torch.rand(2, 3, 70, 100, generator=torch.Generator().manual_seed(0))
 
 
+def live_memory_start() -> None:
+    from bench.allocator import follow_live_memory
+
+    follow_live_memory()
+    load_all()
+
+
+def spawned(initializer: Callable[[], None]) -> Iterator[Callable]:
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
+                                                initializer=initializer) as pool:
+        yield lambda fn, *args: pool.submit(fn, *args).result()
+
+
 @pytest.fixture
 def fresh_process():
     """``call(fn, *args)`` runs a module-level ``fn`` in a newly spawned interpreter and returns its result.
@@ -72,6 +86,11 @@ def fresh_process():
     leave behind moves by hundreds of MB either way; a spawned process starts from the same state
     in every run, so a memory bound checked there means the same thing alone and in the full suite.
     """
-    with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
-                                                initializer=load_all) as pool:
-        yield lambda fn, *args: pool.submit(fn, *args).result()
+    yield from spawned(load_all)
+
+
+@pytest.fixture
+def live_memory_process():
+    """``fresh_process`` whose large allocations are mapped afresh (``follow_live_memory``): its resident set is
+    the memory alive, not what a long loop's heap happens to keep. Slow where a call allocates much."""
+    yield from spawned(live_memory_start)

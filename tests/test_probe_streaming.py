@@ -95,10 +95,13 @@ def probe_peak_mb(images: int, cache: str) -> float:
     return peak.mb
 
 
-def test_streamed_probe_memory_does_not_grow_with_the_training_images(fresh_process):
-    # every pixel of a 96x96 image with 192 channels is 7 MB: 32 images keep 226 MB, 8 keep 57 MB
-    streamed = fresh_process(probe_peak_mb, 8, "none"), fresh_process(probe_peak_mb, 32, "none")
-    kept = fresh_process(probe_peak_mb, 8, "memory"), fresh_process(probe_peak_mb, 32, "memory")
+def test_streamed_probe_memory_does_not_grow_with_the_training_images(live_memory_process):
+    # every pixel of a 96x96 image with 192 channels is 7 MB: 32 images keep 226 MB, 8 keep 57 MB. Measured
+    # where the resident set is the memory alive: under glibc's defaults the heap a loop leaves behind
+    # varied by 80 MB between runs of one setting (CI once read 103 and 185 MB streamed, for 8 and 32 images).
+    run = live_memory_process
+    streamed = run(probe_peak_mb, 8, "none"), run(probe_peak_mb, 32, "none")
+    kept = run(probe_peak_mb, 8, "memory"), run(probe_peak_mb, 32, "memory")
     assert kept[1] > kept[0] + 100, kept  # the measurement sees the growth where there is one
-    # streamed, 4x the images add less than a third of what keeping them adds (~170 MB)
-    assert streamed[1] - streamed[0] < (kept[1] - kept[0]) / 3, (streamed, kept)
+    # streamed, 4x the images add less than a tenth of what keeping them adds (~170 MB; measured: under 1 MB)
+    assert streamed[1] - streamed[0] < (kept[1] - kept[0]) / 10, (streamed, kept)
