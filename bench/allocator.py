@@ -39,7 +39,8 @@ def follow_live_memory(threshold: int = 128 * 2**10) -> None:
 
     The resident set then follows the memory alive at each moment, so the peak of a measured block is its
     own: under glibc's defaults, which heap pages a long loop leaves in use varies from run to run (a streamed
-    probe's peak read 132-159 MB in six runs of one setting, 77.3-77.9 MB with this). Slower: for measuring.
+    probe's peak read 138-159 MB in three runs at 8 images, 132-146 MB at 32; with this, 77.3 MB and
+    77.5-77.9 MB; docs/performance.md). Slower: for measuring.
     """
     if libc := _glibc():
         libc.mallopt(M_MMAP_THRESHOLD, threshold)
