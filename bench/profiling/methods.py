@@ -67,6 +67,14 @@ def predicted_mb(reference: tuple[int, float], size: int, channels: int, tile: i
     return out_mb(size) + work
 
 
+def random_input(size: int, channels: int, stride: int, device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """Seeded (1, C, ceil(size / stride)²) features and a (1, 3, size²) image: what every profiled call is given."""
+    generator = torch.Generator().manual_seed(0)
+    lr = math.ceil(size / stride)
+    lr_feats = torch.randn(1, channels, lr, lr, generator=generator)
+    return lr_feats.to(device), torch.rand(1, 3, size, size, generator=generator).to(device)
+
+
 def profile_one(spec: str, size: int, channels: int, device: str, repeats: int, tile: int | None = None,
                 reference: tuple[int, float] | None = None, stride: int = STRIDE,
                 dtype: torch.dtype = torch.float32) -> dict:
@@ -88,9 +96,7 @@ def profile_one(spec: str, size: int, channels: int, device: str, repeats: int, 
                 return {**row, "status": "oom",
                         "message": f"predicted {need:.0f} MB > budget {budget:.0f} MB (from {reference[1]:.0f} MB "
                                    f"at {reference[0]}²); not run"}
-        generator = torch.Generator().manual_seed(0)
-        lr_feats = torch.randn(1, channels, row["lr_size"], row["lr_size"], generator=generator).to(device)
-        image = torch.rand(1, 3, size, size, generator=generator).to(device)
+        lr_feats, image = random_input(size, channels, stride, device)
 
         def run() -> torch.Tensor:
             with torch.no_grad():

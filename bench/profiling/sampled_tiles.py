@@ -23,7 +23,7 @@ import torch
 
 from bench.plugins import load_all
 from bench.profiling.memory import peak_memory
-from bench.profiling.methods import STRIDE, build
+from bench.profiling.methods import STRIDE, build, random_input
 from methods.base import Upsampler
 from methods.tiling import Region, Span, spans
 
@@ -73,9 +73,7 @@ def sampled_tiled_call(upsampler: Upsampler, lr_feats: torch.Tensor, image: torc
 def profile_sampled(spec: str, size: int, channels: int, tile: int, stride: int = STRIDE) -> dict:
     """One sampled call on random input (as ``profile methods`` builds it), measured on the CPU."""
     upsampler = build(spec, channels, stride)
-    generator = torch.Generator().manual_seed(0)
-    lr_feats = torch.randn(1, channels, -(-size // stride), -(-size // stride), generator=generator)
-    image = torch.rand(1, 3, size, size, generator=generator)
+    lr_feats, image = random_input(size, channels, stride)
     keep = default_tiles(size, tile)
     with peak_memory("cpu") as peak:
         out, setup, seconds = sampled_tiled_call(upsampler, lr_feats, image, size, tile, keep)
