@@ -391,8 +391,8 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="score methods on tasks; resumes where a run stopped")
     run.add_argument("-m", "--methods", help="comma-separated method names (default: the profile's: those in the "
                      "CPU default run, every registered one for jafar)")
-    run.add_argument("-t", "--tasks", help="comma-separated task names (default: the profile's; every registered one but "
-                     "for jafar, which has no e2e_seg)")
+    run.add_argument("-t", "--tasks", help="comma-separated task names (default: the profile's: every registered "
+                     "one, and for jafar those of JAFAR's table, without e2e_seg)")
     run.add_argument("--out", help="run folder (default: results/runs/<profile>-<backbone>)")
     run.add_argument("--seeds", type=int_list(0, "non-negative integers", "0,1,2"),
                      help="score every cell once per seed (probe init, sampled pixels, training, crops); "
