@@ -172,7 +172,8 @@ def dry_run(methods: list[str], tasks: list[str], backbone_name: str, weights: s
         stages = stage_rows(methods, backbone, context, timings, planned.problems)
     except DatasetError as exc:
         stages = []
-        planned.problems.append(f"upsampler training data: {str(exc).splitlines()[0]}")
+        if context.profile.train_data not in planned.missing:  # a missing folder is reported once, below
+            planned.problems.append(f"upsampler training data: {str(exc).splitlines()[0]}")
     cells = cell_rows(planned.cells, context, out, timings)
     if stages:
         lines += ["", "training stage:", pd.DataFrame(stages).to_markdown(index=False, floatfmt=".0f")]
