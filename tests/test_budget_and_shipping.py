@@ -209,3 +209,13 @@ def test_budget_curves_have_every_step_and_the_references(tmp_path):
     with pytest.raises(ValueError, match="another profile recipe"):
         budget.record_study(out, {}, [0], budget.REFERENCES, "efficientnet_lite0",
                             RunContext(profile=PROFILES.get("default")))
+
+
+def test_view_images_count_views_only_for_the_multiview_objective(tiny):
+    """A study's x axis: FeatUp's loss shows each step batch x views images; LiFT's own objective, whole images
+    (its recipe has no views), so its 2000 steps of batch 2 are 4000 images, not 12,000."""
+    backbone, context = tiny
+    p = context.profile
+    for name, per_step in (("resize_conv", p.train_batch * p.train_views), ("lift", p.train_batch)):
+        _, recipe = train.checkpoint(create_method(name, backbone, p.seed), backbone, context)
+        assert weights.view_images(10, recipe) == 10 * per_step, (name, recipe)

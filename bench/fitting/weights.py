@@ -147,7 +147,7 @@ def ship(weights: Path, recipe: dict[str, Any], trained: dict[str, Any], folder:
     entry = {
         "method": recipe["method"], "version": recipe["version"], "backbone": recipe["backbone"], "file": name,
         "sha256": file_sha256(folder / name), "recipe_digest": digest, "recipe": recipe, "steps": steps,
-        "view_images": steps * recipe["batch"] * recipe.get("views", 1), "seconds": trained["seconds"],
+        "view_images": view_images(steps, recipe), "seconds": trained["seconds"],
         "losses": [round(v, 5) for v in trained["losses"]], "git_commit": trained["git_commit"],
         "torch": trained["torch"], "device": trained["device"], "date": trained["date"],
     }
@@ -155,6 +155,12 @@ def ship(weights: Path, recipe: dict[str, Any], trained: dict[str, Any], folder:
     entries = [e for e in manifest(folder) if (e["method"], e["version"], e["backbone"], e["recipe_digest"]) != key]
     atomic_write_json(folder / MANIFEST, {"weights": sorted([*entries, entry], key=lambda e: (e["backbone"], e["method"]))})
     return entry
+
+
+def view_images(steps: int, recipe: dict) -> int:
+    """Images a training of ``steps`` steps showed the upsampler: batch x views a step (a method with its own
+    objective trains on whole images, and its recipe has no views)."""
+    return steps * recipe.get("batch", 0) * recipe.get("views", 1)
 
 
 def weights_table(cache: Path, folder: Path | None = None) -> pd.DataFrame:
@@ -171,6 +177,6 @@ def weights_table(cache: Path, folder: Path | None = None) -> pd.DataFrame:
         recipe = {k: v for k, v in trained.items() if k not in TRAINING_RECORD}
         rows.append({"method": trained.get("method"), "backbone": trained.get("backbone"), "source": "cached",
                      "steps": len(trained.get("losses", [])),
-                     "view_images": len(trained.get("losses", [])) * trained.get("batch", 0) * trained.get("views", 1),
+                     "view_images": view_images(len(trained.get("losses", [])), trained),
                      "recipe": recipe_digest(recipe), "seconds": trained.get("seconds"), "where": str(record.parent)})
     return pd.DataFrame(rows, columns=["method", "backbone", "source", "steps", "view_images", "recipe", "seconds", "where"])

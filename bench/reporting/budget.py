@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from bench.core.store import ResultStore
+from bench.fitting.weights import view_images
 from bench.registry import METHODS
 from bench.reporting.intervals import interval_table
 from bench.reporting.report import with_columns
@@ -20,12 +21,15 @@ COLUMNS = ["method", "kind", "scored_on", "steps", "view_images", "metric", "hig
 ``scored_on``: the profile's probe images ("full") or FIT_SUBSET's ("subset")."""
 
 
+def trained(out: Path, method: str, steps: int) -> dict:
+    """The training record (batch, views, ...) the study saved with ``method``'s checkpoint at ``steps``."""
+    return json.loads((out / "train" / method / f"provenance-{steps}.json").read_text())
+
+
 def curve_table(out: Path) -> pd.DataFrame:
     """One row per (method, steps, metric column): mean and sd over seeds, the bootstrap interval of
     the seed-mean over images, and the view-images trained on (0 for the references)."""
     frames = []
-    study_info = json.loads((out / "study.json").read_text())
-    per_step = study_info["profile"]["train_batch"] * study_info["profile"]["train_views"]
     for folder in sorted((out / "scores").iterdir()):
         if not (folder / "cells").is_dir():
             continue
@@ -47,7 +51,8 @@ def curve_table(out: Path) -> pd.DataFrame:
              .agg(higher_is_better=("higher_is_better", "first"), seeds=("seed", "nunique"),
                   mean=("value", "mean"), sd=("value", "std")).reset_index())
     table = table.merge(spans[["key", "column", "lo", "hi"]], on=["key", "column"], how="left")
-    table["view_images"] = (table["steps"] * per_step).where(table["kind"] == "dataset", 0)
+    table["view_images"] = [view_images(steps, trained(out, method, steps)) if kind == "dataset" else 0
+                            for method, kind, steps in table[["method", "kind", "steps"]].values]
     table = table.rename(columns={"column": "metric"})
     return table[COLUMNS].sort_values(["scored_on", "metric", "method", "steps"]).reset_index(drop=True)
 
@@ -73,6 +78,9 @@ def plot_budget(curves: pd.DataFrame, path: Path, fits: bool = False) -> None:
         for (method, one), style in zip(references, ("--", ":", "-.", (0, (5, 1)))):
             ax.axhline(float(one["mean"].iloc[0]), color="0.35", linestyle=style, linewidth=1.1, label=method)
         ax.set_xscale("log")
+        budgets = sorted(rows.loc[rows["kind"] != "reference", x].unique())
+        ax.set_xticks(budgets, [f"{b / 1000:g}k" if b >= 1000 else f"{b:g}" for b in budgets])
+        ax.minorticks_off()  # the log axis's own labels at 2x10^1, 3x10^1, ... overlapped
         up = bool(rows["higher_is_better"].iloc[0])
         ax.set_title(f"{metric} ({'higher' if up else 'lower'} is better)", fontsize=9)
         ax.set_xlabel("fit steps per image" if fits else "training view-images")
