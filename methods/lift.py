@@ -106,10 +106,9 @@ class Lift(Upsampler):
     fit = "dataset"
     own_objective = {"optimizer": "Adam", "lr": 1e-3, "loss": "cosine embedding, half->full + quarter->half",
                      "image_size": TRAIN_SIZE, "color_jitter": 0.2}
-    # Not in the CPU default run: one forward at 224² (14² -> 224², 112 channels) is 20 GFLOP, three quarters of it
-    # the last step, whose guidance convs run on the image doubled three times (1792²), and in the default run of
-    # 2026-12-06 its cells took 14.9 of the 69 minutes (its e2e_seg cell 10.8), with the run already over its
-    # 45-minute target without it. Its shipped weights serve ``-m lift``.
+    # Not in the CPU default run: one forward at 224² is 20 GFLOP, three quarters of it the last step, whose
+    # guidance convs run on the image doubled three times; its cells' share of the run is in docs/methods.md.
+    # Its shipped weights serve ``-m lift``.
     in_default_run = False
 
     def __init__(self, dim: int, patch: int = 16) -> None:

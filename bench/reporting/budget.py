@@ -51,8 +51,9 @@ def curve_table(out: Path) -> pd.DataFrame:
              .agg(higher_is_better=("higher_is_better", "first"), seeds=("seed", "nunique"),
                   mean=("value", "mean"), sd=("value", "std")).reset_index())
     table = table.merge(spans[["key", "column", "lo", "hi"]], on=["key", "column"], how="left")
-    table["view_images"] = [view_images(steps, trained(out, method, steps)) if kind == "dataset" else 0
-                            for method, kind, steps in table[["method", "kind", "steps"]].values]
+    seen = {(m, s): view_images(s, trained(out, m, s)) if k == "dataset" else 0  # one read per checkpoint
+            for m, k, s in table[["method", "kind", "steps"]].drop_duplicates().values}
+    table["view_images"] = [seen[m, s] for m, s in table[["method", "steps"]].values]
     table = table.rename(columns={"column": "metric"})
     return table[COLUMNS].sort_values(["scored_on", "metric", "method", "steps"]).reset_index(drop=True)
 
