@@ -21,9 +21,16 @@ COLUMNS = ["method", "kind", "scored_on", "steps", "view_images", "metric", "hig
 ``scored_on``: the profile's probe images ("full") or FIT_SUBSET's ("subset")."""
 
 
+def checkpoint_files(out: Path, method: str, steps: int) -> tuple[Path, Path]:
+    """(weights, training record) of ``method``'s study checkpoint at ``steps``: the one place that names them,
+    for the study that writes them, ``ship`` and the curves that read them."""
+    folder = out / "train" / method
+    return folder / f"weights-{steps}.pt", folder / f"provenance-{steps}.json"
+
+
 def trained(out: Path, method: str, steps: int) -> dict:
     """The training record (batch, views, ...) the study saved with ``method``'s checkpoint at ``steps``."""
-    return json.loads((out / "train" / method / f"provenance-{steps}.json").read_text())
+    return json.loads(checkpoint_files(out, method, steps)[1].read_text())
 
 
 def curve_table(out: Path) -> pd.DataFrame:

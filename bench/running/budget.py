@@ -24,7 +24,7 @@ import torch
 from bench.backbones import Backbone
 from bench.fitting.train import checkpoint, run_training, training_images, training_provenance
 from bench.registry import METHODS
-from bench.reporting.budget import write_curves
+from bench.reporting.budget import checkpoint_files, write_curves
 from bench.core.context import RunContext
 from bench.core.store import atomic_write, atomic_write_json
 from bench.running.runner import create_method, plan, run_cells
@@ -49,18 +49,18 @@ def study_recipe(method: str, backbone: Backbone, context: RunContext) -> dict[s
 
 def trained_to(method: str, steps: int, backbone: Backbone, context: RunContext, out: Path) -> Path:
     """The method's weights after ``steps`` steps of the study's one training run, continuing it as needed."""
-    folder = out / "train" / method
-    target = folder / f"weights-{steps}.pt"
+    target = checkpoint_files(out, method, steps)[0]
     if target.is_file():
         return target
+    folder = target.parent
     folder.mkdir(parents=True, exist_ok=True)
     upsampler = create_method(method, backbone, context.profile.seed).to(context.device)
     recipe = study_recipe(method, backbone, context)
 
     def save(done: int, trained: torch.nn.Module, state: dict[str, Any]) -> None:
-        atomic_write_json(folder / f"provenance-{done}.json",
-                          training_provenance({**recipe, "steps": done}, state, context))
-        atomic_write(folder / f"weights-{done}.pt", lambda tmp: torch.save(trained.state_dict(), tmp))
+        weights, record = checkpoint_files(out, method, done)
+        atomic_write_json(record, training_provenance({**recipe, "steps": done}, state, context))
+        atomic_write(weights, lambda tmp: torch.save(trained.state_dict(), tmp))
 
     run_training(upsampler, backbone, context, folder / "resume.pt", recipe, training_images(context, steps), steps,
                  checkpoints=[steps], on_checkpoint=save)
@@ -73,7 +73,7 @@ def study_checkpoint(out: Path, method: str, steps: int | None, backbone: Backbo
     the one a separate ``train --steps`` run of the same profile would have (the study's equals it)."""
     if steps is None:
         raise ValueError("shipping from a budget study needs --steps: which of its checkpoints to ship")
-    weights, record = out / "train" / method / f"weights-{steps}.pt", out / "train" / method / f"provenance-{steps}.json"
+    weights, record = checkpoint_files(out, method, steps)
     if not (weights.is_file() and record.is_file()):
         done = sorted(int(p.stem.split("-")[1]) for p in (out / "train" / method).glob("weights-*.pt"))
         raise FileNotFoundError(f"{out} has no {method} checkpoint at {steps} steps; it has {done or 'none'}")
