@@ -139,7 +139,8 @@ class JBUStage(nn.Module):
 
     def log_spatial_kernel(self) -> torch.Tensor:
         """log of FeatUp's Gaussian spatial kernel over the window, taps row-major."""
-        u = torch.linspace(-1, 1, 2 * self.radius + 1, device=self.sigma_spatial.device)
+        # in σ's dtype: a float32 grid would round a float64 model's kernel to float32 (0-dim σ does not promote it)
+        u = torch.linspace(-1, 1, 2 * self.radius + 1, device=self.sigma_spatial.device, dtype=self.sigma_spatial.dtype)
         dist = u[:, None] ** 2 + u[None, :] ** 2
         return (-dist / (2 * self.sigma_spatial**2)).flatten()
 

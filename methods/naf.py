@@ -203,15 +203,17 @@ def _runs(index: torch.Tensor, valid: torch.Tensor) -> list[tuple[int, int]]:
     return list(zip(starts, starts[1:] + [len(key)]))
 
 
-def _cells(index: torch.Tensor, valid: torch.Tensor, size: int) -> torch.Tensor:
+def _cells(index: torch.Tensor, valid: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(cells, size) columns: runs sharing one window cut into cells of ``size``; a short cell repeats its last
-    column (computed twice, written twice with the same value)."""
-    cells = []
+    column, so every cell is one matmul. Also the (cells, size) mask of the columns that are no repeat: only
+    those are written, since writing a repeat too would send its gradient back twice."""
+    cells, written = [], []
     for a, b in _runs(index, valid):
         for start in range(a, b, size):
             cols = list(range(start, min(start + size, b)))
             cells.append(cols + [cols[-1]] * (size - len(cols)))
-    return torch.tensor(cells, dtype=torch.long)
+            written.append([True] * len(cols) + [False] * (size - len(cols)))
+    return torch.tensor(cells, dtype=torch.long), torch.tensor(written)
 
 
 @METHODS.register
@@ -288,10 +290,10 @@ class NAF(Upsampler):
         q, k = queries.unflatten(1, (n, dk)), keys.unflatten(1, (n, dk))
         device, width_out = queries.device, cols[1] - cols[0]
         cell = max(1, min(width_out, -(-output_size[1] // w)))
-        cells = _cells(col_index, col_valid, cell)
+        cells, written = _cells(col_index, col_valid, cell)
         in_order = cells.numel() == width_out and bool((cells.flatten() == torch.arange(width_out)).all())
         cell_window, cell_valid = col_index[cells[:, 0]].to(device), col_valid[cells[:, 0]].to(device)
-        flat = cells.flatten().to(device)
+        flat, written = cells.flatten().to(device), written.flatten().to(device)
         q = q if in_order else q.index_select(4, flat)
         q = q.unflatten(4, (len(cells), cell))  # (B, n, dk, rows, cells, cell)
         taps = row_index.shape[1] * col_index.shape[1]
@@ -314,7 +316,10 @@ class NAF(Upsampler):
                     scores = scores.masked_fill(~mask[e0:e1, None, :], float("-inf"))
                 mixed = scores.softmax(-1) @ vv[:, :, e0:e1]  # (B, n, e, m*cell, dv)
                 mixed = mixed.unflatten(3, (m, cell)).permute(0, 1, 5, 3, 2, 4).flatten(4)  # (B, n, dv, m, e*cell)
-                where = slice(e0 * cell, e1 * cell) if in_order else flat[e0 * cell:e1 * cell]
+                span = slice(e0 * cell, e1 * cell)
+                if not in_order:  # each column once: its repeats are left unwritten
+                    mixed = mixed[..., written[span]]
+                where = span if in_order else flat[span][written[span]]
                 for i in range(n):
                     out[:, offsets[i]:offsets[i] + sizes[i], r0:r1, where] = mixed[:, i, :sizes[i]]
         return out
