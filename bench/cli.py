@@ -29,19 +29,25 @@ def csv_list(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
-def int_list(minimum: int, what: str, example: str) -> Callable[[str], list[int]]:
-    """An argparse type: comma-separated integers, each at least ``minimum``."""
+def number_list(cast: Callable[[str], float], minimum: float, what: str,
+                example: str) -> Callable[[str], list]:
+    """An argparse type: comma-separated numbers read by ``cast``, each at least ``minimum``."""
 
-    def parse_ints(text: str) -> list[int]:
+    def parse_numbers(text: str) -> list:
         try:
-            values = [int(t) for t in csv_list(text)]
+            values = [cast(t) for t in csv_list(text)]
         except ValueError:
             values = []
         if not values or min(values) < minimum:
             raise argparse.ArgumentTypeError(f"expected comma-separated {what}, e.g. {example}; got {text!r}")
         return values
 
-    return parse_ints
+    return parse_numbers
+
+
+def int_list(minimum: int, what: str, example: str) -> Callable[[str], list[int]]:
+    """An argparse type: comma-separated integers, each at least ``minimum``."""
+    return number_list(int, minimum, what, example)
 
 
 def positive_int(text: str) -> int:
@@ -112,7 +118,8 @@ def cmd_list(args: argparse.Namespace) -> int:
     print("methods:")
     for name in METHODS.names():
         m = METHODS.get(name)
-        print(f"  {name:18s} v{m.version}  fit={m.fit}")
+        role = "  reference row: the image's colour alone, no backbone" if m.reference else ""
+        print(f"  {name:18s} v{m.version}  fit={m.fit}{role}")
     print("tasks:")
     for name in TASKS.names():
         t = TASKS.get(name)
@@ -297,8 +304,29 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
 
 def cmd_ablate(args: argparse.Namespace) -> int:
-    """Ablations: the Fourier features of implicit FeatUp, or the training budget of the trainable methods."""
-    return ablate_budget(args) if args.what == "budget" else ablate_fourier_features(args)
+    """Ablations: the Fourier features of implicit FeatUp, the training budget of the trainable methods, or the
+    segmentation data's colour."""
+    return {"budget": ablate_budget, "colour": ablate_colour, "fourier": ablate_fourier_features}[args.what](args)
+
+
+def ablate_colour(args: argparse.Namespace) -> int:
+    """The colour sweep (bench.running.colour): probe_seg mIoU against the data's colour level, CSV and PNG."""
+    from bench.reporting.colour import CSV, PNG
+    from bench.running.budget import SEEDS
+    from bench.running.colour import LEVELS, METHODS as SWEPT, sweep
+
+    if args.steps:
+        raise UsageError("ablate colour takes --levels, not --steps")
+    levels = args.levels or list(LEVELS)
+    if min(levels) < 0 or max(levels) > 1:
+        raise UsageError(f"--levels are colour levels in [0, 1] (0 colour-coded, 1 colour-blind), got {levels}")
+    context = make_context(args)
+    methods = csv_list(args.methods) if args.methods else list(SWEPT)
+    table = sweep(methods, levels, context_backbone(args, context), context, Path(args.out), args.seeds or list(SEEDS))
+    shown = table[table["metric"] == "probe_seg.miou"]
+    print(shown.pivot_table(index="method", columns="level", values="mean", sort=False).round(2).to_string())
+    print(f"wrote {Path(args.out) / CSV} and {Path(args.out) / PNG}", file=sys.stderr)
+    return 0
 
 
 def ablate_budget(args: argparse.Namespace) -> int:
@@ -478,11 +506,16 @@ def build_parser() -> argparse.ArgumentParser:
     prof.add_argument("--out", help="folder for profile.csv and profile.png")
     prof.set_defaults(fn=cmd_profile)
     ablate = sub.add_parser("ablate", help="ablations of a method's design")
-    ablate.add_argument("what", choices=("fourier", "budget"),
+    ablate.add_argument("what", choices=("fourier", "budget", "colour"),
                         help="fourier: implicit FeatUp with and without Fourier features; budget: probe scores "
-                             "against the training steps of the trainable methods (resumes where it stopped)")
+                             "against the training steps of the trainable methods (resumes where it stopped); "
+                             "colour: probe_seg as the segmentation data goes from colour-coded to colour-blind")
     ablate.add_argument("-m", "--methods", help="budget: trainable methods (trained to each step count) and per-image methods (fitted with "
-                             "each step count on a subset of the probe images); default: every trainable one")
+                             "each step count on a subset of the probe images); default: every trainable one. "
+                             "colour: default colour_only,bilinear,jbu_classic,guided_filter,featup_jbu,resize_conv")
+    ablate.add_argument("--levels", type=number_list(float, 0, "colour levels in [0, 1]", "0,0.5,1"),
+                        help="colour: the data's colour levels, 0 (each class its own colour) to 1 (colour says "
+                             "nothing of the class); default 0,0.333,0.667,1")
     ablate.add_argument("--images", type=positive_int, default=8,
                         help="fourier: how many of the embedded validation photographs to fit (default 8: all of them)")
     ablate.add_argument("--steps", type=int_list(1, "positive integers", "250,1000,4000"),
@@ -490,7 +523,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "counts to checkpoint and score (default 250,500,1000,2000,4000,8000; per-image methods' fit steps "
                              "20,80,320)")
     ablate.add_argument("--seeds", type=int_list(0, "non-negative integers", "0,1,2"),
-                        help="budget: probe seeds scored at every step count (default 0,1,2)")
+                        help="budget, colour: probe seeds scored at every step count or level (default 0,1,2)")
     ablate.add_argument("--out", required=True, help="folder for the CSVs and the PNG")
     add_common_arguments(ablate, None)
     ablate.set_defaults(fn=cmd_ablate)

@@ -72,11 +72,21 @@ class Upsampler(nn.Module, ABC):
     in_default_run: ClassVar[bool] = True
     """Whether ``run`` without ``-m`` scores this method; methods too slow for the CPU default run say False
     (they stay available with ``-m`` and in the GPU profiles)."""
+    uses_backbone: ClassVar[bool] = True
+    """False for features computed from the image alone (colour_only): a model's parameters then leave the backbone out."""
+    reference: ClassVar[bool] = False
+    """True for a reference row that is not an upsampler (colour_only: the image's colour alone): tables mark it,
+    and leave it out of rank statistics and of the better/worse-than-bilinear marks."""
 
     @classmethod
     def create(cls, backbone: "Backbone") -> "Upsampler":
         """Build the method for a backbone; methods with weights read ``backbone.dim`` here."""
         return cls()
+
+    def output_dim(self, backbone_dim: int) -> int:
+        """Channels of the features this method returns for a backbone of ``backbone_dim`` channels (heads are
+        built for it); an upsampler keeps the backbone's, a reference row of other features says its own."""
+        return backbone_dim
 
     own_objective: ClassVar[dict[str, Any] | None] = None
     """For fit="dataset": None trains with the suite's shared multi-view loss (FeatUp's); a method whose

@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from bench.backbones import Backbone, cache_key
 from bench.data.identity import dataset_identity
 from bench.core.cells import slug
+from bench.core.failures import NotApplicable
 from bench.core.features import standardise
 from bench.registry import TASKS
 from bench.core.context import RunContext
@@ -161,6 +162,9 @@ class Cam(Task):
         self.head(backbone, context)
 
     def run(self, upsampler: Upsampler, backbone: Backbone, context: RunContext) -> list[MetricRow]:
+        if upsampler.output_dim(backbone.dim) != backbone.dim:
+            raise NotApplicable(f"{upsampler.name} returns {upsampler.output_dim(backbone.dim)} channels, not the "
+                                f"backbone's {backbone.dim}: the classifier whose CAMs are scored cannot take them")
         s = self.settings(context.profile)
         head = self.head(backbone, context).to(context.device)
         val = self.load_split("val", context)

@@ -78,7 +78,7 @@ def fit_decoder(upsampler: Upsampler, backbone: Backbone, train: Dataset, s: E2E
                 device: torch.device, progress: bool = False) -> tuple[Decoder, list[float]]:
     """Train the decoder (and a trainable upsampler) with AdamW on random batches; returns it and the losses."""
     torch.manual_seed(seed)
-    decoder = Decoder(backbone.dim, train.num_classes).to(device)
+    decoder = Decoder(upsampler.output_dim(backbone.dim), train.num_classes).to(device)
     trainable = upsampler.fit == "dataset"
     groups = [{"params": decoder.parameters(), "lr": s.lr}]
     if trainable:
@@ -136,7 +136,8 @@ class E2ESeg(Task):
                 scores.update(segment(upsampler, backbone, decoder, image, context.tile).argmax(1).cpu(), label,
                               label != IGNORE)
             gflops = model_gflops(upsampler, backbone, decoder, batch["image"].to(context.device))
-        used = [*backbone.feature_parameters(), *upsampler.parameters(), *decoder.parameters()]
+        used = [*(backbone.feature_parameters() if upsampler.uses_backbone else []), *upsampler.parameters(),
+                *decoder.parameters()]
         params = sum(p.numel() for p in used) / 1e6
         values, per_image = scores.result()
         return self.rows({**values, "gflops": gflops, "params": params}, per_image)

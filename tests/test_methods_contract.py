@@ -21,7 +21,7 @@ def test_method_contract(name, lite0, images, tmp_path):
     method.eval()
     out = method.upsample(lite0, images, OUT)
     lr = lite0.features(images)
-    assert out.shape[:2] == (2, lite0.dim)
+    assert out.shape[:2] == (2, method.output_dim(lite0.dim))
     expected = lr.shape[-2:] if method.keeps_grid else OUT
     assert tuple(out.shape[-2:]) == tuple(expected)
     assert torch.isfinite(out).all()

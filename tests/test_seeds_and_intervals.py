@@ -40,7 +40,7 @@ def test_extra_datasets_get_their_own_cells_and_columns():
     context = RunContext(profile=PROFILES.get("default"), progress=False)
     cells = plan(["bilinear"], ["probe_depth", "probe_seg"], "efficientnet_lite0_s16", context)
     assert [(c.task, c.dataset, r["primary_data"]) for c, r in cells] == [
-        ("probe_depth", "depth_scenes", True), ("probe_depth", "middlebury", False), ("probe_seg", "scenes", True)]
+        ("probe_depth", "depth_scenes", True), ("probe_depth", "middlebury", False), ("probe_seg", "materials", True)]
     assert cells[1][1]["profile"]["depth_data"] == "middlebury"
 
 

@@ -101,7 +101,7 @@ PROFILES.register(Profile(
     name="default", backbone="efficientnet_lite0_s16", image_size=(224, 224),
     # Depth edges at object silhouettes as in NYUv2 (generated scenes, exact depth) first; the one
     # real Middlebury scene, whose smooth depth rewards smooth predictions, beside it.
-    data={"seg": "scenes", "depth": "depth_scenes", "classify": "cam_photos"}, train_data="photos",
+    data={"seg": "materials", "depth": "depth_scenes", "classify": "cam_photos"}, train_data="photos",
     extra_data=("middlebury",),
     # The shipped weights' budget (results/weights): the training-budget study's last checkpoint (results/budget/;
     # from 1000 to 2000 steps no probe metric moved by more than about its seed sd, docs/methods.md).
@@ -111,7 +111,7 @@ PROFILES.register(Profile(
     # difference varied by 0.034 m (sd) over seeds, more than the difference itself; 96/96 steadies it.
     # CAM: 48 recognised photographs and crops to train the linear classifier, 48 others to score.
     # e2e_seg: the probe's scenes, 100 steps of batch 4 (docs/results.md: what that costs).
-    task_settings={"probe_seg": {**DEFAULT_PROBE, "n_train": 48, "n_val": 24, "epochs": 25},
+    task_settings={"probe_seg": {**DEFAULT_PROBE, "n_train": 48, "n_val": 96, "epochs": 25},
                    "probe_depth": {**DEFAULT_PROBE, "n_train": 96, "n_val": 96, "epochs": 13},
                    "cam": {"n_train": 48, "n_val": 48, "batch_size": 8},
                    "e2e_seg": {"n_train": 48, "n_val": 24, "steps": 100, "batch_size": 4}},

@@ -47,6 +47,10 @@ class DatasetSpec:
 BUILT_IN = (
     DatasetSpec("scenes", "seg", "generated scenes of real photo textures in thin, sharp shapes; "
                  "exact labels, 8 classes", True, loader="bench.data.scenes:Scenes"),
+    DatasetSpec("materials", "seg", "generated scenes of 8 materials (scikit-image textures) in thin, sharp shapes, "
+                 "each instance recoloured from one palette all classes share, with matched-colour boundaries, "
+                 "two-colour parts, lighting and cast shadows; exact labels", True,
+                loader="bench.data.materials:Materials"),
     DatasetSpec("middlebury", "depth", "Middlebury 2014 motorcycle (skimage) with ground-truth depth; "
                  "train crops from the left 60%, val from the right 40%", True,
                 loader="bench.data.embedded:Middlebury"),

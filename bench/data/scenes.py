@@ -56,7 +56,12 @@ def texture_layer(name: str, size: tuple[int, int], rng: np.random.Generator,
     The crop is a random fraction in ``scale`` (40–100% by default) of the largest that fits: the
     smaller the crop, the coarser the texture looks.
     """
-    source = texture(name)
+    return texture_layer_of(texture(name), size, rng, scale)
+
+
+def texture_layer_of(source: np.ndarray, size: tuple[int, int], rng: np.random.Generator,
+                     scale: tuple[float, float] = (0.4, 1.0)) -> np.ndarray:
+    """``texture_layer`` of a (h,w,3) uint8 texture array."""
     top, left, h, w = random_box(rng, (0, 0, *source.shape[:2]), size[1] / size[0], *scale)
     layer = resize_image(source[top:top + h, left:left + w], size)
     flip_rows, flip_cols = rng.random(2) < 0.5

@@ -157,11 +157,35 @@ def figures_section(run_dir: Path, out_dir: Path, records: list[dict[str, Any]],
     else:
         parts += [f"The run has none (`run_bench.py ablate fourier --out {ablation}` makes it)."]
     studies = [run_dir / "ablate-budget", SHIPPED_STUDIES / run_dir.name]
-    return "\n".join(parts + ["", budget_section(next((s for s in studies if s.is_dir()), studies[0]), figures)])
+    sweeps = [run_dir / "ablate-colour", SHIPPED_SWEEPS / run_dir.name]
+    return "\n".join(parts + ["", budget_section(next((s for s in studies if s.is_dir()), studies[0]), figures),
+                              "", colour_section(next((s for s in sweeps if s.is_dir()), sweeps[0]), figures)])
 
 
 SHIPPED_STUDIES = Path(__file__).resolve().parents[2] / "results" / "budget"
 """The budget studies behind the shipped weights, by run-folder name (e.g. default-efficientnet_lite0_s16)."""
+
+
+SHIPPED_SWEEPS = Path(__file__).resolve().parents[2] / "results" / "colour"
+"""The colour sweeps of the shipped tables, by run-folder name."""
+
+
+def colour_section(sweep: Path, figures: Path) -> str:
+    """The colour sweep (``ablate colour``): probe_seg against the data's colour level, when there is one."""
+    from bench.reporting.colour import CSV, plot_sweep
+
+    parts = ["### Colour sweep", ""]
+    if not (sweep / CSV).is_file():
+        return "\n".join(parts + [f"The run has none (`run_bench.py ablate colour --out {sweep}` makes it)."])
+    table = pd.read_csv(sweep / CSV)
+    plot_sweep(table, figures / "colour.png")
+    shown = table[table["metric"] == "probe_seg.miou"].pivot_table(index="method", columns="level", values="mean")
+    return "\n".join(parts + [
+        "![probe_seg mIoU against the data's colour level](figures/colour.png)", "",
+        shown.round(2).reset_index().to_markdown(index=False), "",
+        f"From `{sweep}`: `materials` at colour levels from 0 (each class its own colour, every boundary a colour "
+        f"step) to 1 (colour says nothing of the class); mean over probe seeds. A method that falls as the level "
+        f"rises leaned on the image's colour; `colour_only` shows how much colour alone gave."])
 
 
 def budget_section(study: Path, figures: Path) -> str:

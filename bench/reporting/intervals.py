@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from bench.reporting.ranks import is_reference
 from bench.reporting.stats import STATISTICS, bootstrap_indices, percentile_interval, replicates
 
 BASELINE = "bilinear"
@@ -30,7 +31,7 @@ def interval_table(rows: pd.DataFrame, n_boot: int = N_BOOT, level: float = LEVE
     """(method, column) -> lo, hi of the metric and diff_lo, diff_hi of its difference from the baseline.
 
     ``rows`` are tidy ok rows with ``column``, ``per_image`` and ``statistic``; rows without
-    per-image statistics (older results, tasks that store none) get no interval.
+    per-image statistics (older results, tasks that store none) get no interval, reference rows no difference.
     """
     rows = rows[rows["per_image"].notna() & rows["statistic"].notna()]
     out = []
@@ -43,7 +44,8 @@ def interval_table(rows: pd.DataFrame, n_boot: int = N_BOOT, level: float = LEVE
         base = reps.get(BASELINE)
         for method, rep in reps.items():
             lo, hi = percentile_interval(rep, level)
-            paired = base is not None and seeds[method] == seeds[BASELINE]  # the baseline's own: [0, 0]
+            # the baseline's own: [0, 0]; a reference row (colour_only) is no upsampler to mark better or worse
+            paired = base is not None and seeds[method] == seeds[BASELINE] and not is_reference(method)
             diff = percentile_interval(rep - base, level) if paired else (np.nan, np.nan)
             out.append({"method": method, "column": column, "lo": lo, "hi": hi, "diff_lo": diff[0], "diff_hi": diff[1]})
     return pd.DataFrame(out, columns=["method", "column", "lo", "hi", "diff_lo", "diff_hi"])

@@ -8,6 +8,14 @@ from bench.reporting.stats import discordant_pairs, kendall_tau
 from methods.base import Upsampler
 
 
+def is_reference(method: str) -> bool:
+    """True for a reference row that is not an upsampler (colour_only); unknown (plugin) methods are upsamplers."""
+    try:
+        return bool(METHODS.get(method).reference)
+    except RegistryError:
+        return False
+
+
 def sees_backbone_features(method: str) -> bool:
     """False for methods that change what the backbone sees (strided, large_image: they override ``features``).
 
@@ -23,13 +31,15 @@ def sees_backbone_features(method: str) -> bool:
 
 def rank_agreement(table: pd.DataFrame, paper: pd.DataFrame, columns: dict[str, str]) -> pd.DataFrame:
     """One row per our column with a paper column: τ over all common methods and over those that
-    see the backbone's own features, with the number of methods and the discordant pairs (all)."""
+    see the backbone's own features, with the number of methods and the discordant pairs (all).
+    Reference rows (colour_only) are not upsamplers and never count."""
     out = []
     methods = table.index.get_level_values(0)
     for ours, theirs in columns.items():
         if ours not in table.columns or methods.has_duplicates:
             continue
         mine = pd.Series(table[ours].to_numpy(), index=methods, dtype=float)
+        mine = mine[[not is_reference(m) for m in mine.index]]
         same = [m for m in mine.index if sees_backbone_features(m)]
         tau_all, n_all = kendall_tau(mine, paper[theirs])
         tau_same, n_same = kendall_tau(mine[same], paper[theirs])

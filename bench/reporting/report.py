@@ -6,7 +6,7 @@ from pathlib import Path
 import pandas as pd
 
 from bench.reporting.intervals import BASELINE, LEVEL, N_BOOT, interval_table
-from bench.reporting.ranks import agreement_text, rank_agreement
+from bench.reporting.ranks import agreement_text, is_reference, rank_agreement
 from bench.reporting.references import Reference, reference
 from bench.core.failures import SETTLED
 from bench.core.store import ResultStore
@@ -168,6 +168,16 @@ def interval_note(detail: pd.DataFrame) -> str:
     return "Cells: " + "; ".join(parts) + "."
 
 
+def reference_note(methods: list[str]) -> str:
+    """The legend of the table's reference rows (colour_only), or "" where it has none."""
+    refs = [m for m in methods if is_reference(m)]
+    if not refs:
+        return ""
+    return (f"Reference row{'s' if len(refs) > 1 else ''} {', '.join(refs)}: not an upsampler but the image's colour "
+            f"statistics alone (no backbone), scored by the same probes and heads: how much of each task the image's "
+            f"colour gives away. Never marked against {BASELINE}, and left out of rank agreement.")
+
+
 def table_text(run_dir: str | Path, fmt: str = "md", vs: str | None = None) -> str:
     """The run's table as text.
 
@@ -187,7 +197,7 @@ def table_text(run_dir: str | Path, fmt: str = "md", vs: str | None = None) -> s
     text = render(with_reference(table, columns, ref) if ref else table, fmt)
     if fmt != "md":
         return text
-    notes = [interval_note(detail)]
+    notes = [interval_note(detail), reference_note(detail.index.get_level_values(0).unique())]
     bad = failures(rows)
     if not bad.empty:
         notes.append("Failed cells:\n\n" + "\n".join(
