@@ -13,7 +13,6 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torchvision.transforms.v2.functional import gaussian_blur
 
 from bench.registry import METHODS
 from methods.base import Upsampler
@@ -23,6 +22,21 @@ SCALES = (1 / 112, 1 / 28, 1 / 7)
 CHANNELS = 3 + 2 * 3 * len(SCALES)
 
 
+def gaussian_blur(x: torch.Tensor, sigma: float, half: int) -> torch.Tensor:
+    """(B,C,H,W) blurred by a normalised Gaussian of ``sigma`` over 2·half+1 taps, borders reflected.
+
+    Separable, as two 1-D convolutions: torchvision's ``gaussian_blur`` convolves with the 2-D kernel, which at
+    σ = 32 px (193² taps) took 2.8 s for four 224² images against milliseconds here.
+    """
+    taps = torch.arange(-half, half + 1, dtype=x.dtype, device=x.device)
+    kernel = torch.exp(-0.5 * (taps / sigma) ** 2)
+    kernel = kernel / kernel.sum()
+    c = x.shape[1]
+    x = F.pad(x, (half, half, half, half), mode="reflect")
+    x = F.conv2d(x, kernel.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    return F.conv2d(x, kernel.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+
+
 def colour_statistics(image: torch.Tensor, scales: tuple[float, ...] = SCALES) -> torch.Tensor:
     """(B,3,H,W) image in [0,1] -> (B, 3 + 6·len(scales), H, W): RGB, then per scale the local mean and
     standard deviation of each channel (Gaussian window, reflected borders)."""
@@ -30,10 +44,8 @@ def colour_statistics(image: torch.Tensor, scales: tuple[float, ...] = SCALES) -
     out = [image]
     for fraction in scales:
         sigma = max(fraction * short, 0.5)
-        # 3σ each side, kept below the image's short side for the reflected padding
-        size = 2 * min(math.ceil(3 * sigma), short - 1) + 1
-        mean = gaussian_blur(image, [size, size], [sigma, sigma])
-        second = gaussian_blur(image * image, [size, size], [sigma, sigma])
+        half = min(math.ceil(3 * sigma), short - 1)  # 3σ each side, below the short side for the reflection
+        mean, second = gaussian_blur(torch.cat([image, image * image], 1), sigma, half).chunk(2, 1)
         out += [mean, (second - mean * mean).clamp_min(0).sqrt()]
     return torch.cat(out, 1)
 
