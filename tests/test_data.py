@@ -29,8 +29,9 @@ STEGO = [int(v) for v in """
 
 
 def test_registered_names_and_kinds():
-    # materials' colour levels (materials_colourNN) are registered by the colour sweep when first used
-    kinds = {n: DATASETS.get(n).kind for n in DATASETS.names() if not n.startswith("materials_colour")}
+    # materials' colour levels (materials_colourNN) are registered by the colour sweep when first used, and "_"
+    # datasets by tests
+    kinds = {n: DATASETS.get(n).kind for n in DATASETS.names() if not n.startswith(("materials_colour", "_"))}
     assert kinds == {"scenes": "seg", "materials": "seg", "middlebury": "depth", "depth_scenes": "depth", "photos": "images",
                      "cam_photos": "classify", "coco_stuff": "seg", "nyuv2": "depth", "ade20k": "seg",
                      "imagenet": "classify", "voc": "seg", "cityscapes": "seg"}
