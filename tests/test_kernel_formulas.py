@@ -112,3 +112,31 @@ def test_jbu_classic_is_kopfs_normalised_joint_bilateral_sum(out_size):
         total = sum(weights.values())
         expected = window_sum(lr[0], {t: w / total for t, w in weights.items()}, (cy, cx))
         torch.testing.assert_close(out[0, :, i, j], expected, rtol=1e-9, atol=1e-12)
+
+
+def test_featup_jbu_kernel_is_featups_range_times_spatial_kernel_plus_its_fixup():
+    """FeatUp's JBULearnedRange: range = softmax over the 7x7 window of exp(range_temp) * <proj(p+t), proj(p)> (the
+    projected guidance reflected at the borders), times the spatial Gaussian exp(-|u|^2 / 2 sigma^2) on a [-1, 1]
+    grid, renormalised; then + 0.1 * fixup_proj([kernel, guidance]) at the pixel."""
+    from methods.featup_jbu import JBUStage
+
+    stage = perturbed(JBUStage())
+    guidance = torch.randn(1, 3, 10, 12, generator=g, dtype=torch.float64)
+    kernel = stage.kernel(guidance, "reference")
+    proj = stage.range_proj(guidance)[0]
+    h, w = proj.shape[-2:]
+
+    def reflect(n: int, size: int) -> int:
+        return -n if n < 0 else 2 * (size - 1) - n if n >= size else n
+
+    for i, j in [(0, 0), (9, 11), (4, 7), (1, 10)]:
+        taps = [(dy, dx) for dy in range(-3, 4) for dx in range(-3, 4)]
+        logits = [float(proj[:, reflect(i + dy, h), reflect(j + dx, w)] @ proj[:, i, j]) for dy, dx in taps]
+        temperature = math.exp(float(stage.range_temp))
+        z = sum(math.exp(temperature * v) for v in logits)
+        sigma = float(stage.sigma_spatial)
+        combined = [math.exp(temperature * v) / z * math.exp(-((dy / 3) ** 2 + (dx / 3) ** 2) / (2 * sigma ** 2))
+                    for v, (dy, dx) in zip(logits, taps)]
+        combined = torch.tensor(combined, dtype=torch.float64) / sum(combined)
+        fixup = stage.fixup_proj(torch.cat([combined, guidance[0, :, i, j]]).view(1, -1, 1, 1)).flatten()
+        torch.testing.assert_close(kernel[0, i, j].flatten(), combined + 0.1 * fixup, rtol=1e-9, atol=1e-12)
