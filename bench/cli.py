@@ -313,7 +313,7 @@ def ablate_colour(args: argparse.Namespace) -> int:
     """The colour sweep (bench.running.colour): probe_seg mIoU against the data's colour level, CSV and PNG."""
     from bench.reporting.colour import CSV, PNG
     from bench.running.budget import SEEDS
-    from bench.running.colour import LEVELS, METHODS as SWEPT, sweep
+    from bench.running.colour import LEVELS, SWEPT_METHODS, sweep
 
     if args.steps:
         raise UsageError("ablate colour takes --levels, not --steps")
@@ -321,7 +321,7 @@ def ablate_colour(args: argparse.Namespace) -> int:
     if min(levels) < 0 or max(levels) > 1:
         raise UsageError(f"--levels are colour levels in [0, 1] (0 colour-coded, 1 colour-blind), got {levels}")
     context = make_context(args)
-    methods = csv_list(args.methods) if args.methods else list(SWEPT)
+    methods = csv_list(args.methods) if args.methods else list(SWEPT_METHODS)
     table = sweep(methods, levels, context_backbone(args, context), context, Path(args.out), args.seeds or list(SEEDS))
     shown = table[table["metric"] == "probe_seg.miou"]
     print(shown.pivot_table(index="method", columns="level", values="mean", sort=False).round(2).to_string())

@@ -10,6 +10,7 @@ rank statistics and of the better/worse-than-bilinear marks (``reference = True`
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -62,7 +63,7 @@ class ColourOnly(Upsampler):
     def output_dim(self, backbone_dim: int) -> int:
         return CHANNELS
 
-    def features(self, backbone, image: torch.Tensor) -> torch.Tensor:
+    def features(self, backbone: Any, image: torch.Tensor) -> torch.Tensor:
         """The colour statistics at the image's size (the backbone is never run)."""
         return colour_statistics(image)
 

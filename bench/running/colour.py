@@ -18,7 +18,7 @@ from bench.reporting.colour import write_sweep
 from bench.running.runner import plan, run_cells
 
 LEVELS = (0.0, 1 / 3, 2 / 3, 1.0)
-METHODS = ("colour_only", "bilinear", "jbu_classic", "guided_filter", "featup_jbu", "resize_conv")
+SWEPT_METHODS = ("colour_only", "bilinear", "jbu_classic", "guided_filter", "featup_jbu", "resize_conv")
 """The reference row, the baseline, the two filters that copy colour edges and two trained upsamplers."""
 TASKS = ("probe_seg",)
 
