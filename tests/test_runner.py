@@ -98,8 +98,8 @@ def test_unknown_method_fails_before_any_work(context):
 def test_probe_settings_are_the_tasks_own_and_recorded_in_their_recipes():
     p = PROFILES.get("default")
     depth, seg = TASKS.get("probe_depth")(), TASKS.get("probe_seg")()
-    assert (depth.settings(p).n_train, depth.settings(p).n_val, seg.settings(p).n_val) == (96, 96, 24)
-    assert depth.recipe(p)["settings"]["n_val"] == 96 and seg.recipe(p)["settings"]["n_val"] == 24
+    assert (depth.settings(p).n_train, depth.settings(p).n_val, seg.settings(p).n_val) == (96, 96, 96)
+    assert depth.recipe(p)["settings"]["n_val"] == 96 and seg.recipe(p)["settings"]["n_val"] == 96
     assert PROFILES.get("paper").task_settings.get("probe_seg") is None  # the paper: the task's defaults
     assert seg.settings(PROFILES.get("paper")) == seg.Settings()
     with pytest.raises(ValueError, match="feature_cache 'disc'"):
