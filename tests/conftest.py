@@ -94,3 +94,43 @@ def live_memory_process():
     """``fresh_process`` whose large allocations are mapped afresh (``follow_live_memory``): its resident set is
     the memory alive, not what a long loop's heap happens to keep. Slow where a call allocates much."""
     yield from spawned(live_memory_start)
+
+
+def trained_on_a_tiny_backbone(method_cls, module, monkeypatch, tmp_path):
+    """``method_cls`` (defined in ``module``) trained 3 steps with its own objective on 4 random 64x96 images through a
+    tiny random timm convnet (stride 32, 256 channels), the published 448-px training size cut to 128 so it takes
+    seconds: (method, its state before, the training's provenance, the backbone). LiFT and UPLiFT share it."""
+    import json
+
+    import timm
+
+    from bench.backbones import backbone_from_model
+    from bench.core.context import RunContext
+    from bench.core.profiles import PROFILES
+    from bench.fitting import train
+
+    monkeypatch.setattr(train, "load_dataset", lambda name, split, size, **kw: Images(4, size))
+    monkeypatch.setattr(module, "TRAIN_SIZE", 128)
+    backbone = backbone_from_model("tiny", timm.create_model("test_efficientnet", pretrained=False),
+                                   stride=32, dim=256, is_vit=False)
+    profile = PROFILES.get("smoke").with_overrides(image_size=(64, 96), train_steps=3, train_batch=2)
+    context = RunContext(profile=profile, cache_dir=tmp_path, progress=False)
+    torch.manual_seed(0)
+    method = method_cls.create(backbone)
+    before = {k: v.clone() for k, v in method.state_dict().items()}
+    train.ensure_trained(method, backbone, context)
+    folder, _ = train.checkpoint(method, backbone, context)
+    return method, before, json.loads((folder / "provenance.json").read_text()), backbone
+
+
+def assert_tiles_equal_whole_through_a_backbone(method, dim: int, output_size: tuple[int, int]) -> None:
+    """``upsample`` with 10-px tiles equals it whole (float32), through a stand-in stride-16 backbone of ``dim``
+    channels on a 48x64 image: the tiled path as a run calls it, backbone included."""
+    from types import SimpleNamespace
+
+    backbone = SimpleNamespace(features=lambda x: x[:, :1].repeat(1, dim, 1, 1)[..., ::16, ::16] * 3 - 1)
+    image = torch.rand(1, 3, 48, 64)
+    with torch.no_grad():
+        whole = method.upsample(backbone, image, output_size)
+        tiled = method.upsample(backbone, image, output_size, tile=10)
+    torch.testing.assert_close(tiled, whole, rtol=0, atol=1e-5)

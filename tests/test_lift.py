@@ -8,15 +8,12 @@ then run in float64 in eval mode through ``ViTLiFTExtractor.extract_descriptors_
 random features and [0,1] images normalised with ImageNet's mean/std: patch 16 (2 images, 2x3 grid,
 3 iterations) and patch 8 (1 image, 3x4 grid, 2 iterations); every iteration's output is stored.
 """
-import json
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-import timm
 import torch
 
-from bench.backbones import backbone_from_model
 from bench.fitting import train
 from bench.fitting.weights import WeightsError
 from bench.registry import METHODS
@@ -24,7 +21,7 @@ from bench.core.context import RunContext
 from bench.core.profiles import PROFILES
 from methods import lift
 from methods.lift import Lift, color_jitter, shift_hue, steps_to_cover
-from conftest import Images
+from conftest import assert_tiles_equal_whole_through_a_backbone, trained_on_a_tiny_backbone
 
 FIXTURES = Path(__file__).parent / "fixtures" / "lift"
 DIM = 8
@@ -103,13 +100,7 @@ def test_tiles_equal_whole(patch, grid, image, size, tile):
 
 
 def test_upsample_tiled_with_a_backbone():
-    method = randomised(DIM, 16).float()
-    backbone = SimpleNamespace(features=lambda x: x[:, :1].repeat(1, DIM, 1, 1)[..., ::16, ::16] * 3 - 1)
-    image = torch.rand(1, 3, 48, 64)
-    with torch.no_grad():
-        whole = method.upsample(backbone, image, (24, 32))
-        tiled = method.upsample(backbone, image, (24, 32), tile=10)
-    torch.testing.assert_close(tiled, whole, rtol=0, atol=1e-5)
+    assert_tiles_equal_whole_through_a_backbone(randomised(DIM, 16).float(), DIM, (24, 32))
 
 
 def test_features_are_raw():
@@ -145,18 +136,7 @@ def test_color_jitter():
 
 
 def test_trains_with_its_own_objective(tmp_path, monkeypatch):
-    monkeypatch.setattr(train, "load_dataset", lambda name, split, size, **kw: Images(4, size))
-    monkeypatch.setattr(lift, "TRAIN_SIZE", 128)  # 448 (-> 512 at stride 32) in the published recipe: seconds here
-    backbone = backbone_from_model("tiny", timm.create_model("test_efficientnet", pretrained=False),
-                                   stride=32, dim=256, is_vit=False)
-    profile = PROFILES.get("smoke").with_overrides(image_size=(64, 96), train_steps=3, train_batch=2)
-    context = RunContext(profile=profile, cache_dir=tmp_path, progress=False)
-    torch.manual_seed(0)
-    method = Lift.create(backbone)
-    before = {k: v.clone() for k, v in method.state_dict().items()}
-    train.ensure_trained(method, backbone, context)
-    folder, _ = train.checkpoint(method, backbone, context)
-    provenance = json.loads((folder / "provenance.json").read_text())
+    method, before, provenance, backbone = trained_on_a_tiny_backbone(Lift, lift, monkeypatch, tmp_path)
     assert provenance["objective"] == Lift.own_objective and "views" not in provenance
     assert len(provenance["losses"]) == 3 and all(0 < loss < 4 for loss in provenance["losses"])
     changed = [k for k, v in method.state_dict().items() if not torch.equal(v, before[k])]

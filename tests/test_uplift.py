@@ -17,11 +17,9 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-import timm
 import torch
 import torch.nn.functional as F
 
-from bench.backbones import backbone_from_model
 from bench.core.context import RunContext
 from bench.core.profiles import PROFILES
 from bench.fitting import train
@@ -29,7 +27,7 @@ from bench.fitting.weights import WeightsError
 from bench.registry import METHODS
 from methods import uplift
 from methods.uplift import Uplift, axis_taps, steps_to_cover, train_plan
-from conftest import Images
+from conftest import assert_tiles_equal_whole_through_a_backbone, trained_on_a_tiny_backbone
 
 FIXTURES = Path(__file__).parent / "fixtures" / "uplift"
 
@@ -142,13 +140,7 @@ def test_tiles_equal_whole(patch, attender, grid, image, size, tile):
 
 
 def test_upsample_tiled_with_a_backbone():
-    method = randomised(8, 16).float()
-    backbone = SimpleNamespace(features=lambda x: x[:, :1].repeat(1, 8, 1, 1)[..., ::16, ::16] * 3 - 1)
-    image = torch.rand(1, 3, 48, 64)
-    with torch.no_grad():
-        whole = method.upsample(backbone, image, (45, 61))
-        tiled = method.upsample(backbone, image, (45, 61), tile=10)
-    torch.testing.assert_close(tiled, whole, rtol=0, atol=1e-5)
+    assert_tiles_equal_whole_through_a_backbone(randomised(8, 16).float(), 8, (45, 61))
 
 
 def test_resampling_weights_are_torchs():
@@ -241,18 +233,7 @@ def test_their_objective_lowers_the_loss(monkeypatch):
 
 
 def test_trains_with_its_own_objective(tmp_path, monkeypatch):
-    monkeypatch.setattr(train, "load_dataset", lambda name, split, size, **kw: Images(4, size))
-    monkeypatch.setattr(uplift, "TRAIN_SIZE", 128)  # 448 in the published recipe: seconds here (2 levels at stride 32)
-    backbone = backbone_from_model("tiny", timm.create_model("test_efficientnet", pretrained=False),
-                                   stride=32, dim=256, is_vit=False)
-    profile = PROFILES.get("smoke").with_overrides(image_size=(64, 96), train_steps=3, train_batch=2)
-    context = RunContext(profile=profile, cache_dir=tmp_path, progress=False)
-    torch.manual_seed(0)
-    method = Uplift.create(backbone)
-    before = {k: v.clone() for k, v in method.state_dict().items()}
-    train.ensure_trained(method, backbone, context)
-    folder, _ = train.checkpoint(method, backbone, context)
-    provenance = json.loads((folder / "provenance.json").read_text())
+    method, before, provenance, backbone = trained_on_a_tiny_backbone(Uplift, uplift, monkeypatch, tmp_path)
     assert provenance["objective"] == Uplift.own_objective and "views" not in provenance
     assert len(provenance["losses"]) == 3 and all(0 < loss < 1e3 for loss in provenance["losses"])
     changed = [k for k, v in method.state_dict().items() if not torch.equal(v, before[k])]
