@@ -3,7 +3,7 @@
 ``scenes`` gives every class one texture in its own colour, so every label boundary is a colour step
 and a probe on the image's colour alone out-scores the backbone's features (docs/profiles-and-data.md).
 Here a class is a material that an ImageNet backbone tells by its texture: stone, brick, grass, fur,
-text, wood, fabric and tissue, most from several of scikit-image's photographs. Colour is taken away as
+text, wood, fabric and tissue, from scikit-image's photographs (text from two of them). Colour is taken away as
 a cue and added back as a nuisance:
 
 - every instance is recoloured: its texture's luminance deviations from their mean (the texture itself)
