@@ -69,5 +69,7 @@ def test_levels_are_datasets_of_their_own_and_level_1_is_materials():
     assert not torch.equal(half["image"], full["image"])
     with pytest.raises(ValueError, match=r"in \[0, 1\]"):
         dataset_at(1.5)
+    with pytest.raises(ValueError, match="share the dataset 'materials_colour50' with level 0.5"):
+        dataset_at(0.501)
     with pytest.raises(ValueError, match=r"in \[0, 1\]"):
         Materials("train", SIZE, 1, 0, level=-0.1)

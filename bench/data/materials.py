@@ -199,7 +199,12 @@ def dataset_at(level: float) -> str:
     if level == LEVEL:
         return "materials"
     name = f"materials_colour{round(100 * level)}"
-    if name not in DATASETS:
+    if name in DATASETS:
+        registered = DATASETS.get(name).loader.keywords["level"]
+        if registered != level:  # one name, one level: never another level's scenes under it
+            raise ValueError(f"colour level {level} would share the dataset {name!r} with level {registered}; "
+                             f"use levels that differ by at least a whole percent")
+    else:
         DATASETS.register(DatasetSpec(
             name, "seg", f"materials at colour level {level:g} (0: each class its own colour; 1: materials)", True,
             loader=functools.partial(Materials, level=level, name=name)))

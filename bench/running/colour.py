@@ -28,11 +28,13 @@ def sweep(methods: list[str], levels: list[float], backbone: Backbone, context: 
     """Score ``methods`` at every colour level and seed (cells already scored are kept); returns the table
     also written to ``out``/colour.csv with its PNG. The profile's extra datasets are left out: only the
     segmentation data changes with the level."""
+    if not levels:
+        raise ValueError("ablate colour needs at least one colour level")
     out.mkdir(parents=True, exist_ok=True)
     for level in sorted(levels):
         profile = dataclasses.replace(context.profile.with_data(seg=dataset_at(level)), extra_data=())
         leveled = dataclasses.replace(context, profile=profile)
         cells = plan(methods, list(TASKS), backbone.name, leveled, seeds)
         run_cells(cells, backbone, leveled, out / "scores" / f"level-{round(100 * level)}")
-        write_sweep(out)
-    return write_sweep(out)
+        table = write_sweep(out)  # after every level, so a stopped sweep leaves its curves so far
+    return table
