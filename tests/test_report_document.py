@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from bench.reporting.document import write_report
+from bench.reporting.document import HTML_STYLE, write_report
 from bench.reporting.figures import PcaBasis, profile_results
 from bench.core.store import ResultStore
 from test_report import write_cell
@@ -113,3 +113,12 @@ def test_the_report_sets_a_run_beside_the_table_of_its_setting(run, profile, lab
     assert f"## Results beside the {label} table" in text
     row = next(line for line in text.splitlines() if line.startswith("| bilinear"))
     assert f"{theirs:.3f}".rstrip("0") in row, row
+
+
+def test_a_header_cell_never_wraps_inside_a_column_name():
+    """A header once broke as ``delta1.2 5``: every rule that reaches ``th`` leaves it on one line."""
+    rules = [body for selectors, body in re.findall(r"([^{}]+)\{([^}]*)\}", HTML_STYLE)
+             if "th" in [s.strip() for s in selectors.split(",")]]
+    spacing = [d.split(":")[1] for body in rules for d in body.split(";") if d.startswith("white-space")]
+    assert spacing[-1] == "nowrap"
+    assert not [body for body in rules if "overflow-wrap" in body or "word-break" in body]

@@ -26,7 +26,7 @@ METHOD_KEYS = ("method_version", "train_data")
 HTML_STYLE = """body{font-family:system-ui,sans-serif;max-width:1400px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;font-size:12px;margin:1em 0;display:block;overflow-x:auto}
 th,td{border:1px solid #ccc;padding:3px 6px;text-align:right;white-space:nowrap}
-th{background:#f3f3f3;white-space:normal;overflow-wrap:anywhere;min-width:5em;vertical-align:bottom}
+th{background:#f3f3f3;vertical-align:bottom}
 td:first-child,th:first-child{text-align:left}img{max-width:100%;border:1px solid #ddd}
 pre{background:#f6f6f6;padding:.6em;overflow-x:auto;font-size:12px}summary{cursor:pointer}"""
 

@@ -6,12 +6,21 @@ from pathlib import Path
 import pandas as pd
 
 from bench.reporting.intervals import BASELINE, LEVEL, N_BOOT, interval_table
+from bench.reporting.latex import latex_cell, latex_escape, latex_table, latex_tabular
 from bench.reporting.ranks import agreement_text, is_reference, rank_agreement
 from bench.reporting.references import Reference, reference
 from bench.core.failures import SETTLED
 from bench.core.store import ResultStore
 
 FORMATS = ("md", "csv", "latex")
+METRIC_LABELS = {"miou": "mIoU", "acc": "Acc", "macc": "mAcc", "aacc": "aAcc", "rmse": "RMSE",
+                 "delta1.25": r"$\delta_{1.25}$", "gflops": "GFLOPs", "params": "params", "ad": "A.D.", "ai": "A.I.",
+                 "adcc": "ADCC"}
+"""LaTeX headers of the built-in tasks' metrics; a plugin task's metric shows its escaped name."""
+ARROWS = {True: r"$\uparrow$", False: r"$\downarrow$"}
+"""A LaTeX header's mark of its metric's direction (higher_is_better), which its bold follows."""
+LATEX_LEGEND = (f"% Cells: mean \\pm sd over seeds, or in a column scored at one seed mean [{LEVEL:.0%} bootstrap "
+                f"interval over images]. Bold: the best mean of each column (reference rows are not ranked).")
 
 
 def qualified_data(rows: pd.DataFrame) -> set[tuple[str, str]]:
@@ -61,6 +70,12 @@ def column_order(column: str) -> tuple:
             declared.index(metric) if metric in declared else len(declared))
 
 
+def column_metrics(rows: pd.DataFrame) -> pd.DataFrame:
+    """Each table column's ``metric`` and ``higher_is_better``, indexed by column: what its header and bold follow."""
+    ok = with_columns(rows).drop_duplicates("column").set_index("column")
+    return ok[["metric", "higher_is_better"]].astype({"higher_is_better": bool})
+
+
 def wide_table(rows: pd.DataFrame) -> pd.DataFrame:
     """Mean over seeds of each metric: one row per method, one column per task metric."""
     return pivot(with_columns(rows), rows, "value", "mean")
@@ -88,12 +103,17 @@ def detail_table(rows: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out, index=table.index)
 
 
+def decimals(value: float) -> int:
+    """The decimals a table shows a metric with: 2 from 10 up (percentages), else 3."""
+    return 2 if abs(value) >= 10 else 3
+
+
 def cell_text(parts: dict[str, float], higher_is_better: bool) -> str:
     """One markdown cell from a metric's mean and its optional sd, lo, hi, diff_lo, diff_hi."""
     value = parts["mean"]
     if pd.isna(value):
         return ""
-    digits = 2 if abs(value) >= 10 else 3
+    digits = decimals(value)
     text = f"{value:.{digits}f}"
     if pd.notna(parts.get("sd")):
         text += f" ± {parts['sd']:.{digits}f}"
@@ -114,6 +134,58 @@ def display_table(detail: pd.DataFrame, higher_is_better: dict[str, bool]) -> pd
         out[column] = [cell_text({"mean": detail.at[m, column], **{k: detail.at[m, c] for k, c in keys.items()}},
                                  higher_is_better.get(column, True)) for m in detail.index]
     return out
+
+
+def best_rows(means: pd.Series, higher_is_better: bool) -> pd.Series:
+    """True where a row holds the column's best mean; reference rows (colour_only) are not ranked."""
+    upsampler = pd.Series([not is_reference(m) for m in means.index.get_level_values(0)], index=means.index)
+    ranked = means[upsampler]
+    return upsampler & (means == (ranked.max() if higher_is_better else ranked.min()))
+
+
+def latex_value(mean: float, sd: float, lo: float, hi: float, bold: bool) -> str:
+    """One metric's LaTeX cell: ``$mean \\pm sd$``, else ``$mean\\ [lo, hi]$``, else ``$mean$``; -- where unscored."""
+    if pd.isna(mean):
+        return "--"
+    digits = decimals(mean)
+    text = rf"\mathbf{{{mean:.{digits}f}}}" if bold else f"{mean:.{digits}f}"
+    if pd.notna(sd):
+        text += rf" \pm {sd:.{digits}f}"
+    elif pd.notna(lo):
+        text += rf"\ [{lo:.{digits}f}, {hi:.{digits}f}]"
+    return f"${text}$"
+
+
+def latex_cells(detail: pd.DataFrame, higher_is_better: dict[str, bool]) -> pd.DataFrame:
+    """One LaTeX cell per metric (latex_value): the sd over seeds in a column that has one, else the interval
+    over images, so a column never mixes the two; the best mean of each column in bold."""
+    none = pd.Series(float("nan"), index=detail.index)
+    out = {}
+    for column in [c for c in detail.columns if " " not in c]:
+        sd, lo, hi = (detail.get(f"{column} {key}", none) for key in ("sd", "lo", "hi"))
+        if sd.notna().any():
+            lo = hi = none
+        bold = best_rows(detail[column], higher_is_better.get(column, True))
+        out[column] = [latex_value(*cell) for cell in zip(detail[column], sd, lo, hi, bold)]
+    return pd.DataFrame(out, index=detail.index)
+
+
+def latex_header(column: str, metrics: pd.DataFrame) -> str:
+    """``probe_seg.miou`` as ``probe\\_seg mIoU $\\uparrow$``; a reference's column as ``probe\\_seg mIoU (paper)``."""
+    ours, _, suffix = column.partition(" ")
+    if ours not in metrics.index:
+        return latex_escape(column)
+    metric, up = metrics.at[ours, "metric"], metrics.at[ours, "higher_is_better"]
+    name = f"{latex_escape(ours[:-len(metric) - 1])} {METRIC_LABELS.get(metric, latex_escape(metric))}"
+    return f"{name} {latex_escape(suffix) if suffix else ARROWS[up]}"
+
+
+def latex_results(detail: pd.DataFrame, metrics: pd.DataFrame, columns: dict[str, str], ref: Reference | None) -> str:
+    """The run's table to paste into a paper: latex_cells, with the reference's numbers beside ours, and its legend."""
+    cells = latex_cells(detail, metrics["higher_is_better"].to_dict())
+    if ref:
+        cells = with_reference(cells, columns, ref).map(lambda v: v if isinstance(v, str) else latex_cell(v))
+    return LATEX_LEGEND + "\n" + latex_tabular(cells, [latex_header(c, metrics) for c in cells.columns])
 
 
 def with_reference(table: pd.DataFrame, columns: dict[str, str], ref: Reference) -> pd.DataFrame:
@@ -149,7 +221,7 @@ def render(table: pd.DataFrame, fmt: str) -> str:
     if fmt == "csv":
         return table.to_csv(float_format="%.4g")
     if fmt == "latex":
-        return table.to_latex(float_format="%.3f", na_rep="--")
+        return latex_table(table)
     return table.to_markdown(floatfmt=".3f")
 
 
@@ -181,19 +253,18 @@ def reference_note(methods: list[str]) -> str:
 def table_text(run_dir: str | Path, fmt: str = "md", vs: str | None = None) -> str:
     """The run's table as text.
 
-    csv and latex keep numbers only (means, then sd, lo, hi, diff_lo, diff_hi columns where
-    they exist); markdown puts them in one cell per metric and adds failed cells, a legend,
-    and with ``vs`` (a reference: "featup", the paper; "jafar") its numbers, the rank agreement and its note.
+    csv keeps numbers only (means, then sd, lo, hi, diff_lo, diff_hi columns where they exist); latex
+    is a booktabs tabular with one cell per metric (latex_cells); markdown puts them in one cell per metric and
+    adds failed cells, a legend, and with ``vs`` (a reference: "featup", the paper; "jafar") its numbers, the
+    rank agreement and its note.
     """
     rows = ResultStore(run_dir).rows(per_image=True)
-    detail = detail_table(rows)
-    if fmt == "md":
-        ok = with_columns(rows).drop_duplicates("column")
-        table = display_table(detail, dict(zip(ok["column"], ok["higher_is_better"].astype(bool))))
-    else:
-        table = detail
+    detail, metrics = detail_table(rows), column_metrics(rows)
     ref = reference(vs) if vs else None
     columns = ref.matches(with_columns(rows)) if ref else {}
+    if fmt == "latex":
+        return latex_results(detail, metrics, columns, ref)
+    table = display_table(detail, metrics["higher_is_better"].to_dict()) if fmt == "md" else detail
     text = render(with_reference(table, columns, ref) if ref else table, fmt)
     if fmt != "md":
         return text
