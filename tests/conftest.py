@@ -7,6 +7,8 @@ import os
 from typing import Callable, Iterator
 
 os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["FEATUP_BENCH_DATA"] = os.path.join(os.path.dirname(__file__), "no-data-root")  # a user's fetched data
+# would otherwise stand in for the folders tests leave out on purpose
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 import pytest  # noqa: E402

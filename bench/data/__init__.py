@@ -15,6 +15,7 @@ from typing import Callable
 from torch.utils.data import Dataset
 
 from bench.data.common import SPLITS, DatasetError
+from bench.data.root import missing_folder
 from bench.registry import DATASETS
 
 __all__ = ["DatasetError", "DatasetSpec", "dataset_layout", "load_dataset"]
@@ -112,6 +113,5 @@ def load_dataset(name: str, split: str, image_size: tuple[int, int], limit: int 
                                f"use --data {name}")
         return loader(split, size, limit, seed)
     if path is None:
-        raise DatasetError(f"dataset {name!r} needs its local folder: pass --data {name}=PATH, "
-                           f"PATH laid out as\n{loader.layout}")
+        raise DatasetError(f"{missing_folder(name)}; PATH laid out as\n{loader.layout}")
     return loader(path, split, size, limit, **({"image_list": image_list} if image_list else {}))

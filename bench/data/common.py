@@ -24,6 +24,10 @@ class DatasetError(ValueError):
     """A dataset folder that is missing or laid out wrongly, or a dataset used without its folder."""
 
 
+class FetchError(RuntimeError):
+    """A download, checksum or unpacking that failed (bench.data.fetch); the message says what to do."""
+
+
 def as_rgb(array: np.ndarray) -> np.ndarray:
     """(H,W), (H,W,1), (H,W,3) or (H,W,4) uint8, bool or float in [0,1] -> (H,W,3) uint8.
 

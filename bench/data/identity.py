@@ -15,6 +15,7 @@ from typing import Any
 
 from bench.data import DatasetSpec, dataset_layout
 from bench.data.common import DatasetError
+from bench.data.root import missing_folder
 from bench.registry import DATASETS
 
 
@@ -43,7 +44,7 @@ def dataset_identity(name: str, path: str | None) -> dict[str, Any]:
     if spec.embedded:
         return {"name": name, "version": spec.version, "label": name}
     if path is None:
-        raise DatasetError(f"dataset {name!r} needs its local folder: pass --data {name}=PATH")
+        raise DatasetError(missing_folder(name))
     root = Path(path).expanduser().resolve()
     if not root.is_dir():
         kind = "is a file, not a folder" if root.exists() else "does not exist"

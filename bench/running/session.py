@@ -9,6 +9,7 @@ import torch
 from bench.core.cells import slug
 from bench.core.context import RunContext
 from bench.core.profiles import PROFILES, Profile
+from bench.data.root import data_root as resolve_root, found
 from bench.registry import DATASETS, METHODS, TASKS
 
 RUNS_DIR = Path("results/runs")
@@ -39,11 +40,13 @@ def default_tasks(profile: Profile) -> list[str]:
 def build_context(profile_name: str, data: dict[str, str | None] | None = None, device: str = "auto",
                   cam_settings: dict[str, object] | None = None, normalisation: str | None = None,
                   tile: int | None = None, weights: dict[str, str] | None = None, retrain: bool = False,
-                  progress: bool = True) -> RunContext:
+                  progress: bool = True, data_root: str | None = None) -> RunContext:
     """The named profile with the given datasets (name -> folder, or None for embedded ones), CAM settings and
     normalisation overridden where given, on ``device``. A dataset the profile already names (as its data, an
     extra dataset or its training data) just gets its folder; any other takes the place of the profile's
-    dataset of its kind, and two of one kind, or one of a kind no task reads, are refused."""
+    dataset of its kind, and two of one kind, or one of a kind no task reads, are refused. A folder dataset given
+    no folder is read from ``<data root>/NAME`` where that exists (bench.data.root: ``data_root``, else
+    $FEATUP_BENCH_DATA, else ./data)."""
     data = data or {}
     profile = PROFILES.get(profile_name)
     read = {TASKS.get(t).data_kind for t in TASKS.names()}
@@ -62,8 +65,13 @@ def build_context(profile_name: str, data: dict[str, str | None] | None = None, 
     if cam_settings:
         task_settings = {**profile.task_settings, "cam": {**profile.task_settings.get("cam", {}), **cam_settings}}
     profile = profile.with_data(**swapped).with_overrides(task_settings=task_settings, normalisation=normalisation)
+    paths = {n: p for n, p in data.items() if p}
+    root = resolve_root(data_root)
+    for name in {*profile.data.values(), *profile.extra_data, profile.train_data} - set(paths):
+        if not DATASETS.get(name).embedded and (folder := found(name, root)):
+            paths[name] = str(folder)
     return RunContext(profile=profile, device=resolve_device(device), cache_dir=CACHE_DIR,  # read at call time
-                      data_paths={n: p for n, p in data.items() if p}, progress=progress, tile=tile,
+                      data_paths=paths, progress=progress, tile=tile,
                       weights=dict(weights or {}), retrain=retrain)
 
 
