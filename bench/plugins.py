@@ -9,6 +9,7 @@ import sys
 from importlib.metadata import entry_points
 from pathlib import Path
 
+from bench.core.code_identity import module_digest, plugin_digest
 from bench.registry import BACKBONES, DATASETS, METHODS, TASKS
 
 ENTRY_POINT_GROUPS = ("featup_bench.methods", "featup_bench.backbones", "featup_bench.tasks", "featup_bench.datasets")
@@ -18,6 +19,10 @@ PLUGIN_REGISTRIES = (METHODS, BACKBONES, TASKS, DATASETS)
 
 class PluginError(ImportError):
     """A plugin file or entry point could not be loaded."""
+
+
+PLUGIN_FILES: dict[str, Path] = {}
+"""Each name a plugin file registered -> that file (resolved): a run records them, and keys their cells by them."""
 
 
 def import_package_modules(package: str) -> None:
@@ -60,7 +65,22 @@ def _import_plugin(file: Path) -> list[str]:
             "(examples/my_backbone.py), a Task subclass with @TASKS.register or a dataset with "
             "DATASETS.register(DatasetSpec(...)) (examples/my_dataset.py)"
         )
+    PLUGIN_FILES.update(dict.fromkeys(added, file))
     return added
+
+
+def method_code(method_cls: type) -> dict[str, str | None]:
+    """What a method's cells record of its code: ``plugin``, the hash of the plugin file that registered it
+    (with its local imports; part of the cell's key), or ``module``, the hash of a built-in's module source."""
+    file = PLUGIN_FILES.get(method_cls.name)
+    if file is not None:
+        return {"plugin": plugin_digest(file)}
+    return {"module": module_digest(method_cls.__module__)}
+
+
+def plugins_of(names: list[str]) -> list[str]:
+    """The plugin files that registered any of ``names``, as a run records them in run.json."""
+    return sorted({str(PLUGIN_FILES[n]) for n in names if n in PLUGIN_FILES})
 
 
 def load_entry_points() -> None:

@@ -17,7 +17,7 @@ from methods.base import Upsampler
 @METHODS.register
 class MyUpsampler(Upsampler):
     name = "my_upsampler"
-    version = "1"          # bump when your results would change: cached results are keyed by it
+    version = "1"          # recorded with every number; editing this file rescores its cells by itself
     fit = "none"           # "dataset": the runner trains your parameters once with the multi-view loss
 
     radius = 2

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bench.cli import default_run_dir, main, parse
+from bench.cli import main, parse
+from bench.running.session import default_run_dir
 from bench.core.context import RunContext
 from bench.data import DatasetError, load_dataset
 from bench.data.identity import dataset_identity

@@ -86,13 +86,17 @@ class ResultStore:
         path = self.run_dir / "run.json"
         return {"data": {}, "shards": [], **(json.loads(path.read_text()) if path.is_file() else {})}
 
-    def record_data(self, identities: list[dict[str, Any]], shard: str | None = None) -> None:
-        """Add the data identities a run used (and its shard) to ``run.json``: what the folder was made from."""
+    def record_data(self, identities: list[dict[str, Any]], shard: str | None = None,
+                    plugins: list[str] = ()) -> None:
+        """Add the data identities a run used (its shard, and the plugin files whose methods it scored) to
+        ``run.json``: what the folder was made from, and what `table` and `report` load again to read it."""
         manifest = self.manifest()
         for identity in identities:
             manifest["data"][identity["label"]] = identity
         if shard and shard not in manifest["shards"]:
             manifest["shards"].append(shard)
+        if plugins:
+            manifest["plugins"] = sorted({*manifest.get("plugins", []), *plugins})
         atomic_write_json(self.run_dir / "run.json", manifest)
 
     def path(self, cell: Cell, recipe: dict[str, Any]) -> Path:
@@ -100,13 +104,19 @@ class ResultStore:
 
     def status(self, cell: Cell, recipe: dict[str, Any]) -> str | None:
         """The stored status of this exact cell and recipe, or None if it never finished."""
+        stored = self.record(cell, recipe)
+        return stored.get("status") if stored else None
+
+    def record(self, cell: Cell, recipe: dict[str, Any]) -> dict[str, Any] | None:
+        """The stored record of this exact cell and recipe, or None if it never finished (or is damaged)."""
         path = self.path(cell, recipe)
         if not path.is_file():
             return None
         try:
-            return json.loads(path.read_text())["status"]
-        except (json.JSONDecodeError, KeyError):
+            stored = json.loads(path.read_text())
+        except json.JSONDecodeError:
             return None
+        return stored if "status" in stored else None
 
     def write(self, cell: Cell, recipe: dict[str, Any], record: dict[str, Any]) -> Path:
         path = self.path(cell, recipe)

@@ -26,9 +26,11 @@ from bench.core.profiles import Profile
 from bench.core.failures import SETTLED, failure
 from bench.core.provenance import provenance
 from bench.core.store import ResultStore
+from bench.plugins import method_code, plugins_of
 
 if TYPE_CHECKING:
     from methods.base import Upsampler
+    from tasks.base import Task
 
 RERUN_POLICIES = ("missing", "failed", "all")
 
@@ -73,11 +75,11 @@ def plan(
     p = context.profile
     task_objs = [TASKS.get(name)() for name in tasks]
     method_classes = [METHODS.get(name) for name in methods]
-    datasets = {t.name: [t.dataset(p), *[d for d in p.extra_data if DATASETS.get(d).kind == t.data_kind]]
-                for t in task_objs}
+    datasets = {t.name: task_datasets(t, p) for t in task_objs}
     trains = any(m.fit == "dataset" for m in method_classes)
     data = data_identities([d for names in datasets.values() for d in names] + ([p.train_data] if trains else []),
                            context, missing)
+    codes = {name: method_code(cls) for name, cls in zip(methods, method_classes)}
     cells = []
     for seed in seeds or [p.seed]:
         for task in task_objs:
@@ -89,6 +91,8 @@ def plan(
                     cell = Cell(method_name, task.name, backbone, data[name]["label"], p.name, seed)
                     recipe = {**task.recipe(scored_with), "data": data[name], "primary_data": rank == 0,
                               "method_version": method_cls.version, "profile": scored_with.recipe()}
+                    if "plugin" in codes[method_name]:  # an edited plugin is rescored, whatever its version says
+                        recipe["method_code"] = codes[method_name]["plugin"]
                     if method_cls.fit == "dataset":
                         train = data.get(p.train_data)
                         recipe["train_data"] = train or {"name": p.train_data, "label": "missing"}
@@ -99,6 +103,12 @@ def plan(
                             recipe["weights"] = weights
                     cells.append((cell, recipe))
     return cells
+
+
+def task_datasets(task: "Task", profile: Profile) -> list[str]:
+    """The datasets a task's cells are scored on: the profile's of the task's kind, then its ``extra_data`` of that
+    kind (the plan and the dry run's count of cells that wait for data agree on them)."""
+    return [task.dataset(profile), *[d for d in profile.extra_data if DATASETS.get(d).kind == task.data_kind]]
 
 
 def weights_record(method_cls: type, backbone: str, context: RunContext) -> dict[str, Any] | None:
@@ -168,6 +178,7 @@ def cell_record(cell: Cell, recipe: dict[str, Any], context: RunContext, outcome
         "cell": vars(cell), "status": status, "message": message, "metrics": metrics, "recipe": recipe,
         "config_hash": cell.config_hash(recipe),
         "provenance": {**provenance(context.device), "method_version": recipe["method_version"],
+                       "method_code": method_code(METHODS.get(cell.method)),
                        "task_version": recipe["task_version"], "started": started,
                        "wall_s": round(wall_s, 3), "peak_mb": round(peak_mb, 1)},
     }
@@ -207,7 +218,7 @@ def run_cells(
     store = ResultStore(out_dir)
     with store.lock():
         identities = [r[k] for _, r in cells for k in ("data", "train_data") if k in r]
-        store.record_data(identities, shard)
+        store.record_data(identities, shard, plugins_of([cell.method for cell, _ in cells]))
         return _run_locked(cells, executor or local_executor(backbone), context, store, rerun)
 
 
@@ -215,25 +226,42 @@ def _run_locked(
     cells: list[tuple[Cell, dict]], execute: Executor, context: RunContext, store: ResultStore, rerun: str
 ) -> RunSummary:
     summary = RunSummary()
-    todo = []
+    todo, kept = [], []
     for cell, recipe in cells:
-        status = store.status(cell, recipe)
+        stored = store.record(cell, recipe)
+        status = stored and stored.get("status")
         if should_run(status, rerun):
             todo.append((cell, recipe))
         else:
             summary.skipped.append(cell)
+            kept.append(stored)
             if status not in SETTLED:
                 summary.kept_failed.append(cell)
-    bar = tqdm(total=len(todo), desc="cells", disable=not context.progress)
+    for name, version in changed_code(kept):
+        tqdm.write(f"warning: {name}'s code changed since its cells were scored, its version ({version}) did "
+                   f"not: the cells kept are the old code's. Bump its version, or `--rerun all -m {name}`")
+    bar = tqdm(total=len(todo), desc="cells", disable=not context.progress or not todo)
     for cell, recipe, record in execute(todo, context):
-        store.write(cell, recipe, record)
+        path = store.write(cell, recipe, record)
+        bar.set_postfix_str(f"done: {cell.method} / {cell.task} / seed {cell.seed}", refresh=False)
         bar.update(1)
-        bar.set_postfix_str(f"{cell.method} / {cell.task}")
         if record["status"] in SETTLED:
             summary.done.append(cell)
         else:
             first_line = record["message"].splitlines()[0]
             summary.failed.append((cell, first_line))
-            tqdm.write(f"[{record['status']}] {cell.method} / {cell.task}: {first_line}")
+            tqdm.write(f"[{record['status']}] {cell.method} / {cell.task}: {first_line} (traceback in {path})")
     bar.close()
     return summary
+
+
+def changed_code(records: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """(method, version) of each built-in method whose module differs from the one its stored ``records``
+    were scored with, at the same version (plugins need no check: their code is part of the cell's key)."""
+    changed = {}
+    for rec in records:
+        name, stored = rec["cell"]["method"], rec["provenance"].get("method_code", {})
+        if name in METHODS and "module" in stored and rec["provenance"].get("method_version") == METHODS.get(name).version \
+                and stored != method_code(METHODS.get(name)):
+            changed[name] = METHODS.get(name).version
+    return sorted(changed.items())

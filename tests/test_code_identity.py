@@ -1,0 +1,43 @@
+"""Code identity: a plugin's cells are keyed by its source and its local imports; built-ins record their module."""
+from __future__ import annotations
+
+import sys
+
+from bench.core.code_identity import local_imports, plugin_digest
+from bench.plugins import load_all, method_code
+from bench.registry import METHODS
+from bench.running.runner import changed_code
+
+
+def test_plugin_digest_follows_the_file_and_its_local_imports_only(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (tmp_path / "helper_kernel.py").write_text("SCALE = 1\n")
+    (tmp_path / "unrelated.py").write_text("X = 1\n")
+    plugin = tmp_path / "plugin.py"
+    plugin.write_text("import torch\nfrom helper_kernel import SCALE\nfrom methods.base import Upsampler\n")
+    assert local_imports(plugin) == [(tmp_path / "helper_kernel.py").resolve()]  # installed or the suite's
+    before = plugin_digest(plugin)
+    (tmp_path / "unrelated.py").write_text("X = 2\n")
+    assert plugin_digest(plugin) == before
+    (tmp_path / "helper_kernel.py").write_text("SCALE = 2\n")
+    edited_helper = plugin_digest(plugin)
+    assert edited_helper != before
+    plugin.write_text(plugin.read_text() + "# a comment is an edit too\n")
+    assert plugin_digest(plugin) not in (before, edited_helper)
+    sys.modules.pop("helper_kernel", None)
+
+
+def record(method: str, version: str, code: dict) -> dict:
+    return {"cell": {"method": method}, "provenance": {"method_version": version, "method_code": code}}
+
+
+def test_a_built_in_method_whose_module_changed_at_the_same_version_is_named():
+    load_all()
+    bilinear = METHODS.get("bilinear")
+    now = method_code(bilinear)
+    assert set(now) == {"module"} and len(now["module"]) == 16
+    old = {"module": "0" * 16}
+    assert changed_code([record("bilinear", bilinear.version, now)]) == []
+    assert changed_code([record("bilinear", bilinear.version, old)]) == [("bilinear", bilinear.version)]
+    assert changed_code([record("bilinear", bilinear.version + "-older", old)]) == []  # a version bump says it
+    assert changed_code([{"cell": {"method": "bilinear"}, "provenance": {"method_version": bilinear.version}}]) == []
