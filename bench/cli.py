@@ -2,23 +2,20 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-import torch
-
-from bench.backbones import Backbone, load_backbone
-from bench.backbones.specs import NORMALISATIONS
+from bench.core.profiles import NORMALISATIONS, PROFILES
 from bench.plugins import load_all
 from bench.registry import BACKBONES, DATASETS, METHODS, TASKS, RegistryError
-from bench.core.context import RunContext
-from bench.core.profiles import PROFILES
-from bench.running import session
-from bench.running.session import (build_context, default_methods, default_run_dir, default_tasks, resolve_device,
-                                   run_dir)
+
+if TYPE_CHECKING:  # torch, timm and the framework load in the commands that use them: `--help` answers at once
+    from bench.backbones import Backbone
+    from bench.core.context import RunContext
 
 
 class UsageError(ValueError):
@@ -88,16 +85,21 @@ def parse_upsampler_weights(entries: list[str]) -> dict[str, str]:
 
 def make_context(args: argparse.Namespace) -> RunContext:
     """bench.running.session.build_context from a command's arguments."""
+    from bench.running.session import build_context
+
     cam = {k: v for k, v in (("protocol", getattr(args, "cam_protocol", None)),
                              ("n_val", getattr(args, "cam_images", None))) if v is not None}
     return build_context(args.profile, parse_data(args.data), args.device, cam, getattr(args, "normalisation", None),
                          getattr(args, "tile", None),
                          parse_upsampler_weights(getattr(args, "upsampler_weights", None) or []),
-                         getattr(args, "retrain", False), not args.no_progress)
+                         getattr(args, "retrain", False), not args.no_progress,
+                         data_root=getattr(args, "data_root", None))
 
 
 def context_backbone(args: argparse.Namespace, context: RunContext) -> Backbone:
     """The backbone a command names (default: the profile's) with its weights and the profile's normalisation."""
+    from bench.backbones import load_backbone
+
     return load_backbone(args.backbone or context.profile.backbone, args.weights, context.device,
                          context.profile.normalisation)
 
@@ -111,6 +113,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         return 0
     if args.weights:
         from bench.fitting.weights import weights_table
+        from bench.running import session
 
         table = weights_table(session.CACHE_DIR / "weights")
         print(table.to_markdown(index=False) if len(table) else "no shipped or cached weights")
@@ -119,7 +122,8 @@ def cmd_list(args: argparse.Namespace) -> int:
     for name in METHODS.names():
         m = METHODS.get(name)
         role = "  reference row: the image's colour alone, no backbone" if m.reference else ""
-        print(f"  {name:18s} v{m.version}  fit={m.fit}{role}")
+        left_out = "" if m.in_default_run else "  (not in the default run: name it with -m)"
+        print(f"  {name:18s} v{m.version}  fit={m.fit}{role}{left_out}")
     print("tasks:")
     for name in TASKS.names():
         t = TASKS.get(name)
@@ -142,6 +146,40 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def md5_hex(text: str) -> str:
+    """An argparse type: an md5 sum, 32 hexadecimal digits."""
+    if len(text) != 32 or any(c not in "0123456789abcdefABCDEF" for c in text):
+        raise argparse.ArgumentTypeError(f"expected an md5 sum (32 hexadecimal digits), got {text!r}")
+    return text
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    """`data list`: the datasets the profiles name, where each comes from and whether it is here; `data fetch`."""
+    from bench.data.root import data_root
+
+    if args.data_command == "list":
+        from bench.data.sources import catalogue
+
+        root = data_root(args.data_root)
+        print(f"data root: {root.resolve()} (--data-root, $FEATUP_BENCH_DATA or ./data); "
+              f"`data fetch NAME` puts a dataset there")
+        print(catalogue(root).to_markdown(index=False))
+        return 0
+    from bench.data.fetch import data_argument, fetch
+
+    if len(args.names) > 1 and (args.url or args.md5):
+        raise UsageError("--url and --md5 replace the files of one dataset: fetch one NAME at a time with them")
+    root = data_root(args.to)
+    found_alone = root.resolve() == data_root().resolve()
+    for name in args.names:
+        folder, fetched = fetch(name, root, args.url, args.md5, args.unverified, args.source == "hf",
+                                args.keep_archives, not args.no_progress, lambda text: print(text, file=sys.stderr))
+        print(f"{name} {'fetched into' if fetched else 'is already at'} {folder}: {data_argument(folder.name, folder)}"
+              + (" (runs find it there without the flag)" if found_alone else
+                 f" (or --data-root {root} for every dataset there)"))
+    return 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from bench.backbones.names import resolve_spec
     from bench.reporting.report import table_text
@@ -150,6 +188,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from bench.running.runner import plan, run_cells
     from bench.running.shards import parse_shard, shard_cells
     from bench.core.store import ResultStore
+    from bench.running.session import default_methods, default_run_dir, default_tasks
 
     if args.ray_address and args.executor != "ray":
         raise UsageError("--ray-address is for --executor ray")
@@ -168,11 +207,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.dry_run:
         from bench.running.dry_run import dry_run
 
-        text, status = dry_run(methods, tasks, backbone_name, args.weights, context, args.seeds, out_for)
-        print(text)
-        return status
+        return dry_run(methods, tasks, backbone_name, args.weights, context, args.seeds, out_for)
     cells = plan(methods, tasks, backbone_name, context, args.seeds)
     out = out_for(cells)
+    if args.verify:
+        return verify_cells(args, cells, context, out)
     if shard:
         cells = shard_cells(cells, *shard)
         out = out if args.out else out.with_name(f"{out.name}-shard{shard[0]}of{shard[1]}")
@@ -196,7 +235,24 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 1 if (~ResultStore(out).rows()["status"].isin(SETTLED)).any() else 0
 
 
+def verify_cells(args: argparse.Namespace, cells: list, context: RunContext, out: Path) -> int:
+    """run --verify K: rescore K of the folder's cells at random and print how far they are from the stored."""
+    from bench.core.store import ResultStore
+    from bench.running.verify import verify
+
+    if args.shard or args.executor != "local" or args.dry_run:
+        raise UsageError("--verify rescores here, one cell after another: drop --shard, --executor and --dry-run")
+    table = verify(cells, args.verify, context_backbone(args, context), context, ResultStore(out))
+    print(table.to_markdown(index=False, floatfmt=".6g"))
+    worst = table.loc[table["abs_diff"].idxmax()]
+    print(f"verified {len(table.groupby(['method', 'task', 'dataset', 'seed']))} cells of {out}: largest "
+          f"difference {worst['abs_diff']:.3g} ({worst['method']} / {worst['task']} / seed {worst['seed']} "
+          f"{worst['metric']}: stored {worst['stored']:.6g}, rescored {worst['rescored']:.6g})")
+    return 0
+
+
 def cmd_merge(args: argparse.Namespace) -> int:
+    from bench.running.session import run_dir
     from bench.running.shards import merge_runs
 
     count = merge_runs([run_dir(d) for d in args.runs], Path(args.out))
@@ -204,18 +260,38 @@ def cmd_merge(args: argparse.Namespace) -> int:
     return 0
 
 
+def chosen_run(args: argparse.Namespace) -> Path:
+    """The run folder ``--run`` names (default: the default profile's run, whose cells ship with the suite),
+    with the plugin files its run.json records loaded again, so their methods' rows are read like any other."""
+    from bench.core.store import ResultStore
+    from bench.plugins import load_plugin_file
+    from bench.running.session import default_run_dir, run_dir
+
+    run = run_dir(args.run) if args.run else default_run_dir("default", PROFILES.get("default").backbone, [])
+    given = {str(Path(f).resolve()) for f in args.plugin}
+    for file in set(ResultStore(run).manifest().get("plugins", [])) - given:
+        if Path(file).is_file():
+            load_plugin_file(file)
+            print(f"loaded plugin {file} (recorded in {run / 'run.json'})", file=sys.stderr)
+        else:
+            print(f"warning: plugin {file}, recorded in {run / 'run.json'}, is gone: its methods' rows are "
+                  f"shown without their class (pass --plugin FILE where it moved)", file=sys.stderr)
+    return run
+
+
 def cmd_table(args: argparse.Namespace) -> int:
     from bench.reporting.report import table_text
 
-    print(table_text(run_dir(args.run), args.format, "featup" if args.vs_paper else args.vs))
+    print(table_text(chosen_run(args), args.format, "featup" if args.vs_paper else args.vs))
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Markdown and self-contained HTML report of a run, with its figures."""
     from bench.reporting.document import write_report
+    from bench.running.session import resolve_device
 
-    run = run_dir(args.run)
+    run = chosen_run(args)
     out = Path(args.out) if args.out else run / "report"
     md, page = write_report(run, out, resolve_device(args.device), args.weights, tuple(args.sizes), args.photos,
                             progress=not args.no_progress)
@@ -270,8 +346,12 @@ def cmd_ship(args: argparse.Namespace) -> int:
 
 def cmd_profile(args: argparse.Namespace) -> int:
     """Kernel or whole-method timings: a table on stdout, CSV and PNG kept under the run folder."""
+    import torch
+
     from bench.profiling.profile import plot_profile
     from bench.reporting.report import render
+    from bench.running import session
+    from bench.running.session import resolve_device
 
     device = str(resolve_device(args.device))
     if args.what == "kernels":
@@ -279,17 +359,19 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
         df = profile_kernels(args.sizes, args.channels, device, progress=not args.no_progress)
     else:
-        from bench.profiling.methods import STRIDE, profile_methods
+        from bench.backbones import load_backbone
+        from bench.profiling.methods import FIT, STRIDE, profile_methods
 
-        from bench.backbones.names import resolve_spec
-
-        methods = csv_list(args.methods) if args.methods else METHODS.names()
-        for name in methods:
+        methods = csv_list(args.methods) if args.methods else None  # None: every method, the slowest left out
+        for name in methods or ():
             METHODS.get(name.partition(":")[0])  # "featup_jbu:reference" picks a kernel impl
-        spec = resolve_spec(args.backbone) if args.backbone else None
-        channels, stride = (spec.dim, spec.stride) if spec else (args.channels[0], STRIDE)
+        backbone = load_backbone(args.backbone or PROFILES.get("default").backbone, device=device, random_weights=True)
+        channels, stride = (backbone.dim, backbone.stride) if args.backbone else (args.channels[0], STRIDE)
         df = profile_methods(methods, args.sizes, channels, device, stride=stride, progress=not args.no_progress,
-                             tile=args.tile, dtype=torch.float16 if args.half else torch.float32)
+                             tile=args.tile, dtype=torch.float16 if args.half else torch.float32, backbone=backbone)
+        df.attrs["note"] = (f"pipeline_ms: {backbone.name} (random weights, {backbone.dim} channels, stride "
+                            f"{backbone.stride}) on an image of each output size, then the upsampling; per-image "
+                            f"methods are fitted to the image first ({FIT.steps} steps, untimed)")
     out = Path(args.out) if args.out else session.RUNS_DIR / f"profile-{args.what}-{device}-{time.strftime('%Y%m%d-%H%M%S')}"
     out.mkdir(parents=True, exist_ok=True)
     df.to_csv(out / "profile.csv", index=False)
@@ -299,6 +381,8 @@ def cmd_profile(args: argparse.Namespace) -> int:
         print(f"practical peak: a 2048² float32 torch matmul reached {df.attrs['matmul_gflops']:.1f} GFLOP/s "
               f"(copy bandwidth {df.attrs['copy_gbps']:.1f} GB/s); peak_fraction = a row's GFLOP/s over it",
               file=sys.stderr)
+    if "note" in df.attrs:
+        print(df.attrs["note"], file=sys.stderr)
     print(f"saved {out / 'profile.csv'} and {out / 'profile.png'}", file=sys.stderr)
     return 0 if df["status"].isin(["ok", "oom", "skipped"]).all() else 1
 
@@ -333,6 +417,7 @@ def ablate_budget(args: argparse.Namespace) -> int:
     """The training-budget study (bench.running.budget): curves as CSV and PNG under --out."""
     from bench.reporting.budget import CSV, PNG
     from bench.running.budget import SEEDS, study
+    from bench.running.session import default_methods
 
     context = make_context(args)
     methods = csv_list(args.methods) if args.methods else [n for n in default_methods(context.profile)
@@ -350,7 +435,8 @@ def ablate_budget(args: argparse.Namespace) -> int:
 def ablate_fourier_features(args: argparse.Namespace) -> int:
     """The Fourier ablation of implicit FeatUp: curves and errors as CSV, the curves as PNG."""
     import dataclasses
-    import json
+
+    import torch
 
     from bench.data import load_dataset
     from bench.fitting.ablation import ablate_fourier, plot_curves, summary_line
@@ -393,6 +479,9 @@ def add_common_arguments(p: argparse.ArgumentParser, data_help: str | None) -> N
         p.set_defaults(data=[])
     else:
         p.add_argument("--data", action="append", default=[], metavar="NAME[=PATH]", help=data_help)
+        p.add_argument("--data-root", metavar="DIR",
+                       help="where `data fetch` put datasets: a dataset the profile names is read from DIR/NAME when "
+                            "--data gives no folder (default: $FEATUP_BENCH_DATA, else ./data)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
 
 
@@ -403,11 +492,14 @@ def add_tile_argument(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="run_bench.py", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="run_bench.py", description="featup-bench: score feature upsamplers on one protocol.",
+        epilog="With no command, run_bench.py runs `run` (the default profile's run). "
+               "`run_bench.py COMMAND --help` shows a command's options.")
     parser.add_argument("--plugin", action="append", default=[], metavar="FILE.py",
                         help="a Python file that registers upsamplers, backbones or tasks (repeatable)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    sub = parser.add_subparsers(dest="command")
+    sub = parser.add_subparsers(dest="command", title="commands", metavar="COMMAND")
     lister = sub.add_parser("list", help="registered methods, tasks, backbones, datasets, profiles")
     lister.add_argument("--backbones", nargs="*", metavar="NAME",
                         help="only backbones: what each name (default: every registered one) resolves to, "
@@ -416,6 +508,31 @@ def build_parser() -> argparse.ArgumentParser:
                         help="only trained weights: those shipped in results/weights and those trained into "
                              "results/cache, with their steps, view-images and recipe digest")
     lister.set_defaults(fn=cmd_list)
+    data = sub.add_parser("data", help="the datasets the profiles use: where each comes from, whether it is here, and "
+                                       "fetching it")
+    data_commands = data.add_subparsers(dest="data_command", required=True, metavar="{list,fetch}")
+    data_list = data_commands.add_parser("list", help="every dataset the profiles name: profiles, source, size, "
+                                                      "whether it is under the data root, the --data that reads it")
+    data_list.add_argument("--data-root", metavar="DIR", help="default: $FEATUP_BENCH_DATA, else ./data")
+    data_fetch = data_commands.add_parser("fetch", help="download, check and unpack datasets into the data root, in "
+                                                        "the layout their loaders read")
+    data_fetch.add_argument("names", nargs="+", metavar="NAME", help="datasets (data list names them)")
+    data_fetch.add_argument("--to", metavar="DIR", help="the data root to fetch into, each dataset to DIR/NAME "
+                                                        "(default: $FEATUP_BENCH_DATA, else ./data)")
+    data_fetch.add_argument("--url", action="append", default=[],
+                            help="the file's URL instead of the official one (a mirror, or file:///PATH of a file "
+                                 "downloaded by hand); once per file of the dataset, in the order of its source")
+    data_fetch.add_argument("--md5", action="append", default=[], type=md5_hex, metavar="HEX",
+                            help="the md5 sum to check instead of the published one; once per file downloaded whole "
+                                 "(not for a zip only read in part), in the order of --url")
+    data_fetch.add_argument("--unverified", action="store_true",
+                            help="accept files for which no checksum is published, unchecked (their md5 is printed)")
+    data_fetch.add_argument("--source", choices=("archive", "hf"), default="archive",
+                            help="archive: the published files (default); hf: the Hugging Face hub through "
+                                 "`datasets`, with your token (imagenet)")
+    data_fetch.add_argument("--keep-archives", action="store_true",
+                            help="keep the downloaded files in DIR/.downloads after unpacking them")
+    data.set_defaults(fn=cmd_data)
     run = sub.add_parser("run", help="score methods on tasks; resumes where a run stopped")
     run.add_argument("-m", "--methods", help="comma-separated method names (default: the profile's: those in the "
                      "CPU default run, every registered one for jafar)")
@@ -427,6 +544,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "tables show mean and sd over seeds (default: the profile's seed)")
     run.add_argument("--cam-protocol", choices=("standard", "relevance"),
                      help="CAM A.D./A.I. protocol (default: the profile's, standard); stored with every number")
+    run.add_argument("--verify", type=positive_int, metavar="K",
+                     help="rescore K of the run folder's finished cells, chosen at random, write nothing, and "
+                          "report the largest difference from the stored numbers (check what ships)")
     run.add_argument("--dry-run", action="store_true",
                      help="print the plan (recipe, cells, what is cached, images per stage, an estimate timed "
                           "on this device) and score nothing")
@@ -455,7 +575,8 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("--out", required=True, help="the merged run folder")
     merge.set_defaults(fn=cmd_merge)
     table = sub.add_parser("table", help="print a run's results table")
-    table.add_argument("--run", required=True, help="run folder, or a name under results/runs")
+    table.add_argument("--run", help="run folder, or a name under results/runs (default: the default profile's "
+                                     "run, results/runs/default-efficientnet_lite0_s16, whose cells ship)")
     table.add_argument("--format", default="md", choices=("md", "csv", "latex"))
     versus = table.add_mutually_exclusive_group()
     versus.add_argument("--vs-paper", action="store_true", help="add the paper's numbers beside ours (--vs featup)")
@@ -465,7 +586,7 @@ def build_parser() -> argparse.ArgumentParser:
     table.set_defaults(fn=cmd_table)
     report = sub.add_parser("report", help="a run's report: Markdown and one HTML page with the table, figures, "
                                            "failures, recipes and provenance")
-    report.add_argument("--run", required=True, help="run folder, or a name under results/runs")
+    report.add_argument("--run", help="run folder, or a name under results/runs (default: the default profile's run)")
     report.add_argument("--out", help="report folder (default: <run>/report)")
     report.add_argument("--weights", help="local weights file for the run's backbone (.safetensors/.pth)")
     report.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
@@ -490,13 +611,15 @@ def build_parser() -> argparse.ArgumentParser:
     shipper.set_defaults(fn=cmd_ship)
     prof = sub.add_parser("profile", help="time and memory of kernels or whole upsamplers")
     prof.add_argument("what", choices=("kernels", "methods"))
-    prof.add_argument("-m", "--methods", help="methods to profile (profile methods; default: all)")
+    prof.add_argument("-m", "--methods", help="methods to profile (profile methods; default: all, those whose "
+                                               "forward alone takes seconds per image listed as skipped)")
     prof.add_argument("--sizes", type=int_list(1, "positive integers", "112,224"), default=[56, 112, 224, 448],
                       help="output sizes, e.g. 112,224")
     prof.add_argument("--channels", type=int_list(1, "positive integers", "64,384"), default=[384],
                       help="channel counts, e.g. 64,384")
     prof.add_argument("--backbone", help="profile methods: take channels and stride from this backbone "
-                                         "(e.g. timm:vit_base_patch14_dinov2; no weights are loaded)")
+                                         "(e.g. timm:vit_base_patch14_dinov2; random weights, nothing downloads), and "
+                                         "time the pipeline_ms column with it (default: the default profile's)")
     prof.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     add_tile_argument(prof)
     prof.add_argument("--half", action="store_true",
@@ -538,8 +661,13 @@ def parse(argv: list[str]) -> argparse.Namespace:
     globals_only.add_argument("--plugin", action="append", default=[])
     globals_only.add_argument("--no-progress", action="store_true")
     known, rest = globals_only.parse_known_args(argv)
+    if rest and not rest[0].startswith("-") and rest[0] not in parser.commands:
+        close = difflib.get_close_matches(rest[0], sorted(parser.commands), n=1)
+        parser.error(f"unknown command {rest[0]!r}{f'; did you mean {close[0]!r}?' if close else ''} "
+                     f"Commands: {', '.join(sorted(parser.commands))}")
     if not any(a in parser.commands for a in rest):
-        rest = ["run", *rest]
+        # no command: the default run, except that a bare --help describes every command, not `run` alone
+        rest = rest if {"-h", "--help"} & set(rest) else ["run", *rest]
     args = parser.parse_args(rest)
     args.plugin, args.no_progress = known.plugin, known.no_progress
     return args

@@ -72,6 +72,9 @@ class Upsampler(nn.Module, ABC):
     in_default_run: ClassVar[bool] = True
     """Whether ``run`` without ``-m`` scores this method; methods too slow for the CPU default run say False
     (they stay available with ``-m`` and in the GPU profiles)."""
+    slow_forward: ClassVar[str | None] = None
+    """Why ``forward`` itself takes seconds per image where it does (upsample_anything fits a kernel to each image in
+    it); ``profile methods`` then times the method only when it is named with -m, and says this."""
     uses_backbone: ClassVar[bool] = True
     """False for features computed from the image alone (colour_only): a model's parameters then leave the backbone out."""
     reference: ClassVar[bool] = False

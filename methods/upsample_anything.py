@@ -326,6 +326,7 @@ class UpsampleAnything(Upsampler):
     # Not in the CPU default run: the fit is 51 forward/backward passes over H x W x 197 taps per image
     # (25-40 s per 224² image on one busy CPU core, docs/methods.md); -m upsample_anything or a GPU.
     in_default_run = False
+    slow_forward = "it fits a kernel to each image inside forward (51 Adam steps: tens of seconds per 224² image)"
 
     def __init__(self) -> None:
         super().__init__()

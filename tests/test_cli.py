@@ -64,7 +64,51 @@ def test_smoke_run_resume_and_table(tmp_path):
     assert t["probe_seg.miou"].between(0, 100).all() and (t["probe_depth.rmse"] > 0).all()
 
 
-def test_plugin_run(tmp_path):
-    cli("run", "--profile", "smoke", "--plugin", "examples/my_upsampler.py", "-m", "my_upsampler",
-        "-t", "probe_seg", "--out", str(tmp_path))
-    assert len(list((tmp_path / "cells").glob("my_upsampler--*.json"))) == 1
+def test_plugin_run_is_keyed_by_its_code_and_read_back_without_plugin(tmp_path):
+    """Editing a plugin (its version unchanged) rescores its cell; table and report load it from run.json."""
+    plugin, out = tmp_path / "mine.py", tmp_path / "run"
+    plugin.write_text((ROOT / "examples/my_upsampler.py").read_text())
+
+    def score() -> str:
+        return cli("run", "--profile", "smoke", "--plugin", str(plugin), "-m", "my_upsampler", "-t", "probe_seg",
+                   "--out", str(out)).stdout
+
+    assert "1 cells scored, 0 already done" in score()
+    assert "0 cells scored, 1 already done" in score()
+    plugin.write_text(plugin.read_text().replace("colour_sigma = 0.1", "colour_sigma = 0.2"))
+    assert "1 cells scored, 0 already done" in score()
+    assert len(list((out / "cells").glob("my_upsampler--*.json"))) == 2
+    shown = cli("table", "--run", str(out), "--format", "csv")
+    assert "my_upsampler" in shown.stdout and f"loaded plugin {plugin}" in shown.stderr
+    cli("report", "--run", str(out), "--out", str(tmp_path / "report"))
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert "my_upsampler" in report and "left out: my_upsampler" not in report
+
+
+def test_help_lists_every_command_and_loads_no_framework():
+    """`--help` describes every command (not `run` alone), without importing torch: it answers at once."""
+    probe = ("import sys\nfrom bench.cli import build_parser, parse\ntry:\n    parse(['--help'])\nexcept SystemExit:\n"
+             "    pass\nprint(sorted(build_parser().commands))\nprint('torch' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    *help_text, commands, torch_loaded = proc.stdout.strip().splitlines()
+    listed = {line.split()[0] for line in help_text if line.startswith("    ") and line.split()}
+    assert set(eval(commands)) <= listed
+    assert torch_loaded == "False"
+
+
+def test_misspelt_command_gets_a_suggestion_and_exit_2():
+    proc = cli("lsit", check=False)
+    assert proc.returncode == 2
+    assert "did you mean 'list'" in proc.stderr
+
+
+def test_list_says_which_methods_the_default_run_leaves_out():
+    from bench.plugins import load_all
+    from bench.registry import METHODS
+
+    load_all([])
+    out = cli("list").stdout
+    lines = out.split("methods:\n")[1].split("tasks:")[0].splitlines()
+    assert {"bilinear", "jafar", "uplift"} <= {line.split()[0] for line in lines}
+    for line in lines:
+        assert ("not in the default run" in line) == (not METHODS.get(line.split()[0]).in_default_run), line

@@ -6,6 +6,7 @@ from typing import Any, Mapping
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
+from bench.core.profiles import NORMALISATIONS
 from bench.registry import BACKBONES
 
 
@@ -61,9 +62,6 @@ SPECS = [
 ]
 for _spec in SPECS:
     BACKBONES.register(_spec)
-
-
-NORMALISATIONS = ("config", "imagenet")
 
 
 def input_stats(cfg: Mapping[str, Any], normalisation: str) -> tuple[tuple[float, ...], tuple[float, ...]]:

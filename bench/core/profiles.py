@@ -12,6 +12,9 @@ from typing import Any
 
 from bench.registry import Registry
 
+NORMALISATIONS = ("config", "imagenet")
+"""Backbone input mean/std: the model's own timm config, or ImageNet's as in FeatUp's code."""
+
 
 @dataclass(frozen=True)
 class Profile:
