@@ -8,6 +8,7 @@ import pkgutil
 import sys
 from importlib.metadata import entry_points
 from pathlib import Path
+from typing import Any
 
 from bench.core.code_identity import module_digest, plugin_digest
 from bench.registry import BACKBONES, DATASETS, METHODS, TASKS
@@ -76,6 +77,18 @@ def method_code(method_cls: type) -> dict[str, str | None]:
     if file is not None:
         return {"plugin": plugin_digest(file)}
     return {"module": module_digest(method_cls.__module__)}
+
+
+def changed_code(records: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """(method, version) of each built-in method whose module differs from the one its stored cell ``records``
+    were scored with, at the same version (plugins need no check: their code is part of the cell's key)."""
+    changed = {}
+    for rec in records:
+        name, stored = rec["cell"]["method"], rec["provenance"].get("method_code", {})
+        if name in METHODS and "module" in stored and stored != method_code(METHODS.get(name)) \
+                and rec["provenance"].get("method_version") == METHODS.get(name).version:
+            changed[name] = METHODS.get(name).version
+    return sorted(changed.items())
 
 
 def plugins_of(names: list[str]) -> list[str]:

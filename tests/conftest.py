@@ -136,3 +136,20 @@ def assert_tiles_equal_whole_through_a_backbone(method, dim: int, output_size: t
         whole = method.upsample(backbone, image, output_size)
         tiled = method.upsample(backbone, image, output_size, tile=10)
     torch.testing.assert_close(tiled, whole, rtol=0, atol=1e-5)
+
+
+def write_cell(store, method: str, task: str, seed: int, metric: str, value: float, higher_is_better: bool = True,
+               per_image=None, statistic: str | None = None) -> None:
+    """A finished smoke cell with one metric, written straight into ``store``: table and report tests
+    without scoring anything."""
+    from bench.core.cells import Cell
+
+    cell = Cell(method, task, "efficientnet_lite0", "scenes", "smoke", seed)
+    recipe = {"method_version": "1", "task_version": "1", "seed": seed}
+    store.write(cell, recipe, {
+        "cell": vars(cell), "status": "ok", "message": "", "recipe": recipe, "config_hash": cell.config_hash(recipe),
+        "metrics": [{"metric": metric, "value": value, "higher_is_better": higher_is_better, "per_image": per_image,
+                     "statistic": statistic}],
+        "provenance": {"method_version": "1", "task_version": "1", "wall_s": 1.0, "peak_mb": 1.0, "git_commit": "x",
+                       "started": "2026-01-01"},
+    })

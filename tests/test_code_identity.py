@@ -6,7 +6,7 @@ import sys
 from bench.core.code_identity import local_imports, plugin_digest
 from bench.plugins import load_all, method_code
 from bench.registry import METHODS
-from bench.running.runner import changed_code
+from bench.plugins import changed_code
 
 
 def test_plugin_digest_follows_the_file_and_its_local_imports_only(tmp_path, monkeypatch):

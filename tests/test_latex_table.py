@@ -8,27 +8,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench.core.cells import Cell
 from bench.core.store import ResultStore
 from bench.reporting.latex import latex_table
 from bench.reporting.report import table_text
 from bench.reporting.stats import miou_from_confusions
+from conftest import write_cell as write
 
 ODD = "up_&_down#1%"
 """A plugin's method name with every character LaTeX gives a meaning to that a file name allows."""
 DOCUMENT = "\\documentclass{article}\\usepackage{booktabs}\\begin{document}\n\\input{t.tex}\n\\end{document}\n"
-
-
-def write(store, method, task, seed, metric, value, higher_is_better, per_image=None, statistic=None):
-    cell = Cell(method, task, "efficientnet_lite0", "scenes", "smoke", seed)
-    recipe = {"method_version": "1", "task_version": "1", "seed": seed}
-    store.write(cell, recipe, {
-        "cell": vars(cell), "status": "ok", "message": "", "recipe": recipe, "config_hash": cell.config_hash(recipe),
-        "metrics": [{"metric": metric, "value": value, "higher_is_better": higher_is_better, "per_image": per_image,
-                     "statistic": statistic}],
-        "provenance": {"method_version": "1", "task_version": "1", "wall_s": 1.0, "peak_mb": 1.0, "git_commit": "x",
-                       "started": "2026-01-01"},
-    })
 
 
 def confusions(rng, accuracy, n=12, k=3):

@@ -5,7 +5,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench.core.cells import Cell
 from bench.core.context import RunContext
 from bench.core.profiles import PROFILES
 from bench.reporting.intervals import interval_table
@@ -14,18 +13,11 @@ from bench.reporting.report import detail_table, table_text, with_columns
 from bench.running.runner import plan
 from bench.reporting.stats import bootstrap_indices, miou_from_confusions
 from bench.core.store import ResultStore
+from conftest import write_cell
 
 
 def write(store, method, seed, value, per_image=None, statistic=None, task="probe_seg", metric="miou"):
-    cell = Cell(method, task, "efficientnet_lite0", "scenes", "smoke", seed)
-    recipe = {"method_version": "1", "task_version": "1", "seed": seed}
-    store.write(cell, recipe, {
-        "cell": vars(cell), "status": "ok", "message": "", "recipe": recipe, "config_hash": cell.config_hash(recipe),
-        "metrics": [{"metric": metric, "value": value, "higher_is_better": True, "per_image": per_image,
-                     "statistic": statistic}],
-        "provenance": {"method_version": "1", "task_version": "1", "wall_s": 1.0, "peak_mb": 1.0, "git_commit": "x",
-                       "started": "2026-01-01"},
-    })
+    write_cell(store, method, task, seed, metric, value, True, per_image, statistic)
 
 
 def test_a_seeds_plan_has_one_cell_per_seed_with_its_own_recipe():

@@ -26,7 +26,7 @@ from bench.core.profiles import Profile
 from bench.core.failures import SETTLED, failure
 from bench.core.provenance import provenance
 from bench.core.store import ResultStore
-from bench.plugins import method_code, plugins_of
+from bench.plugins import changed_code, method_code, plugins_of
 
 if TYPE_CHECKING:
     from methods.base import Upsampler
@@ -254,14 +254,3 @@ def _run_locked(
     bar.close()
     return summary
 
-
-def changed_code(records: list[dict[str, Any]]) -> list[tuple[str, str]]:
-    """(method, version) of each built-in method whose module differs from the one its stored ``records``
-    were scored with, at the same version (plugins need no check: their code is part of the cell's key)."""
-    changed = {}
-    for rec in records:
-        name, stored = rec["cell"]["method"], rec["provenance"].get("method_code", {})
-        if name in METHODS and "module" in stored and rec["provenance"].get("method_version") == METHODS.get(name).version \
-                and stored != method_code(METHODS.get(name)):
-            changed[name] = METHODS.get(name).version
-    return sorted(changed.items())
