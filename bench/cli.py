@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Callable
 
 from bench.core.profiles import NORMALISATIONS, PROFILES
 from bench.plugins import load_all
+from bench.reporting.references import REFERENCES
 from bench.registry import BACKBONES, DATASETS, METHODS, TASKS, RegistryError
 
 if TYPE_CHECKING:  # torch, timm and the framework load in the commands that use them: `--help` answers at once
@@ -580,9 +581,11 @@ def build_parser() -> argparse.ArgumentParser:
     table.add_argument("--format", default="md", choices=("md", "csv", "latex"))
     versus = table.add_mutually_exclusive_group()
     versus.add_argument("--vs-paper", action="store_true", help="add the paper's numbers beside ours (--vs featup)")
-    versus.add_argument("--vs", choices=("featup", "jafar"),
-                        help="a published table to set beside ours, with the rank agreement against it: featup "
-                             "(the paper's Table 1) or jafar (JAFAR's README table, DINOv2 ViT-S/14 at 448 px)")
+    versus.add_argument("--vs", choices=REFERENCES,
+                        help="a published table to set beside ours (results/references.md): featup (the paper's "
+                             "Table 1), jafar (JAFAR's README table), uplift or upsample_anything (unconfirmed "
+                             "figures, never ranked). Rank agreement (τ) only where the run's protocol is the "
+                             "table's and 5 or more methods are in common")
     table.set_defaults(fn=cmd_table)
     report = sub.add_parser("report", help="a run's report: Markdown and one HTML page with the table, figures, "
                                            "failures, recipes and provenance")

@@ -65,9 +65,10 @@ def test_a_reference_row_gets_an_interval_but_no_mark_against_bilinear():
 
 
 def test_rank_agreement_leaves_the_reference_row_out():
-    ours = pd.DataFrame({"probe_seg.miou": [50.0, 40.0, 30.0, 99.0]},
-                        index=pd.Index(["bilinear", "low_res", "featup_jbu", "colour_only"], name="method"))
-    paper = pd.DataFrame({"miou": [45.0, 40.0, 30.0, 0.0]}, index=["bilinear", "low_res", "featup_jbu", "colour_only"])
-    agreement = rank_agreement(ours, paper, {"probe_seg.miou": "miou"}).iloc[0]
-    assert agreement["n_all"] == 3 and agreement["tau_all"] == pytest.approx(1.0)
+    methods = ["bilinear", "low_res", "featup_jbu", "carafe", "sapa", "colour_only"]
+    ours = pd.DataFrame({"probe_seg.miou": [50.0, 40.0, 30.0, 20.0, 10.0, 99.0]},
+                        index=pd.Index(methods, name="method"))
+    paper = pd.DataFrame({"miou": [45.0, 40.0, 30.0, 20.0, 10.0, 0.0]}, index=methods)
+    agreement = rank_agreement(ours, paper, {"probe_seg.miou": "miou"}, {"probe_seg.miou": True}).iloc[0]
+    assert agreement["n_all"] == 5 and agreement["tau_all"] == pytest.approx(1.0)
     assert all("colour_only" not in pair for pair in agreement["discordant"])

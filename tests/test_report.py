@@ -8,13 +8,16 @@ from bench.reporting.report import table_text
 from bench.core.store import ResultStore
 
 
-def write_cell(store, method, task, metrics, status="ok", message="", recipe=None, started="2026-01-01T00:00:00"):
-    cell = Cell(method, task, "efficientnet_lite0", "scenes", "smoke", 0)
+def write_cell(store, method, task, metrics, status="ok", message="", recipe=None, started="2026-01-01T00:00:00",
+               where=("efficientnet_lite0", "scenes", "smoke"), lower=("rmse",)):
+    """One stored cell of ``method`` on ``task`` made with ``where`` (backbone, dataset, profile); ``lower``: the
+    metrics where lower is better."""
+    cell = Cell(method, task, *where, 0)
     recipe = recipe or {"method_version": "1", "task_version": "1"}
     store.write(cell, recipe, {
         "cell": vars(cell), "status": status, "message": message, "recipe": recipe,
         "config_hash": cell.config_hash(recipe),
-        "metrics": [{"metric": k, "value": v, "higher_is_better": True} for k, v in metrics.items()],
+        "metrics": [{"metric": k, "value": v, "higher_is_better": k not in lower} for k, v in metrics.items()],
         "provenance": {"method_version": "1", "task_version": "1", "wall_s": 1.0, "peak_mb": 2.0, "git_commit": "x",
                        "started": started},
     })
@@ -72,30 +75,25 @@ def test_a_cell_rerun_under_a_new_recipe_replaces_the_old_number(run):
 
 
 def test_vs_jafar_matches_columns_by_dataset_and_ranks_against_its_table(tmp_path):
-    """COCO-Stuff as the primary segmentation data and VOC as a column group: each meets JAFAR's column of
-    its dataset; τ against JAFAR's numbers, computed here by hand."""
+    """COCO-Stuff as the primary segmentation data and VOC as a column group, DINOv2 at 448 px: JAFAR's protocol, so
+    each column meets JAFAR's of its dataset; its table has 4 methods, under the 5 a τ needs."""
     store = ResultStore(tmp_path)
     ours = {"bilinear": (50.0, 70.0), "featup_jbu": (52.0, 69.0), "jafar": (53.0, 75.0)}
     for method, (coco, voc) in ours.items():
         for dataset, miou, primary in (("coco_stuff@cocostuff-a1b2c3", coco, True), ("voc@VOC2012-d4e5f6", voc, False)):
-            cell = Cell(method, "probe_seg", "dinov2", dataset, "jafar", 0)
-            recipe = {"method_version": "1", "task_version": "1", "primary_data": primary}
-            store.write(cell, recipe, {
-                "cell": vars(cell), "status": "ok", "message": "", "recipe": recipe,
-                "config_hash": cell.config_hash(recipe),
-                "metrics": [{"metric": "miou", "value": miou, "higher_is_better": True}],
-                "provenance": {"method_version": "1", "task_version": "1", "wall_s": 1.0, "peak_mb": 2.0,
-                               "git_commit": "x", "started": "2026-01-01T00:00:00"}})
+            write_cell(store, method, "probe_seg", {"miou": miou}, where=("dinov2", dataset, "jafar"),
+                       recipe={"method_version": "1", "task_version": "1", "primary_data": primary,
+                               "profile": {"image_size": [448, 448]}})
     t = pd.read_csv(io.StringIO(table_text(tmp_path, "csv", vs="jafar"))).set_index("method")
     assert t.loc["featup_jbu", "probe_seg.miou (jafar)"] == 60.10  # JAFAR's COCO column
     assert t.loc["jafar", "probe_seg@voc@VOC2012-d4e5f6.miou (jafar)"] == 84.44  # its VOC column
     md = table_text(tmp_path, "md", vs="jafar")
-    # COCO: ours orders bilinear < featup_jbu < jafar as JAFAR's table does (59.03 < 60.10 < 60.78): τ = +1.
-    # VOC: ours featup_jbu (69) < bilinear (70) < jafar (75), theirs bilinear 80.70 < featup 81.08 < jafar 84.44:
-    # of the 3 pairs one is discordant, τ = (2 - 1) / 3.
-    assert "- probe_seg.miou: τ +1.00 over 3 methods" in md
-    assert "- probe_seg@voc@VOC2012-d4e5f6.miou: τ +0.33 over 3 methods" in md
-    assert "bilinear > featup_jbu" in md and "Depth-Anything" in md
+    assert "Protocol: dinov2 at 448×448 px on coco_stuff, voc, as the jafar table's." in md
+    # COCO: ours orders bilinear < featup_jbu < jafar as JAFAR's table does; VOC: ours has bilinear (70) above
+    # featup_jbu (69), JAFAR the other way round (80.70 < 81.08).
+    assert "- probe_seg.miou: no τ over 3 methods (5 needed)" in md
+    assert "- probe_seg@voc@VOC2012-d4e5f6.miou: no τ over 3 methods (5 needed)" in md
+    assert "here, unlike the jafar reference: bilinear better than featup_jbu" in md and "Depth-Anything" in md
     with pytest.raises(ValueError, match="no reference table 'nope'"):
         table_text(tmp_path, "md", vs="nope")
 

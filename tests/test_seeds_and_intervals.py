@@ -117,13 +117,14 @@ def test_intervals_pool_several_seeds_each_with_its_own_draws(tmp_path):
 
 
 def test_rank_agreement_against_hand_computed_tau():
-    paper = pd.DataFrame({"m": [4.0, 3.0, 2.0, 1.0]}, index=["featup_jbu", "bilinear", "low_res", "large_image"])
-    ours = pd.DataFrame({"c": [4.0, 2.0, 3.0, 1.0]}, index=["featup_jbu", "bilinear", "low_res", "large_image"])
-    row = rank_agreement(ours, paper, {"c": "m"}).iloc[0]
-    # 6 pairs, one swapped (bilinear, low_res): (5 - 1) / 6
-    assert row.tau_all == pytest.approx(4 / 6) and row.n_all == 4
-    # without large_image (it changes what the backbone sees): 3 pairs, one swapped: (2 - 1) / 3
-    assert row.tau_same_features == pytest.approx(1 / 3) and row.n_same_features == 3
+    methods = ["featup_jbu", "bilinear", "low_res", "large_image", "carafe", "sapa"]
+    paper = pd.DataFrame({"m": [6.0, 5.0, 4.0, 3.0, 2.0, 1.0]}, index=methods)
+    ours = pd.DataFrame({"c": [6.0, 4.0, 5.0, 3.0, 2.0, 1.0]}, index=methods)
+    row = rank_agreement(ours, paper, {"c": "m"}, {"c": True}).iloc[0]
+    # 15 pairs, one swapped (bilinear, low_res): (14 - 1) / 15
+    assert row.tau_all == pytest.approx(13 / 15) and row.n_all == 6
+    # without large_image (it changes what the backbone sees): 10 pairs, one swapped: (9 - 1) / 10
+    assert row.tau_same_features == pytest.approx(8 / 10) and row.n_same_features == 5
     assert row.discordant == [("low_res", "bilinear")]
 
 

@@ -16,8 +16,8 @@ from typing import Any
 import pandas as pd
 import torch
 
-from bench.reporting.references import reference_for
-from bench.reporting.report import reference_deltas, render, table_text
+from bench.reporting.references import DIFFERS, SAME, reference_for
+from bench.reporting.report import comparison_with, reference_deltas, render, table_text
 from bench.core.failures import SETTLED
 from bench.core.store import ResultStore
 
@@ -51,16 +51,19 @@ def summary_section(run_dir: Path, records: list[dict[str, Any]]) -> str:
 
 
 def table_section(run_dir: Path, rows: pd.DataFrame, profile: str) -> str:
-    """Our table beside the published one made in the run's setting, and the differences from it."""
+    """Our table beside the published one made in the run's setting, with the differences from it where the run's
+    protocol is the table's; alone, with one line saying why, where it is not."""
     ref = reference_for(profile)
-    deltas = reference_deltas(rows, ref).dropna(how="all")
+    comparison = comparison_with(run_dir, rows, ref)
+    if comparison.kind == DIFFERS:
+        return "\n".join(["## Results", "", comparison.why_not(), "", table_text(run_dir, "md")])
     parts = [f"## Results beside the {ref.label} table", "",
              f"Each cell: our number, then the reference's in the `({ref.label})` column beside it.", "",
              table_text(run_dir, "md", vs=ref.name)]
+    deltas = reference_deltas(rows, ref).dropna(how="all") if comparison.kind == SAME else pd.DataFrame()
     if not deltas.empty:
-        parts += ["", "Ours minus the reference (same columns as above; a difference measures the setting as much "
-                      "as the method where the settings differ; methods the reference does not have are left out):",
-                  "", render(deltas, "md")]
+        parts += ["", "Ours minus the reference (same columns as above; methods the reference does not have are "
+                      "left out):", "", render(deltas, "md")]
     return "\n".join(parts)
 
 

@@ -8,7 +8,7 @@ import pandas as pd
 from bench.reporting.intervals import BASELINE, LEVEL, N_BOOT, interval_table
 from bench.reporting.latex import latex_cell, latex_escape, latex_table, latex_tabular
 from bench.reporting.ranks import agreement_text, is_reference, rank_agreement
-from bench.reporting.references import Reference, reference
+from bench.reporting.references import Comparison, Reference, RunSetting, reference
 from bench.core.failures import SETTLED
 from bench.core.store import ResultStore
 
@@ -250,13 +250,34 @@ def reference_note(methods: list[str]) -> str:
             f"colour gives away. Never marked against {BASELINE}, and left out of rank agreement.")
 
 
+def comparison_with(run_dir: str | Path, rows: pd.DataFrame, ref: Reference) -> Comparison:
+    """How the cells behind the run's columns that ``ref`` has were made, against how its numbers were."""
+    ok = with_columns(rows)
+    compared = ok[ok["column"].isin(ref.matches(ok))]
+    return ref.compare(RunSetting.of(compared, ResultStore(run_dir).current_records()))
+
+
+def reference_notes(detail: pd.DataFrame, metrics: pd.DataFrame, columns: dict[str, str], ref: Reference,
+                    comparison: Comparison) -> list[str]:
+    """The lines under a table set beside ``ref``: the protocol line, unchecked rows, τ where ranks compare, and
+    its note."""
+    methods = list(detail.index.get_level_values(0).unique())
+    notes = [comparison.line(), ref.unconfirmed_note(methods)]
+    if comparison.ranks:
+        means = detail[[c for c in detail.columns if " " not in c]]
+        notes.append(agreement_text(rank_agreement(means, ref.ranked(), columns,
+                                                   metrics["higher_is_better"].to_dict()), ref.name))
+    return notes + [ref.note]
+
+
 def table_text(run_dir: str | Path, fmt: str = "md", vs: str | None = None) -> str:
     """The run's table as text.
 
     csv keeps numbers only (means, then sd, lo, hi, diff_lo, diff_hi columns where they exist); latex
     is a booktabs tabular with one cell per metric (latex_cells); markdown puts them in one cell per metric and
-    adds failed cells, a legend, and with ``vs`` (a reference: "featup", the paper; "jafar") its numbers, the
-    rank agreement and its note.
+    adds failed cells, a legend, and with ``vs`` (a reference: "featup", the paper; "jafar", ...) its numbers, a
+    line on whether the run's protocol is the reference's, the rank agreement where ranks compare, and its note.
+    The user asked for ``vs``, so its numbers are set beside ours even where the protocols differ.
     """
     rows = ResultStore(run_dir).rows(per_image=True)
     detail, metrics = detail_table(rows), column_metrics(rows)
@@ -279,6 +300,5 @@ def table_text(run_dir: str | Path, fmt: str = "md", vs: str | None = None) -> s
         notes.append("Not applicable (empty cells): " + "; ".join(
             f"{r.method} / {r.task}: {str(r.message).splitlines()[0]}" for r in skipped.itertuples()))
     if ref:
-        means = detail[[c for c in detail.columns if " " not in c]]
-        notes += [agreement_text(rank_agreement(means, ref.table(), columns), ref.name), ref.note]
+        notes += reference_notes(detail, metrics, columns, ref, comparison_with(run_dir, rows, ref))
     return "\n\n".join([text, *[n for n in notes if n]])
