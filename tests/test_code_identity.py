@@ -41,3 +41,24 @@ def test_a_built_in_method_whose_module_changed_at_the_same_version_is_named():
     assert changed_code([record("bilinear", bilinear.version, old)]) == [("bilinear", bilinear.version)]
     assert changed_code([record("bilinear", bilinear.version + "-older", old)]) == []  # a version bump says it
     assert changed_code([{"cell": {"method": "bilinear"}, "provenance": {"method_version": bilinear.version}}]) == []
+
+
+def test_the_table_names_changed_code_and_how_long_trained_rows_trained():
+    from bench.reporting.report import changed_code_note, training_note
+
+    load_all()
+    bilinear = METHODS.get("bilinear")
+    stale = {**record("bilinear", bilinear.version, {"module": "0" * 16}), "recipe": {}}
+    assert f"bilinear (v{bilinear.version})" in changed_code_note([stale])
+    assert changed_code_note([{**stale, "provenance": {**stale["provenance"],
+                                                       "method_code": method_code(bilinear)}}]) == ""
+
+    def trained(method: str, profile: str, weights: dict | None) -> dict:
+        recipe = {"train_data": {"name": "photos"}, "profile": {"train_steps": 3}, **({"weights": weights} if weights else {})}
+        return {"cell": {"method": method, "profile": profile}, "recipe": recipe}
+
+    smoke = training_note([trained("jafar", "smoke", None), {"cell": {"method": "bilinear", "profile": "smoke"},
+                                                            "recipe": {}}])
+    assert "jafar 3 steps" in smoke and "not the methods' numbers" in smoke and "bilinear" not in smoke
+    shipped = training_note([trained("carafe", "default", {"source": "shipped", "steps": 2000})])
+    assert "carafe 2000 steps (shipped)" in shipped and "plumbing" not in shipped

@@ -144,13 +144,14 @@ class ResultStore:
                 newest[key] = rec
         return list(newest.values())
 
-    def rows(self, per_image: bool = False) -> pd.DataFrame:
-        """One row per (cell, metric) of the current records; failed cells give one row with no metric.
+    def rows(self, per_image: bool = False, records: list[dict[str, Any]] | None = None) -> pd.DataFrame:
+        """One row per (cell, metric) of the current records (or of ``records``, read once by a caller that
+        needs them too); failed cells give one row with no metric.
 
         ``per_image`` adds the per-image statistics and their statistic's name (for intervals).
         """
         out = []
-        for rec in self.current_records():
+        for rec in self.current_records() if records is None else records:
             base = {**rec["cell"], "primary_data": rec["recipe"].get("primary_data", True),
                     "status": rec["status"], "message": rec.get("message", ""),
                     "config_hash": rec["config_hash"], **{k: rec["provenance"].get(k) for k in

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -11,6 +12,7 @@ from bench.reporting.ranks import agreement_text, is_reference, rank_agreement
 from bench.reporting.references import Comparison, Reference, RunSetting, reference
 from bench.core.failures import SETTLED
 from bench.core.store import ResultStore
+from bench.plugins import changed_code
 
 FORMATS = ("md", "csv", "latex")
 METRIC_LABELS = {"miou": "mIoU", "acc": "Acc", "macc": "mAcc", "aacc": "aAcc", "rmse": "RMSE",
@@ -270,6 +272,35 @@ def reference_notes(detail: pd.DataFrame, metrics: pd.DataFrame, columns: dict[s
     return notes + [ref.note]
 
 
+def training_note(records: list[dict[str, Any]]) -> str:
+    """How long each trained row's weights were trained: a row's number says little of a method trained for a
+    few steps, and the smoke profile trains for 3 (a check of the plumbing, not of the method)."""
+    steps: dict[str, set[str]] = {}
+    for rec in records:
+        recipe = rec.get("recipe", {})
+        if "train_data" not in recipe:
+            continue
+        weights = recipe.get("weights") or {}
+        told = {"shipped": f"{weights.get('steps')} steps (shipped)", "file": f"weights file {weights.get('file')}"}
+        steps.setdefault(rec["cell"]["method"], set()).add(
+            told.get(weights.get("source"), f"{recipe.get('profile', {}).get('train_steps')} steps"))
+    if not steps:
+        return ""
+    smoke = any(rec["cell"]["profile"] == "smoke" and rec["cell"]["method"] in steps for rec in records)
+    return ("Trained rows: " + "; ".join(f"{m} {', '.join(sorted(s))}" for m, s in sorted(steps.items())) + "."
+            + (" The smoke profile's few training steps check the plumbing: these rows are not the methods' "
+               "numbers." if smoke else ""))
+
+
+def changed_code_note(records: list[dict[str, Any]]) -> str:
+    """Built-in methods whose module changed since their cells were scored, at the same version: their rows are
+    the old code's until rescored (plugins are keyed by their code, so their rows always are their code's)."""
+    changed = changed_code(records)
+    return ("Code changed since these cells were scored (same version): " + ", ".join(
+        f"{name} (v{version})" for name, version in changed) + ". Their rows are the old code's; "
+            "`run --rerun all -m NAME` rescores them.") if changed else ""
+
+
 def table_text(run_dir: str | Path, fmt: str = "md", vs: str | None = None) -> str:
     """The run's table as text.
 
@@ -279,7 +310,9 @@ def table_text(run_dir: str | Path, fmt: str = "md", vs: str | None = None) -> s
     line on whether the run's protocol is the reference's, the rank agreement where ranks compare, and its note.
     The user asked for ``vs``, so its numbers are set beside ours even where the protocols differ.
     """
-    rows = ResultStore(run_dir).rows(per_image=True)
+    store = ResultStore(run_dir)
+    records = store.current_records()
+    rows = store.rows(per_image=True, records=records)
     detail, metrics = detail_table(rows), column_metrics(rows)
     ref = reference(vs) if vs else None
     columns = ref.matches(with_columns(rows)) if ref else {}
@@ -289,7 +322,8 @@ def table_text(run_dir: str | Path, fmt: str = "md", vs: str | None = None) -> s
     text = render(with_reference(table, columns, ref) if ref else table, fmt)
     if fmt != "md":
         return text
-    notes = [interval_note(detail), reference_note(detail.index.get_level_values(0).unique())]
+    notes = [interval_note(detail), reference_note(detail.index.get_level_values(0).unique()),
+             training_note(records), changed_code_note(records)]
     bad = failures(rows)
     if not bad.empty:
         notes.append("Failed cells:\n\n" + "\n".join(
