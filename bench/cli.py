@@ -280,10 +280,29 @@ def chosen_run(args: argparse.Namespace) -> Path:
     return run
 
 
+def todays_hashes(run: Path) -> dict[tuple, str]:
+    """Cell key -> the config hash the default profile and today's code give each cell the folder holds: the
+    shipped default run's cells that an older recipe or code scored are then not shown as current."""
+    from bench.core.store import ResultStore, cell_key
+    from bench.running.runner import plan
+    from bench.running.session import build_context
+
+    held = [r["cell"] for r in ResultStore(run).records()]
+    methods = sorted({c["method"] for c in held if c["method"] in METHODS})
+    if not methods:
+        return {}
+    context = build_context("default", progress=False)
+    cells = plan(methods, sorted({c["task"] for c in held}), context.profile.backbone, context,
+                 sorted({c["seed"] for c in held}), missing={})
+    return {cell_key(vars(cell)): cell.config_hash(recipe) for cell, recipe in cells}
+
+
 def cmd_table(args: argparse.Namespace) -> int:
     from bench.reporting.report import table_text
 
-    print(table_text(chosen_run(args), args.format, "featup" if args.vs_paper else args.vs))
+    run = chosen_run(args)
+    print(table_text(run, args.format, "featup" if args.vs_paper else args.vs,
+                     None if args.run else todays_hashes(run)))
     return 0
 
 

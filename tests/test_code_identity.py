@@ -62,3 +62,21 @@ def test_the_table_names_changed_code_and_how_long_trained_rows_trained():
     assert "jafar 3 steps" in smoke and "not the methods' numbers" in smoke and "bilinear" not in smoke
     shipped = training_note([trained("carafe", "default", {"source": "shipped", "steps": 2000})])
     assert "carafe 2000 steps (shipped)" in shipped and "plumbing" not in shipped
+
+
+def test_cells_that_today_plans_under_another_hash_are_not_current(tmp_path):
+    from bench.core.store import ResultStore, cell_key
+    from bench.reporting.report import table_text
+    from conftest import write_cell
+
+    store = ResultStore(tmp_path)
+    for method, value in (("bilinear", 50.0), ("low_res", 40.0)):
+        write_cell(store, method, "probe_seg", 0, "miou", value)
+    records = {r["cell"]["method"]: r for r in store.records()}
+    planned = {cell_key(records["bilinear"]["cell"]): records["bilinear"]["config_hash"],
+               cell_key(records["low_res"]["cell"]): "another-recipe"}
+    assert {r["cell"]["method"] for r in store.current_records(planned)} == {"bilinear"}
+    assert {r["cell"]["method"] for r in store.current_records()} == {"bilinear", "low_res"}
+    text = table_text(tmp_path, planned=planned)
+    assert "Left out, scored under another recipe or code than today's: low_res / probe_seg" in text
+    assert "| low_res" not in text

@@ -42,6 +42,16 @@ class RunFolderError(ValueError):
     """A run folder that cannot be used: it names a file, cannot be created, or another run holds it."""
 
 
+def cell_key(cell: dict[str, Any]) -> tuple:
+    """What names a cell apart from its recipe: (method, task, dataset, seed)."""
+    return cell["method"], cell["task"], cell["dataset"], cell["seed"]
+
+
+def is_stale(record: dict[str, Any], planned: dict[tuple, str] | None) -> bool:
+    """Whether ``planned`` (cell key -> today's config hash) gives this record's cell another hash."""
+    return planned is not None and planned.get(cell_key(record["cell"]), record["config_hash"]) != record["config_hash"]
+
+
 class ResultStore:
     """The cells/ folder of one run, its lock and its record of the data it was made with."""
 
@@ -130,15 +140,21 @@ class ResultStore:
             )
         return [json.loads(p.read_text()) for p in sorted(self.cells_dir.glob("*.json"))]
 
-    def current_records(self) -> list[dict[str, Any]]:
+    def current_records(self, planned: dict[tuple, str] | None = None,
+                        records: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
         """The newest record of each cell (by start time), dropping those an older recipe produced.
 
         A changed recipe (profile sizes, method version, ...) writes a new file next to the old
         one, so the run folder keeps both; a table must show the number the newest recipe gave,
-        never a mix of the two.
+        never a mix of the two. With ``planned`` (cell key -> the config hash today's code and profile
+        give it, see ``cell_key``), a record of a planned cell with another hash is not current, however new.
+        ``records``: the folder's, when the caller has read them already.
         """
+        records = self.records() if records is None else records
         newest: dict[tuple, dict[str, Any]] = {}
-        for rec in self.records():
+        for rec in records:
+            if is_stale(rec, planned):
+                continue
             key = tuple(sorted(rec["cell"].items()))
             if key not in newest or rec["provenance"].get("started", "") >= newest[key]["provenance"].get("started", ""):
                 newest[key] = rec

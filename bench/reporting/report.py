@@ -11,7 +11,7 @@ from bench.reporting.latex import latex_cell, latex_escape, latex_table, latex_t
 from bench.reporting.ranks import agreement_text, is_reference, rank_agreement
 from bench.reporting.references import Comparison, Reference, RunSetting, reference
 from bench.core.failures import SETTLED
-from bench.core.store import ResultStore
+from bench.core.store import ResultStore, is_stale
 from bench.plugins import changed_code
 
 FORMATS = ("md", "csv", "latex")
@@ -301,7 +301,15 @@ def changed_code_note(records: list[dict[str, Any]]) -> str:
             "`run --rerun all -m NAME` rescores them.") if changed else ""
 
 
-def table_text(run_dir: str | Path, fmt: str = "md", vs: str | None = None) -> str:
+def stale_note(records: list[dict[str, Any]], planned: dict[tuple, str] | None) -> str:
+    """The cells left out because today's code or profile gives them another recipe (``planned``)."""
+    stale = sorted({f"{r['cell']['method']} / {r['cell']['task']}" for r in records if is_stale(r, planned)})
+    return (f"Left out, scored under another recipe or code than today's: {', '.join(stale)} (a run scores them "
+            f"again).") if stale else ""
+
+
+def table_text(run_dir: str | Path, fmt: str = "md", vs: str | None = None,
+               planned: dict[tuple, str] | None = None) -> str:
     """The run's table as text.
 
     csv keeps numbers only (means, then sd, lo, hi, diff_lo, diff_hi columns where they exist); latex
@@ -309,9 +317,11 @@ def table_text(run_dir: str | Path, fmt: str = "md", vs: str | None = None) -> s
     adds failed cells, a legend, and with ``vs`` (a reference: "featup", the paper; "jafar", ...) its numbers, a
     line on whether the run's protocol is the reference's, the rank agreement where ranks compare, and its note.
     The user asked for ``vs``, so its numbers are set beside ours even where the protocols differ.
+    ``planned`` (cell key -> today's config hash) leaves out cells an older recipe or code scored.
     """
     store = ResultStore(run_dir)
-    records = store.current_records()
+    everything = store.records()
+    records = store.current_records(planned, everything)
     rows = store.rows(per_image=True, records=records)
     detail, metrics = detail_table(rows), column_metrics(rows)
     ref = reference(vs) if vs else None
@@ -323,7 +333,7 @@ def table_text(run_dir: str | Path, fmt: str = "md", vs: str | None = None) -> s
     if fmt != "md":
         return text
     notes = [interval_note(detail), reference_note(detail.index.get_level_values(0).unique()),
-             training_note(records), changed_code_note(records)]
+             training_note(records), changed_code_note(records), stale_note(everything, planned)]
     bad = failures(rows)
     if not bad.empty:
         notes.append("Failed cells:\n\n" + "\n".join(
