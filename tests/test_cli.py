@@ -80,7 +80,7 @@ def test_plugin_run_is_keyed_by_its_code_and_read_back_without_plugin(tmp_path):
     assert len(list((out / "cells").glob("my_upsampler--*.json"))) == 2
     shown = cli("table", "--run", str(out), "--format", "csv")
     assert "my_upsampler" in shown.stdout and f"loaded plugin {plugin}" in shown.stderr
-    cli("report", "--run", str(out), "--out", str(tmp_path / "report"))
+    cli("report", "--run", str(out), "--out", str(tmp_path / "report"), "--sizes", "32", "--photos", "1")
     report = (tmp_path / "report" / "report.md").read_text()
     assert "my_upsampler" in report and "left out: my_upsampler" not in report
 
