@@ -73,8 +73,7 @@ def test_plugin_run_is_keyed_by_its_code_and_read_back_without_plugin(tmp_path):
         return cli("run", "--profile", "smoke", "--plugin", str(plugin), "-m", "my_upsampler", "-t", "probe_seg",
                    "--out", str(out)).stdout
 
-    assert "1 cells scored, 0 already done" in score()
-    assert "0 cells scored, 1 already done" in score()
+    assert "1 cells scored, 0 already done" in score()  # (an unedited plugin is skipped: test_smoke_run_resume_...)
     plugin.write_text(plugin.read_text().replace("colour_sigma = 0.1", "colour_sigma = 0.2"))
     assert "1 cells scored, 0 already done" in score()
     assert len(list((out / "cells").glob("my_upsampler--*.json"))) == 2

@@ -73,7 +73,8 @@ def test_merge_then_table_and_report_through_the_cli(tmp_path, capsys):
         if line.startswith("| "):
             lines.setdefault(line.split("|")[1].strip(), line)
     assert "40.000" in lines["bilinear"] and "30.000" in lines["low_res"] and "probe_depth.rmse" in md
-    assert "-10.650" in md  # low_res's mIoU minus the paper's (30.0 - 40.65), worked out by hand
+    # efficientnet on generated scenes is not the paper's protocol: no differences from its numbers, one line why
+    assert "Not set beside the" in md and "-10.650" not in md
     assert (report / "report.html").read_text().count("data:image/png;base64,") >= 2
     assert all(png_with_content(f) for f in (report / "figures").glob("*.png"))
 
