@@ -1,4 +1,5 @@
-"""The command line end to end, as a user types it (subprocesses, offline)."""
+"""The command line end to end, as a user types it (subprocesses, offline; the checks that need no fresh
+process call bench.cli.main in this one, which saves a start-up of torch and the registries each)."""
 import io
 import os
 import subprocess
@@ -6,6 +7,8 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+
+from bench.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -19,33 +22,41 @@ def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     return proc
 
 
-def test_list_names_everything():
-    out = cli("list").stdout
+def here(capsys, *args: str) -> tuple[int, str, str]:
+    """(exit status, stdout, stderr) of the command line run in this process."""
+    status = main(["--no-progress", *args])
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def test_list_names_everything(capsys):
+    out = here(capsys, "list")[1]
     for name in ("low_res", "bilinear", "strided", "large_image", "probe_seg", "probe_depth",
                  "efficientnet_lite0", "vit", "scenes", "middlebury", "coco_stuff", "smoke"):
         assert name in out
 
 
-def test_misspelt_method_gets_a_suggestion_and_exit_2(tmp_path):
-    proc = cli("run", "--profile", "smoke", "-m", "bilinar", "-t", "probe_seg", "--out", str(tmp_path), check=False)
-    assert proc.returncode == 2
-    assert "Did you mean 'bilinear'" in proc.stderr
+def test_misspelt_method_gets_a_suggestion_and_exit_2(tmp_path, capsys):
+    status, _, err = here(capsys, "run", "--profile", "smoke", "-m", "bilinar", "-t", "probe_seg", "--out",
+                          str(tmp_path))
+    assert status == 2
+    assert "Did you mean 'bilinear'" in err
     assert not (tmp_path / "cells").exists()
 
 
-def test_missing_weights_is_a_clear_error(tmp_path):
-    proc = cli("run", "--profile", "smoke", "--backbone", "vit", "-m", "bilinear", "-t", "probe_seg",
-               "--out", str(tmp_path), check=False)
-    assert proc.returncode == 2
-    assert "--weights PATH" in proc.stderr and "Traceback" not in proc.stderr
+def test_missing_weights_is_a_clear_error(tmp_path, capsys):
+    status, _, err = here(capsys, "run", "--profile", "smoke", "--backbone", "vit", "-m", "bilinear", "-t",
+                          "probe_seg", "--out", str(tmp_path))
+    assert status == 2
+    assert "--weights PATH" in err and "Traceback" not in err
 
 
-def test_dataset_path_that_does_not_exist(tmp_path):
-    proc = cli("run", "--profile", "smoke", "-m", "bilinear", "-t", "probe_seg", "--out", str(tmp_path),
-               "--data", f"coco_stuff={tmp_path}/nope", check=False)
-    assert proc.returncode == 2
-    assert proc.stderr.startswith(f"error: --data coco_stuff={tmp_path}/nope: ") and "does not exist" in proc.stderr
-    assert "Traceback" not in proc.stdout + proc.stderr
+def test_dataset_path_that_does_not_exist(tmp_path, capsys):
+    status, out, err = here(capsys, "run", "--profile", "smoke", "-m", "bilinear", "-t", "probe_seg", "--out",
+                            str(tmp_path), "--data", f"coco_stuff={tmp_path}/nope")
+    assert status == 2
+    assert err.startswith(f"error: --data coco_stuff={tmp_path}/nope: ") and "does not exist" in err
+    assert "Traceback" not in out + err
     assert not (tmp_path / "cells").exists()
 
 
@@ -64,24 +75,29 @@ def test_smoke_run_resume_and_table(tmp_path):
     assert t["probe_seg.miou"].between(0, 100).all() and (t["probe_depth.rmse"] > 0).all()
 
 
-def test_plugin_run_is_keyed_by_its_code_and_read_back_without_plugin(tmp_path):
-    """Editing a plugin (its version unchanged) rescores its cell; table and report load it from run.json."""
+def test_plugin_run_is_keyed_by_its_code_and_read_back_without_plugin(tmp_path, capsys):
+    """Editing a plugin (its version unchanged) rescores its cell; table and report, in fresh processes without
+    --plugin, load it from run.json. The runs are in this process (a plugin file is imported once per process, but
+    its cells are keyed by the file on disk, which is what the edit changes)."""
     plugin, out = tmp_path / "mine.py", tmp_path / "run"
-    plugin.write_text((ROOT / "examples/my_upsampler.py").read_text())
+    plugin.write_text((ROOT / "examples/my_upsampler.py").read_text().replace('"my_upsampler"', '"_mine"'))
 
     def score() -> str:
-        return cli("run", "--profile", "smoke", "--plugin", str(plugin), "-m", "my_upsampler", "-t", "probe_seg",
-                   "--out", str(out)).stdout
+        status, printed, err = here(capsys, "--plugin", str(plugin), "run", "--profile", "smoke", "-m", "_mine",
+                                    "-t", "probe_seg", "--out", str(out))
+        assert status == 0, err
+        return printed
 
-    assert "1 cells scored, 0 already done" in score()  # (an unedited plugin is skipped: test_smoke_run_resume_...)
+    assert "1 cells scored, 0 already done" in score()
+    assert "0 cells scored, 1 already done" in score()
     plugin.write_text(plugin.read_text().replace("colour_sigma = 0.1", "colour_sigma = 0.2"))
     assert "1 cells scored, 0 already done" in score()
-    assert len(list((out / "cells").glob("my_upsampler--*.json"))) == 2
+    assert len(list((out / "cells").glob("_mine--*.json"))) == 2
     shown = cli("table", "--run", str(out), "--format", "csv")
-    assert "my_upsampler" in shown.stdout and f"loaded plugin {plugin}" in shown.stderr
+    assert "_mine" in shown.stdout and f"loaded plugin {plugin}" in shown.stderr
     cli("report", "--run", str(out), "--out", str(tmp_path / "report"), "--sizes", "32", "--photos", "1")
     report = (tmp_path / "report" / "report.md").read_text()
-    assert "my_upsampler" in report and "left out: my_upsampler" not in report
+    assert "_mine" in report and "left out: _mine" not in report
 
 
 def test_help_lists_every_command_and_loads_no_framework():
@@ -101,12 +117,10 @@ def test_misspelt_command_gets_a_suggestion_and_exit_2():
     assert "did you mean 'list'" in proc.stderr
 
 
-def test_list_says_which_methods_the_default_run_leaves_out():
-    from bench.plugins import load_all
+def test_list_says_which_methods_the_default_run_leaves_out(capsys):
     from bench.registry import METHODS
 
-    load_all([])
-    out = cli("list").stdout
+    out = here(capsys, "list")[1]
     lines = out.split("methods:\n")[1].split("tasks:")[0].splitlines()
     assert {"bilinear", "jafar", "uplift"} <= {line.split()[0] for line in lines}
     for line in lines:

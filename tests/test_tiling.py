@@ -219,6 +219,7 @@ def half_output_row(dtype: torch.dtype) -> dict:
                                      dtype=dtype).iloc[0].to_dict()
 
 
+@pytest.mark.slow  # 18 s of a fresh process's memory profile, for the --half option alone (pytest -m slow)
 def test_profile_methods_with_a_half_output_needs_half_the_output_memory(fresh_process):
     """Bilinear at 1024², C = 256, tiles of 256: the float32 output is 1024 MB, the float16 one 512 MB
     (each tile is computed in float32 first, and the allocator's reuse of tile buffers varies: tens of MB)."""
