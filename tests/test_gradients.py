@@ -16,7 +16,12 @@ EPS = 1e-8
 """Small, because LoftUp's and LiFT's ReLUs put some units within 1e-6 of their kink: at ε = 1e-6 their central
 differences were 0.2–5% off autograd, at 1e-7 LiFT's still 2e-4, at 1e-8 both within 1e-6 (they converge to
 autograd as ε shrinks: kinks, not a wrong gradient). Float64 round-off at 1e-8 is ~1e-13 / 2e-8 = 5e-6 absolute."""
-TRAINABLE = [n for n in METHODS.names() if not n.startswith("_") and METHODS.get(n).fit == "dataset"]
+NUMBA_KERNEL_METHODS = {"featup_jbu", "carafe", "sapa"}
+"""Their adaptive convolutions run the Numba kernels, whose float64 compilation costs 15-35 s a method on 2 cores
+before anything is checked. Their kernels' backward passes are gradchecked in float64 on every path in
+test_kernels.py, so in the default run their method-level check waits for ``pytest -m slow``."""
+TRAINABLE = [pytest.param(n, marks=pytest.mark.slow) if n in NUMBA_KERNEL_METHODS else n
+             for n in METHODS.names() if not n.startswith("_") and METHODS.get(n).fit == "dataset"]
 
 
 class FakeBackbone:
