@@ -16,6 +16,9 @@ EPS = 1e-8
 """Small, because LoftUp's and LiFT's ReLUs put some units within 1e-6 of their kink: at ε = 1e-6 their central
 differences were 0.2–5% off autograd, at 1e-7 LiFT's still 2e-4, at 1e-8 both within 1e-6 (they converge to
 autograd as ε shrinks: kinks, not a wrong gradient). Float64 round-off at 1e-8 is ~1e-13 / 2e-8 = 5e-6 absolute."""
+REL = 1e-4
+"""Kinks still reach 1.2e-5 relative along some directions (LoftUp's and UPLiFT's parameter derivatives, seen when
+the directions were drawn in test order); the bugs this catches are far larger (NAF's double write: 36-58%)."""
 NUMBA_KERNEL_METHODS = {"featup_jbu", "carafe", "sapa"}
 """Their adaptive convolutions run the Numba kernels, whose float64 compilation costs 15-35 s a method on 2 cores
 before anything is checked. Their kernels' backward passes are gradchecked in float64 on every path in
@@ -40,8 +43,12 @@ def inputs():
     g = torch.Generator().manual_seed(0)
     return {"lr": torch.randn(1, FakeBackbone.dim, *LR, generator=g, dtype=torch.float64),
             "image": torch.rand(1, 3, *OUT, generator=g, dtype=torch.float64),
-            "weight": torch.randn(1, FakeBackbone.dim, *OUT, generator=g, dtype=torch.float64),
-            "generator": g}
+            "weight": torch.randn(1, FakeBackbone.dim, *OUT, generator=g, dtype=torch.float64)}
+
+
+def random_direction(shape: torch.Size) -> torch.Tensor:
+    """The direction of the derivative: drawn afresh for each test, so it never depends on which tests ran before."""
+    return torch.randn(shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
 
 
 def method_for(name: str) -> torch.nn.Module:
@@ -57,13 +64,13 @@ def method_for(name: str) -> torch.nn.Module:
 def test_feature_gradient_equals_finite_differences(name, inputs):
     method = method_for(name)
     lr, image, w = inputs["lr"], inputs["image"], inputs["weight"]
-    direction = torch.randn(lr.shape, generator=inputs["generator"], dtype=torch.float64)
+    direction = random_direction(lr.shape)
     x = lr.clone().requires_grad_(True)
     (method(x, image, OUT) * w).sum().backward()
     analytic = (x.grad * direction).sum().item()
     numeric = directional(lambda f: (method(f, image, OUT) * w).sum(), lr, direction)
     print(f"{name}: features: autograd {analytic:.10g}, finite differences {numeric:.10g}")
-    assert analytic == pytest.approx(numeric, rel=1e-5, abs=1e-6)
+    assert analytic == pytest.approx(numeric, rel=REL, abs=1e-6)
 
 
 @pytest.mark.parametrize("name", TRAINABLE)
@@ -72,7 +79,7 @@ def test_parameter_gradient_equals_finite_differences(name, inputs):
     lr, image, w = inputs["lr"], inputs["image"], inputs["weight"]
     params = [p for p in method.parameters() if p.requires_grad]
     flat = torch.nn.utils.parameters_to_vector(params).detach()
-    direction = torch.randn(flat.shape, generator=inputs["generator"], dtype=torch.float64)
+    direction = random_direction(flat.shape)
     (method(lr, image, OUT) * w).sum().backward()
     analytic = sum((p.grad * d).sum() for p, d in zip(params, split_like(direction, params))).item()
 
@@ -82,7 +89,7 @@ def test_parameter_gradient_equals_finite_differences(name, inputs):
 
     numeric = directional(loss_at, flat, direction)
     print(f"{name}: parameters: autograd {analytic:.10g}, finite differences {numeric:.10g}")
-    assert analytic == pytest.approx(numeric, rel=1e-5, abs=1e-6)
+    assert analytic == pytest.approx(numeric, rel=REL, abs=1e-6)
 
 
 def split_like(vector: torch.Tensor, params: list[torch.Tensor]) -> list[torch.Tensor]:
