@@ -171,6 +171,25 @@ def test_a_run_with_shipped_weights_trains_nothing_and_retrain_trains(shipped, t
     assert len(calls) == context.profile.train_steps
 
 
+def test_the_same_weights_bytes_are_one_cell_wherever_the_file_came_from(shipped, tmp_path, monkeypatch):
+    backbone, context, folder, entry, state = shipped
+    import bench.running.runner as runner
+    monkeypatch.setattr(runner, "resolve_spec", lambda name: SimpleNamespace(dim=256, stride=32))  # "tiny"
+    copy, other = tmp_path / "weights-2.pt", tmp_path / "other.pt"
+    copy.write_bytes((folder / entry["file"]).read_bytes())  # a budget study's checkpoint that was shipped
+    torch.save({k: v + 1 for k, v in state.items()}, other)
+
+    def planned(given):
+        [(cell, recipe)] = plan(["resize_conv"], ["probe_seg"], "tiny", RunContext(
+            profile=context.profile, cache_dir=context.cache_dir, progress=False, weights=given))
+        return recipe["weights"], cell.config_hash(recipe)
+
+    (as_shipped, shipped_hash), (as_file, file_hash) = planned({}), planned({"resize_conv": str(copy)})
+    assert (as_shipped["source"], as_file["source"]) == ("shipped", "file")  # where it came from is recorded
+    assert file_hash == shipped_hash
+    assert planned({"resize_conv": str(other)})[1] != shipped_hash
+
+
 def test_list_weights_shows_shipped_files(shipped, capsys, monkeypatch):
     *_, entry, _ = shipped
     assert main(["list", "--weights"]) == 0

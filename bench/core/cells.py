@@ -17,6 +17,11 @@ HASH_NEUTRAL = {"normalisation": "config", "fit_steps": None}
 """Profile fields added after results were stored, at the value every earlier result was made with:
 left out of the hash at that value, so those results stay valid, yet stored in the recipe like any field."""
 
+WEIGHTS_IDENTITY = ("sha256",)
+"""What of a recipe's weights record enters the hash: their bytes. Shipped weights, the budget study's checkpoint
+they were copied from and a user's copy of either score the same numbers, so they are one cell; where the file
+came from (source, name, steps, training recipe digest) stays in the recipe as provenance."""
+
 
 @dataclass(frozen=True)
 class Cell:
@@ -32,6 +37,8 @@ class Cell:
         if "profile" in recipe:
             profile = {k: v for k, v in recipe["profile"].items() if k not in HASH_NEUTRAL or HASH_NEUTRAL[k] != v}
             recipe = {**recipe, "profile": profile}
+        if isinstance(recipe.get("weights"), dict):
+            recipe = {**recipe, "weights": {k: recipe["weights"][k] for k in WEIGHTS_IDENTITY}}
         payload = json.dumps({"cell": asdict(self), "recipe": recipe}, sort_keys=True, default=str)
         return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
