@@ -230,6 +230,30 @@ def test_budget_curves_have_every_step_and_the_references(tmp_path):
                             RunContext(profile=PROFILES.get("default")))
 
 
+
+def test_the_report_shows_every_shipped_study_of_the_run_with_its_data(tmp_path, monkeypatch):
+    from bench.reporting import document
+    monkeypatch.setattr(document, "SHIPPED_STUDIES", tmp_path / "budget")
+    for name, seg in (("runx", "scenes"), ("runx-materials", "materials"), ("runy", "scenes")):
+        study = tmp_path / "budget" / name
+        study.mkdir(parents=True)
+        pd.DataFrame({"method": ["jafar", "bilinear"], "kind": ["trained", "reference"], "scored_on": ["full"] * 2,
+                      "steps": [250, 0], "view_images": [500, 0], "metric": ["probe_seg.miou"] * 2,
+                      "higher_is_better": [True] * 2, "seeds": [3, 3], "mean": [60.0, 57.0], "sd": [0.5, 0.6],
+                      "lo": [59.0, 56.0], "hi": [61.0, 58.0]}).to_csv(study / curves.CSV, index=False)
+        (study / "study.json").write_text(json.dumps({"profile": {"seg_data": seg, "depth_data": "depth_scenes"}}))
+    figures = tmp_path / "figures"
+    figures.mkdir()
+    studies = document.budget_studies(tmp_path / "runs" / "runx")
+    assert [s.name for s in studies] == ["runx", "runx-materials"]
+    text = document.budget_section(studies, figures)
+    assert "runx`, scored on scenes, depth_scenes" in text and "runx-materials`, scored on materials" in text
+    assert sorted(p.name for p in figures.iterdir()) == ["runx-budget.png", "runx-materials-budget.png"]
+    own = tmp_path / "runs" / "runy" / "ablate-budget"
+    own.mkdir(parents=True)
+    assert document.budget_studies(own.parent) == [own]  # a run's own study comes first, alone
+
+
 def test_view_images_count_views_only_for_the_multiview_objective(tiny):
     """A study's x axis: FeatUp's loss shows each step batch x views images; LiFT's own objective, whole images
     (its recipe has no views), so its 2000 steps of batch 2 are 4000 images, not 12,000."""

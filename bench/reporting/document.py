@@ -159,14 +159,21 @@ def figures_section(run_dir: Path, out_dir: Path, records: list[dict[str, Any]],
             parts += ["", summary_line(pd.read_csv(ablation / "final_errors.csv")) + "."]
     else:
         parts += [f"The run has none (`run_bench.py ablate fourier --out {ablation}` makes it)."]
-    studies = [run_dir / "ablate-budget", SHIPPED_STUDIES / run_dir.name]
     sweeps = [run_dir / "ablate-colour", SHIPPED_SWEEPS / run_dir.name]
-    return "\n".join(parts + ["", budget_section(next((s for s in studies if s.is_dir()), studies[0]), figures),
+    return "\n".join(parts + ["", budget_section(budget_studies(run_dir), figures),
                               "", colour_section(next((s for s in sweeps if s.is_dir()), sweeps[0]), figures)])
 
 
 SHIPPED_STUDIES = Path(__file__).resolve().parents[2] / "results" / "budget"
-"""The budget studies behind the shipped weights, by run-folder name (e.g. default-efficientnet_lite0_s16)."""
+"""The budget studies behind the shipped weights, by run-folder name (e.g. default-efficientnet_lite0_s16, and
+default-efficientnet_lite0_s16-materials for a later study of the same profile)."""
+
+
+def budget_studies(run_dir: Path) -> list[Path]:
+    """The run's own study (``ablate-budget/``), else the shipped studies named after its folder."""
+    if (run_dir / "ablate-budget").is_dir():
+        return [run_dir / "ablate-budget"]
+    return sorted(p for p in [SHIPPED_STUDIES / run_dir.name, *SHIPPED_STUDIES.glob(f"{run_dir.name}-*")] if p.is_dir())
 
 
 SHIPPED_SWEEPS = Path(__file__).resolve().parents[2] / "results" / "colour"
@@ -191,25 +198,38 @@ def colour_section(sweep: Path, figures: Path) -> str:
         f"rises leaned on the image's colour; `colour_only` shows how much colour alone gave."])
 
 
-def budget_section(study: Path, figures: Path) -> str:
-    """The training-budget study's curves (bench.running.budget) when the run folder has one."""
+def budget_section(studies: list[Path], figures: Path) -> str:
+    """The training-budget studies' curves (bench.running.budget), each with the data it was scored on."""
     from bench.reporting.budget import CSV, FITS_PNG, PNG, plot_budget
 
     parts = ["### Training budget", ""]
-    if not (study / CSV).is_file():
-        return "\n".join(parts + [f"The run has none (`run_bench.py ablate budget --out {study}` makes it)."])
-    curves = pd.read_csv(study / CSV)
-    for scored_on, name, fits, what in (("full", PNG, False, "training view-images"),
-                                        ("subset", FITS_PNG, True, "per-image fit steps, on a subset of the probe images")):
-        part = curves[curves["scored_on"] == scored_on]
-        if part.empty:
-            continue
-        plot_budget(part, figures / name, fits=fits)
-        parts += [f"![Probe scores against {what}](figures/{name})", ""]
-        table = part[part["kind"] != "reference"].pivot_table(index=["method", "steps"], columns="metric", values="mean")
-        parts += [table.round(4).reset_index().to_markdown(index=False), ""]
-    parts += [f"From `{study}`: mean over probe seeds, the references (methods that learn nothing) as lines."]
-    return "\n".join(parts)
+    found = [s for s in studies if (s / CSV).is_file()]
+    if not found:
+        return "\n".join(parts + [f"The run has none (`run_bench.py ablate budget --out "
+                                  f"{studies[0] if studies else 'DIR'}` makes it)."])
+    for study in found:
+        curves = pd.read_csv(study / CSV)
+        for scored_on, png, fits, what in (("full", PNG, False, "training view-images"),
+                                           ("subset", FITS_PNG, True, "per-image fit steps, on a subset of the probe images")):
+            part = curves[curves["scored_on"] == scored_on]
+            if part.empty:
+                continue
+            name = f"{study.name}-{png}" if len(found) > 1 else png
+            plot_budget(part, figures / name, fits=fits)
+            parts += [f"![Probe scores against {what}](figures/{name})", ""]
+            table = part[part["kind"] != "reference"].pivot_table(index=["method", "steps"], columns="metric",
+                                                                  values="mean")
+            parts += [table.round(4).reset_index().to_markdown(index=False), ""]
+        parts += [f"From `{study}`{scored_data(study)}: mean over probe seeds, the references (methods that learn "
+                  f"nothing) as lines.", ""]
+    return "\n".join(parts[:-1])
+
+
+def scored_data(study: Path) -> str:
+    """", scored on <seg> and <depth> data" from the study's record, where it has one."""
+    profile = json.loads((study / "study.json").read_text())["profile"] if (study / "study.json").is_file() else {}
+    data = [profile.get(k) for k in ("seg_data", "depth_data")] + list(profile.get("extra_data", []))
+    return f", scored on {', '.join(d for d in data if d)}" if any(data) else ""
 
 
 def to_html(markdown_text: str, out_dir: Path, title: str) -> str:
