@@ -46,6 +46,23 @@ def test_table_shows_mean_and_sd_over_seeds(tmp_path):
     assert "42.00 ± 2.00" in table_text(tmp_path, "md")
 
 
+def test_rows_at_other_seeds_are_named_under_the_table(tmp_path):
+    store = ResultStore(tmp_path)
+    for method, seeds in (("bilinear", (0, 1, 2)), ("featup_jbu", (0, 1, 2)), ("mine", (0,))):
+        for seed in seeds:
+            write(store, method, seed, 40.0 + seed)
+            write(store, method, seed, 0.5, task="probe_depth", metric="rmse")
+    text = table_text(tmp_path, "md")
+    assert ("probe_depth: seeds 0, 1, 2 (bilinear, featup_jbu); seed 0 (mine) · probe_seg: seeds 0, 1, 2 (bilinear, "
+            "featup_jbu); seed 0 (mine)." in text)
+    t = pd.read_csv(io.StringIO(table_text(tmp_path, "csv"))).set_index("method")
+    assert t.loc["mine", "probe_seg.miou"] == 40.0 and t.loc["bilinear", "probe_seg.miou"] == 41.0  # own seeds
+    for seed in (1, 2):
+        write(store, "mine", seed, 40.0 + seed)
+        write(store, "mine", seed, 0.5, task="probe_depth", metric="rmse")
+    assert "Rows scored at different seeds" not in table_text(tmp_path, "md")
+
+
 def confusions(rng, n, k, accuracy):
     """n per-image confusion matrices of k classes: each image 100 pixels, ``accuracy`` of them right."""
     out = np.zeros((n, k, k), dtype=np.int64)

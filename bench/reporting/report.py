@@ -242,6 +242,26 @@ def interval_note(detail: pd.DataFrame) -> str:
     return "Cells: " + "; ".join(parts) + "."
 
 
+def seeds_note(rows: pd.DataFrame) -> str:
+    """Where rows of one task's columns were scored at different seeds: a seed moves every row together (it
+    draws the generated images), so a row's mean is over its own seeds and compares only with rows at the same
+    seeds; a row at other seeds than the baseline's carries no +/− mark (bench.reporting.intervals)."""
+    ok = with_columns(rows)
+    ok["part"] = [c[: -len(m) - 1] for c, m in zip(ok["column"], ok["metric"])]  # the column less its metric
+    seeds = ok.groupby(["part", "method"], sort=False)["seed"].agg(lambda s: tuple(sorted(set(s))))
+    parts = []
+    for part, per in seeds.groupby(level=0, sort=False):
+        per = per.droplevel(0)
+        if per.nunique() > 1:
+            parts.append(f"{part}: " + "; ".join(
+                f"seed{'s' if len(at) > 1 else ''} {', '.join(map(str, at))} ({', '.join(per[per == at].index)})"
+                for at in sorted(per.unique(), key=lambda at: (-len(at), at))))
+    if not parts:
+        return ""
+    return ("Rows scored at different seeds (a row's mean is over its own seeds, and a row at other seeds than "
+            f"{BASELINE}'s has no +/− mark): " + " · ".join(parts) + ".")
+
+
 def reference_note(methods: list[str]) -> str:
     """The legend of the table's reference rows (colour_only), or "" where it has none."""
     refs = [m for m in methods if is_reference(m)]
@@ -332,7 +352,7 @@ def table_text(run_dir: str | Path, fmt: str = "md", vs: str | None = None,
     text = render(with_reference(table, columns, ref) if ref else table, fmt)
     if fmt != "md":
         return text
-    notes = [interval_note(detail), reference_note(detail.index.get_level_values(0).unique()),
+    notes = [interval_note(detail), seeds_note(rows), reference_note(detail.index.get_level_values(0).unique()),
              training_note(records), changed_code_note(records), stale_note(everything, planned)]
     bad = failures(rows)
     if not bad.empty:
