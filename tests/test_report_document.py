@@ -121,7 +121,7 @@ def test_the_report_sets_a_run_beside_the_table_of_its_setting(tmp_path, profile
         for task, metrics in METRICS.items():
             write_cell(store, method, task, {k: v + i for k, v in metrics.items()}, where=where,
                        recipe={"method_version": "1", "task_version": "1", "profile": {"image_size": [size, size]}})
-    text = table_section(tmp_path, store.rows(), profile)
+    text = table_section(tmp_path, store.current_records(), store.rows(), profile)
     assert f"## Results beside the {label} table" in text
     row = next(line for line in text.splitlines() if line.startswith("| bilinear"))
     assert f"{theirs:.3f}".rstrip("0") in row, row

@@ -50,11 +50,11 @@ def summary_section(run_dir: Path, records: list[dict[str, Any]]) -> str:
     ])
 
 
-def table_section(run_dir: Path, rows: pd.DataFrame, profile: str) -> str:
+def table_section(run_dir: Path, records: list[dict[str, Any]], rows: pd.DataFrame, profile: str) -> str:
     """Our table beside the published one made in the run's setting, with the differences from it where the run's
     protocol is the table's; alone, with one line saying why, where it is not."""
     ref = reference_for(profile)
-    comparison = comparison_with(run_dir, rows, ref)
+    comparison = comparison_with(records, rows, ref)
     if comparison.kind == DIFFERS:
         return "\n".join(["## Results", "", comparison.why_not(), "", table_text(run_dir, "md")])
     parts = [f"## Results beside the {ref.label} table", "",
@@ -257,7 +257,8 @@ def write_report(run_dir: Path, out_dir: Path, device: torch.device, weights: st
     out_dir.mkdir(parents=True, exist_ok=True)
     title = f"featup-bench report: {run_dir.name}"
     text = "\n\n".join([
-        f"# {title}", summary_section(run_dir, records), table_section(run_dir, store.rows(), run_settings(records)[0]),
+        f"# {title}", summary_section(run_dir, records),
+        table_section(run_dir, records, store.rows(records=records), run_settings(records)[0]),
         figures_section(run_dir, out_dir, records, device, weights, list(sizes), photos, progress),
         failures_section(records), recipes_section(records), provenance_section(records),
     ]) + "\n"

@@ -272,11 +272,12 @@ def reference_note(methods: list[str]) -> str:
             f"colour gives away. Never marked against {BASELINE}, and left out of rank agreement.")
 
 
-def comparison_with(run_dir: str | Path, rows: pd.DataFrame, ref: Reference) -> Comparison:
-    """How the cells behind the run's columns that ``ref`` has were made, against how its numbers were."""
+def comparison_with(records: list[dict[str, Any]], rows: pd.DataFrame, ref: Reference) -> Comparison:
+    """How the cells behind the run's columns that ``ref`` has were made (``records``: those the table shows),
+    against how its numbers were."""
     ok = with_columns(rows)
     compared = ok[ok["column"].isin(ref.matches(ok))]
-    return ref.compare(RunSetting.of(compared, ResultStore(run_dir).current_records()))
+    return ref.compare(RunSetting.of(compared, records))
 
 
 def reference_notes(detail: pd.DataFrame, metrics: pd.DataFrame, columns: dict[str, str], ref: Reference,
@@ -364,5 +365,5 @@ def table_text(run_dir: str | Path, fmt: str = "md", vs: str | None = None,
         notes.append("Not applicable (empty cells): " + "; ".join(
             f"{r.method} / {r.task}: {str(r.message).splitlines()[0]}" for r in skipped.itertuples()))
     if ref:
-        notes += reference_notes(detail, metrics, columns, ref, comparison_with(run_dir, rows, ref))
+        notes += reference_notes(detail, metrics, columns, ref, comparison_with(records, rows, ref))
     return "\n\n".join([text, *[n for n in notes if n]])
