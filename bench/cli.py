@@ -361,6 +361,13 @@ def cmd_ship(args: argparse.Namespace) -> int:
     entry = ship(weights, recipe, trained)
     print(f"shipped {entry['method']} for {entry['backbone']}: {entry['steps']} steps, {entry['view_images']} "
           f"view-images, recipe {entry['recipe_digest']} -> results/weights/{entry['file']}")
+    scored = Path(args.study or "") / "scores" / f"{args.method}-{args.steps}"
+    if args.study and scored.is_dir():  # a cell knows its weights by their sha256: these are the run's own cells
+        from bench.running.session import default_run_dir
+
+        run = default_run_dir(context.profile.name, backbone.name, [])
+        print(f"the study scored these weights in {scored}; they are the run's cells of them, which "
+              f"`run_bench.py merge {scored} {run} --out {run}` adds to its table")
     return 0
 
 

@@ -197,16 +197,18 @@ def test_list_weights_shows_shipped_files(shipped, capsys, monkeypatch):
     assert "resize_conv" in out and "shipped" in out and entry["recipe_digest"] in out
 
 
-def test_budget_curves_have_every_step_and_the_references(tmp_path):
-    """A smoke study end to end: every step count and reference in the CSV, a PNG, and a rerun scores nothing."""
+def test_budget_curves_have_every_step_and_the_references(tmp_path, monkeypatch, capsys):
+    """A smoke study end to end: every step count and reference in the CSV, a PNG, and a rerun scores nothing;
+    its checkpoint at the profile's steps, shipped, makes its cells the run's own (merge, nothing rescored)."""
     out = tmp_path / "b"
-    args = ["--no-progress", "ablate", "budget", "--profile", "smoke", "-m", "resize_conv", "--steps", "1,2",
+    steps = PROFILES.get("smoke").train_steps
+    args = ["--no-progress", "ablate", "budget", "--profile", "smoke", "-m", "resize_conv", "--steps", f"1,{steps}",
             "--seeds", "0,1", "--out", str(out)]
     assert main(args) == 0
     table = pd.read_csv(out / curves.CSV)
     trained = table[table["method"] == "resize_conv"]
-    assert sorted(trained["steps"].unique()) == [1, 2]
-    assert set(trained["view_images"]) == {1 * 2 * 2, 2 * 2 * 2}
+    assert sorted(trained["steps"].unique()) == [1, steps]
+    assert set(trained["view_images"]) == {1 * 2 * 2, steps * 2 * 2}
     assert set(budget.REFERENCES) <= set(table["method"]) and (table["seeds"] == 2).all()
     assert (table["lo"] <= table["mean"] + 1e-9).all() and (table["mean"] <= table["hi"] + 1e-9).all()
     assert (out / curves.PNG).stat().st_size > 0
@@ -221,13 +223,22 @@ def test_budget_curves_have_every_step_and_the_references(tmp_path):
     smoke = RunContext(profile=PROFILES.get("smoke"))
     budget.record_study(out, {"resize_conv": [4], "dip": [20]}, [2], budget.REFERENCES, "efficientnet_lite0", smoke)
     study = json.loads((out / "study.json").read_text())
-    assert study["counts"] == {"resize_conv": [1, 2, 4], "dip": [20]} and study["seeds"] == [0, 1, 2]
+    assert study["counts"] == {"resize_conv": [1, steps, 4], "dip": [20]} and study["seeds"] == [0, 1, 2]
     # its profile's budget may change since (the study pins the one it began with, so its cells keep their hashes)
     assert budget.pinned(out, RunContext(profile=PROFILES.get("smoke").with_overrides(train_steps=99))
                          ).profile.train_steps == PROFILES.get("smoke").train_steps
     with pytest.raises(ValueError, match="another profile recipe"):
         budget.record_study(out, {}, [0], budget.REFERENCES, "efficientnet_lite0",
                             RunContext(profile=PROFILES.get("default")))
+    monkeypatch.setattr(weights, "SHIPPED_DIR", tmp_path / "shipped")
+    assert main(["ship", "resize_conv", "--profile", "smoke", "--study", str(out), "--steps", str(steps)]) == 0
+    scored, run = out / "scores" / f"resize_conv-{steps}", tmp_path / "run"
+    assert f"merge {scored}" in capsys.readouterr().out
+    assert main(["merge", str(scored), "--out", str(run)]) == 0
+    context = RunContext(profile=PROFILES.get("smoke"), progress=False)
+    cells = plan(["resize_conv"], list(budget.PROBES), "efficientnet_lite0", context, [0, 1])
+    assert all(r["weights"]["source"] == "shipped" for _, r in cells)
+    assert all(ResultStore(run).status(c, r) == "ok" for c, r in cells)  # the study's cells: nothing to score
 
 
 
