@@ -54,7 +54,7 @@ def test_rows_at_other_seeds_are_named_under_the_table(tmp_path):
             write(store, method, seed, 0.5, task="probe_depth", metric="rmse")
     text = table_text(tmp_path, "md")
     assert ("probe_depth: seeds 0, 1, 2 (bilinear, featup_jbu); seed 0 (mine) · probe_seg: seeds 0, 1, 2 (bilinear, "
-            "featup_jbu); seed 0 (mine)." in text)
+            "featup_jbu); seed 0 (mine). `run --seeds 0,1,2` scores a row at every seed the table holds." in text)
     t = pd.read_csv(io.StringIO(table_text(tmp_path, "csv"))).set_index("method")
     assert t.loc["mine", "probe_seg.miou"] == 40.0 and t.loc["bilinear", "probe_seg.miou"] == 41.0  # own seeds
     for seed in (1, 2):

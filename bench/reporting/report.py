@@ -258,8 +258,10 @@ def seeds_note(rows: pd.DataFrame) -> str:
                 for at in sorted(per.unique(), key=lambda at: (-len(at), at))))
     if not parts:
         return ""
+    every = ",".join(map(str, sorted(set(ok["seed"]))))
     return ("Rows scored at different seeds (a row's mean is over its own seeds, and a row at other seeds than "
-            f"{BASELINE}'s has no +/− mark): " + " · ".join(parts) + ".")
+            f"{BASELINE}'s has no +/− mark): " + " · ".join(parts) + f". `run --seeds {every}` scores a row at "
+            "every seed the table holds.")
 
 
 def reference_note(methods: list[str]) -> str:
