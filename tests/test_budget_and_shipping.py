@@ -273,3 +273,16 @@ def test_view_images_count_views_only_for_the_multiview_objective(tiny):
     for name, per_step in (("resize_conv", p.train_batch * p.train_views), ("lift", p.train_batch)):
         _, recipe = train.checkpoint(create_method(name, backbone, p.seed), backbone, context)
         assert weights.view_images(10, recipe) == 10 * per_step, (name, recipe)
+
+
+def test_the_dry_run_times_training_per_view_or_per_image_as_the_objective_sees_them(tiny):
+    """FeatUp's loss costs batch x views passes a step; an own objective such as LiFT's, batch passes (it has no
+    views): the dry run's estimate of a step must not count views the objective never makes."""
+    from bench.running.dry_run import per_image, time_part
+    backbone, context = tiny
+    p = context.profile
+    for name, unit, per_step in (("resize_conv", "train_view", p.train_batch * p.train_views),
+                                 ("lift", "train_image", p.train_batch)):
+        [(key, seconds)] = time_part(name, "train", backbone, context).items()
+        assert key == unit and seconds > 0
+        assert per_image({key: seconds}, p) == {"train_step": pytest.approx(seconds * per_step)}

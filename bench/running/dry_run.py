@@ -103,7 +103,7 @@ def _quick_fit(profile: Profile) -> ImageFitSettings:
 def time_part(name: str, part: str, backbone: Backbone, context: RunContext) -> dict[str, float]:
     """Raw seconds of one part on this device for a (1,3,H,W) image: "pass" (the backbone's), "upsample" (the
     method's, backbone included), "fit" (a per-image fit's seconds per view and per step), "train" (one training
-    step of one image and one view)."""
+    step of one image and one view, or of one image where the method trains with its own objective)."""
     image = torch.rand(1, 3, *context.profile.image_size, device=context.device)
     if part == "pass":
         return {"pass": _timed(lambda: backbone.features(image))}
@@ -123,8 +123,8 @@ def time_part(name: str, part: str, backbone: Backbone, context: RunContext) -> 
     method.train()
     objective, optimizer = training_objective(method, backbone, context.profile.train_downsampler)
     generator = torch.Generator().manual_seed(0)
-    return {"train_view": _timed(lambda: train_step(method, backbone, objective, optimizer, image, 1, generator,
-                                                    clip=False))}
+    seconds = _timed(lambda: train_step(method, backbone, objective, optimizer, image, 1, generator, clip=False))
+    return {"train_image" if method.own_objective is not None else "train_view": seconds}
 
 
 def per_image(raw: dict[str, float], profile: Profile) -> dict[str, float]:
@@ -135,6 +135,8 @@ def per_image(raw: dict[str, float], profile: Profile) -> dict[str, float]:
         return {"fit": settings.views * raw["fit_view"] + settings.steps * raw["fit_step"]}
     if "train_view" in raw:
         return {"train_step": raw["train_view"] * profile.train_batch * profile.train_views}
+    if "train_image" in raw:  # a method's own objective sees each image of the batch once: no views
+        return {"train_step": raw["train_image"] * profile.train_batch}
     return raw
 
 
@@ -153,6 +155,8 @@ def timing_key(name: str, part: str, backbone: Backbone, context: RunContext) ->
         key["fit"] = {k: v for k, v in dataclasses.asdict(_quick_fit(p)).items() if k != "steps"}
     if part == "train":
         key["downsampler"] = p.train_downsampler
+        if METHODS.get(name).own_objective is not None:  # timed per image (no views) since 2026-12-08
+            key["objective"] = "own"
     return json.dumps(key, sort_keys=True)
 
 
