@@ -361,8 +361,8 @@ def cmd_ship(args: argparse.Namespace) -> int:
     entry = ship(weights, recipe, trained)
     print(f"shipped {entry['method']} for {entry['backbone']}: {entry['steps']} steps, {entry['view_images']} "
           f"view-images, recipe {entry['recipe_digest']} -> results/weights/{entry['file']}")
-    scored = Path(args.study or "") / "scores" / f"{args.method}-{args.steps}"
-    if args.study and scored.is_dir():  # a cell knows its weights by their sha256: these are the run's own cells
+    # a cell knows its weights by their sha256: the study's cells of this checkpoint are the run's own
+    if args.study and (scored := Path(args.study) / "scores" / f"{args.method}-{args.steps}").is_dir():
         from bench.running.session import default_run_dir
 
         run = default_run_dir(context.profile.name, backbone.name, [])

@@ -173,7 +173,8 @@ def budget_studies(run_dir: Path) -> list[Path]:
     """The run's own study (``ablate-budget/``), else the shipped studies named after its folder."""
     if (run_dir / "ablate-budget").is_dir():
         return [run_dir / "ablate-budget"]
-    return sorted(p for p in [SHIPPED_STUDIES / run_dir.name, *SHIPPED_STUDIES.glob(f"{run_dir.name}-*")] if p.is_dir())
+    named = [SHIPPED_STUDIES / run_dir.name, *SHIPPED_STUDIES.glob(f"{run_dir.name}-*")]
+    return sorted(p for p in named if p.is_dir())
 
 
 SHIPPED_SWEEPS = Path(__file__).resolve().parents[2] / "results" / "colour"
@@ -209,8 +210,9 @@ def budget_section(studies: list[Path], figures: Path) -> str:
                                   f"{studies[0] if studies else 'DIR'}` makes it)."])
     for study in found:
         curves = pd.read_csv(study / CSV)
-        for scored_on, png, fits, what in (("full", PNG, False, "training view-images"),
-                                           ("subset", FITS_PNG, True, "per-image fit steps, on a subset of the probe images")):
+        for scored_on, png, fits, what in (
+                ("full", PNG, False, "training view-images"),
+                ("subset", FITS_PNG, True, "per-image fit steps, on a subset of the probe images")):
             part = curves[curves["scored_on"] == scored_on]
             if part.empty:
                 continue
