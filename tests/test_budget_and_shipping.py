@@ -241,7 +241,6 @@ def test_budget_curves_have_every_step_and_the_references(tmp_path, monkeypatch,
     assert all(ResultStore(run).status(c, r) == "ok" for c, r in cells)  # the study's cells: nothing to score
 
 
-
 def test_the_report_shows_every_shipped_study_of_the_run_with_its_data(tmp_path, monkeypatch):
     from bench.reporting import document
     monkeypatch.setattr(document, "SHIPPED_STUDIES", tmp_path / "budget")
